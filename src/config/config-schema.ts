@@ -1,0 +1,207 @@
+// The mtlsd configuration: every key, its type, its default and its documentation, in one place.
+import { isValidTrustDomain, parseSpiffeId } from "../identity/spiffe-id.ts";
+import { type Infer, s } from "./schema.ts";
+
+/** A SPIFFE ID (`spiffe://trust.domain/path`), checked against the SPIFFE-ID standard. */
+export const spiffeId = () =>
+  s.string({
+    expected: "a SPIFFE ID like spiffe://example.org/ns/orders/sa/orders",
+    check: (value) => {
+      const parsed = parseSpiffeId(value);
+      return parsed.ok ? undefined : parsed.reason;
+    },
+  });
+
+/** A source pattern in policy rules: an exact SPIFFE ID, `prefix*`, `*suffix` or `*`. */
+const spiffeIdPattern = () =>
+  s.string({
+    expected: 'a SPIFFE ID or a pattern: exact, "prefix*", "*suffix" or "*"',
+    check: (value) => {
+      if (value === "*") return undefined;
+      const star = value.indexOf("*");
+      if (star === -1) {
+        const parsed = parseSpiffeId(value);
+        return parsed.ok ? undefined : parsed.reason;
+      }
+      if (value.indexOf("*", star + 1) !== -1 || (star !== 0 && star !== value.length - 1)) {
+        return "a * may only stand at the start or the end";
+      }
+      if (star !== 0 && !value.startsWith("spiffe://")) return 'a prefix pattern must start with "spiffe://"';
+      return undefined;
+    },
+  });
+
+const PATH_TEMPLATE_SEGMENT = /^(\{\*\}|\{\*\*\}|[^{}*]*)$/;
+
+/** A path pattern: exact, `prefix*`, `*suffix`, `*`, or an Istio template with `{*}` / `{**}` segments. */
+const pathPattern = () =>
+  s.string({
+    expected:
+      'a path pattern: exact "/v1/orders", "/v1/*", "*.json", "*", or a template "/v1/{*}/items/{**}"',
+    check: (value) => {
+      if (value === "*") return undefined;
+      if (value.includes("{")) {
+        if (!value.startsWith("/")) return "a path template must start with /";
+        const segments = value.split("/");
+        for (const [index, segment] of segments.entries()) {
+          if (!PATH_TEMPLATE_SEGMENT.test(segment))
+            return `segment "${segment}" mixes {*} or {**} with other text`;
+          if (segment === "{**}" && index !== segments.length - 1) return "{**} must be the last segment";
+        }
+        return undefined;
+      }
+      const star = value.indexOf("*");
+      if (star === -1) return value.startsWith("/") ? undefined : "an exact path must start with /";
+      if (value.indexOf("*", star + 1) !== -1 || (star !== 0 && star !== value.length - 1)) {
+        return "a * may only stand at the start or the end";
+      }
+      if (star !== 0 && !value.startsWith("/")) return "a prefix pattern must start with /";
+      return undefined;
+    },
+  });
+
+const httpMethod = () =>
+  s.string({ expected: "an HTTP method in upper case, like GET", pattern: /^[A-Z]+$/ });
+
+/** `host:port` to listen on; port 0 picks a free port (useful in tests). */
+export const listenAddress = () =>
+  s.string({
+    expected: "host:port, like 127.0.0.1:15000 or [::1]:15000",
+    check: (value) => (parseHostPort(value) ? undefined : "not host:port with a port from 0 to 65535"),
+  });
+
+export function parseHostPort(value: string): { host: string; port: number } | undefined {
+  const match = /^(\[[0-9a-fA-F:.]+\]|[a-zA-Z0-9.-]+):(\d{1,5})$/.exec(value);
+  if (!match) return undefined;
+  const port = Number(match[2]);
+  if (port > 65535) return undefined;
+  const host = match[1]!.startsWith("[") ? match[1]!.slice(1, -1) : match[1]!;
+  return { host, port };
+}
+
+const appUrl = () =>
+  s.string({
+    expected: "an http:// URL of the app's origin, like http://127.0.0.1:8080",
+    check: (value) => {
+      let url: URL;
+      try {
+        url = new URL(value);
+      } catch {
+        return "not a URL";
+      }
+      if (url.protocol !== "http:") return "only http:// is supported: mtlsd forwards plain HTTP to the app";
+      if (url.pathname !== "/" || url.search || url.hash || url.username || url.password) {
+        return "give only scheme, host and port";
+      }
+      return undefined;
+    },
+  });
+
+const file = (what: string) => s.string({ expected: `the path of ${what}`, minLength: 1 });
+
+const policyTo = s.object({
+  methods: s.array(httpMethod(), 1).optional().describe("Methods to match; absent = every method."),
+  paths: s
+    .array(pathPattern(), 1)
+    .optional()
+    .describe("Normalized paths to match (the query is ignored); absent = every path."),
+});
+
+const policyRule = s.object({
+  name: s.string({
+    expected: "a rule name (letters, digits, . _ -)",
+    pattern: /^[A-Za-z0-9][A-Za-z0-9._-]*$/,
+  }),
+  action: s.enum("allow", "deny").describe("allow or deny; a matching deny always wins."),
+  from: s
+    .array(spiffeIdPattern(), 1)
+    .optional()
+    .describe(
+      'Peer SPIFFE IDs: exact, "prefix*", "*suffix", "*" (any authenticated peer); absent = any source.',
+    ),
+  to: s.array(policyTo, 1).optional().describe("Operations; absent = every request."),
+  dryRun: s.boolean().default(false).describe("Evaluate and log a shadow decision, never enforce."),
+});
+
+const policy = s.object({
+  default: s.enum("deny", "allow").default("deny").describe("Decision when no rule matches."),
+  rules: s.array(policyRule).default([]),
+});
+
+export const configSchema = s.object({
+  identity: s
+    .object({
+      cert: file("this workload's certificate: PEM leaf, then intermediates"),
+      key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)"),
+      trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)"),
+      trustDomain: s
+        .string({
+          expected: "a SPIFFE trust domain like example.org (lowercase letters, digits, . _ -)",
+          check: (value) => (isValidTrustDomain(value) ? undefined : "not a valid trust domain"),
+        })
+        .describe("Peers and this workload must have SPIFFE IDs in this trust domain."),
+    })
+    .describe(
+      "This workload's credentials. Relative paths are resolved against the config file's directory.",
+    ),
+  inbound: s
+    .object({
+      listen: listenAddress().default("0.0.0.0:15006"),
+      app: appUrl()
+        .default("http://127.0.0.1:8080")
+        .describe("Where allowed requests are forwarded, as plain HTTP."),
+      appTimeout: s
+        .duration()
+        .default(30_000)
+        .describe("No response head from the app within this time: 504 upstream_timeout."),
+      minTLSVersion: s.enum("TLSv1.3", "TLSv1.2").default("TLSv1.3"),
+      xfcc: s
+        .enum("sanitize_set", "append_forward", "sanitize", "forward_only")
+        .default("sanitize_set")
+        .describe("How X-Forwarded-Client-Cert is set for the app (Envoy's modes)."),
+      policy: policy.default({ default: "deny", rules: [] }),
+    })
+    .optional()
+    .describe("Accept mTLS from peers, authorize, forward to the app."),
+  limits: s
+    .object({
+      maxConnections: s
+        .integer(1, 1_000_000)
+        .default(10_000)
+        .describe("Open client connections per listener."),
+      maxHeaderSize: s
+        .byteSize(1024, 1024 * 1024)
+        .default(16 * 1024)
+        .describe("Request line and headers."),
+      handshakeTimeout: s
+        .duration()
+        .default(10_000)
+        .describe("A TLS handshake must finish within this time."),
+      headersTimeout: s
+        .duration()
+        .default(10_000)
+        .describe("A request's headers must arrive within this time."),
+      requestTimeout: s.duration().default(300_000).describe("A whole request must arrive within this time."),
+      keepAliveTimeout: s
+        .duration()
+        .default(60_000)
+        .describe("Idle client connections are closed after this."),
+    })
+    .default({
+      maxConnections: 10_000,
+      maxHeaderSize: 16 * 1024,
+      handshakeTimeout: 10_000,
+      headersTimeout: 10_000,
+      requestTimeout: 300_000,
+      keepAliveTimeout: 60_000,
+    }),
+  log: s
+    .object({ level: s.enum("trace", "debug", "info", "warn", "error", "fatal", "silent").default("info") })
+    .default({ level: "info" })
+    .describe("pino JSON lines on stdout."),
+});
+
+export type Config = Infer<typeof configSchema>;
+export type IdentityConfig = Config["identity"];
+export type InboundConfig = NonNullable<Config["inbound"]>;
+export type LimitsConfig = Config["limits"];

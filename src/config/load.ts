@@ -1,0 +1,146 @@
+// Reads a YAML config file, validates it against the schema and cross-field rules, and resolves file paths.
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { type Document, isMap, isNode, isScalar, LineCounter, parseDocument } from "yaml";
+import { MtlsdError } from "../errors.ts";
+import { type Config, configSchema, parseHostPort } from "./config-schema.ts";
+import { INVALID, type Issue } from "./schema.ts";
+
+/** A config that did not pass: `issues` name each field; `message` is ready to print. */
+export class ConfigError extends MtlsdError {
+  readonly file: string;
+  readonly issues: readonly (Issue & { line?: number })[];
+
+  constructor(file: string, issues: (Issue & { line?: number })[]) {
+    const lines = issues.map((issue) => {
+      const where = issue.line ? `${issue.path} (line ${issue.line})` : issue.path;
+      return `  ${where}: expected ${issue.expected}, found ${issue.found}`;
+    });
+    const count = issues.length === 1 ? "1 problem" : `${issues.length} problems`;
+    super(
+      "CONFIG_INVALID",
+      `${file}: invalid configuration (${count}); nothing was started\n${lines.join("\n")}`,
+    );
+    this.name = "ConfigError";
+    this.file = file;
+    this.issues = issues;
+  }
+}
+
+export interface LoadedConfig {
+  config: Config;
+  /** Absolute path of the file it came from (or the name given for a string). */
+  file: string;
+  /** The raw text, so a reload can tell whether anything changed. */
+  text: string;
+}
+
+export function loadConfigFile(file: string): LoadedConfig {
+  const absolute = path.resolve(file);
+  let text: string;
+  try {
+    text = readFileSync(absolute, "utf8");
+  } catch (error) {
+    const reason =
+      (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
+    throw new MtlsdError("CONFIG_UNREADABLE", `${absolute}: cannot read the config file: ${reason}`, {
+      cause: error,
+    });
+  }
+  return parseConfig(text, absolute);
+}
+
+/**
+ * Parses config text. Relative file paths inside resolve against the directory of `file`,
+ * so a config and its certificates can move together.
+ */
+export function parseConfig(text: string, file: string): LoadedConfig {
+  const lineCounter = new LineCounter();
+  const document = parseDocument(text, {
+    lineCounter,
+    uniqueKeys: true,
+    prettyErrors: false,
+    schema: "core",
+  });
+  if (document.errors.length > 0) {
+    throw new ConfigError(
+      file,
+      document.errors.map((error) => ({
+        path: "(YAML)",
+        line: error.linePos?.[0]?.line,
+        expected: "valid YAML",
+        found: error.message.split("\n")[0] ?? error.code,
+      })),
+    );
+  }
+  const value = document.toJS({ maxAliasCount: 50 }) ?? {};
+  const issues: Issue[] = [];
+  const parsed = configSchema.read(value, "", issues);
+  if (parsed !== INVALID) issues.push(...crossFieldIssues(parsed));
+  if (issues.length > 0) {
+    throw new ConfigError(
+      file,
+      issues.map((issue) => ({ ...issue, line: lineOf(document, lineCounter, issue.path) })),
+    );
+  }
+  const config = parsed as Config;
+  const base = path.dirname(file);
+  for (const key of ["cert", "key", "trustBundle"] as const) {
+    config.identity[key] = path.resolve(base, config.identity[key]);
+  }
+  return { config, file, text };
+}
+
+/** Rules that involve more than one field. */
+function crossFieldIssues(config: Config): Issue[] {
+  const issues: Issue[] = [];
+  if (!config.inbound) {
+    issues.push({
+      path: "inbound",
+      expected: "an inbound section (without one mtlsd has nothing to do)",
+      found: "nothing",
+    });
+  }
+  const seen = new Map<string, number>();
+  config.inbound?.policy.rules.forEach((rule, index) => {
+    const first = seen.get(rule.name);
+    if (first !== undefined) {
+      issues.push({
+        path: `inbound.policy.rules[${index}].name`,
+        expected: "a name no other rule has (logs and metrics identify rules by name)",
+        found: `"${rule.name}", already used by rules[${first}]`,
+      });
+    } else seen.set(rule.name, index);
+  });
+  const listeners: [string, string][] = [];
+  if (config.inbound) listeners.push(["inbound.listen", config.inbound.listen]);
+  const ports = new Map<number, string>();
+  for (const [field, address] of listeners) {
+    const port = parseHostPort(address)?.port;
+    if (!port) continue;
+    const other = ports.get(port);
+    if (other) {
+      issues.push({ path: field, expected: `a port other than ${other}'s`, found: `port ${port} again` });
+    } else ports.set(port, field);
+  }
+  return issues;
+}
+
+/** The 1-based line of the node at a field path like `inbound.policy.rules[2].from[0]`, if it exists. */
+function lineOf(document: Document, lineCounter: LineCounter, fieldPath: string): number | undefined {
+  const keys = fieldPath
+    .split(/\.|\[(\d+)\]/)
+    .filter((part) => part !== undefined && part !== "")
+    .map((part) => (/^\d+$/.test(part) ? Number(part) : part));
+  // Walk up until the path exists: a missing key points at the mapping that should hold it.
+  for (let depth = keys.length; depth >= 0; depth--) {
+    const node = depth === 0 ? document.contents : document.getIn(keys.slice(0, depth), true);
+    if (!isNode(node) || !node.range) continue;
+    if (depth < keys.length && isMap(node)) {
+      const pair = node.items.find((item) => isScalar(item.key) && item.key.value === keys[depth]);
+      if (pair && isNode(pair.key) && pair.key.range) return lineCounter.linePos(pair.key.range[0]).line;
+    }
+    return lineCounter.linePos(node.range[0]).line;
+  }
+  return undefined;
+}
