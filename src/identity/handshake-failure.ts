@@ -1,0 +1,71 @@
+// Turns the ways a peer can fail certificate checks into the stable reasons logs and metrics use.
+
+/** Reasons a peer's TLS connection is refused (DESIGN.md: log `reason`, metric label). */
+export type HandshakeFailureReason =
+  | "no_client_cert"
+  | "cert_expired"
+  | "cert_not_yet_valid"
+  | "unknown_ca"
+  | "bad_svid"
+  | "revoked"
+  | "wrong_trust_domain"
+  | "tls_protocol";
+
+// OpenSSL X509_V_ERR_* names, as Node reports them in `authorizationError` / `err.code`.
+const VERIFY_ERROR_REASONS: Record<string, HandshakeFailureReason> = {
+  CERT_HAS_EXPIRED: "cert_expired",
+  CERT_NOT_YET_VALID: "cert_not_yet_valid",
+  UNABLE_TO_GET_ISSUER_CERT: "unknown_ca",
+  UNABLE_TO_GET_ISSUER_CERT_LOCALLY: "unknown_ca",
+  UNABLE_TO_VERIFY_LEAF_SIGNATURE: "unknown_ca",
+  SELF_SIGNED_CERT_IN_CHAIN: "unknown_ca",
+  DEPTH_ZERO_SELF_SIGNED_CERT: "unknown_ca",
+  CERT_SIGNATURE_FAILURE: "unknown_ca",
+  UNABLE_TO_DECRYPT_CERT_SIGNATURE: "unknown_ca",
+  UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY: "unknown_ca",
+  CERT_UNTRUSTED: "unknown_ca",
+  CERT_REJECTED: "unknown_ca",
+  CERT_CHAIN_TOO_LONG: "unknown_ca",
+  CERT_REVOKED: "revoked",
+  INVALID_CA: "bad_svid",
+  INVALID_PURPOSE: "bad_svid",
+  PATH_LENGTH_EXCEEDED: "bad_svid",
+  ERROR_IN_CERT_NOT_BEFORE_FIELD: "bad_svid",
+  ERROR_IN_CERT_NOT_AFTER_FIELD: "bad_svid",
+  INVALID_EXTENSION: "bad_svid",
+  UNHANDLED_CRITICAL_EXTENSION: "bad_svid",
+};
+
+const VERIFY_ERROR_TEXT: Partial<Record<HandshakeFailureReason, string>> = {
+  cert_expired: "certificate has expired",
+  cert_not_yet_valid: "certificate is not yet valid (check the clocks of both hosts)",
+  unknown_ca: "certificate does not chain to a trusted root",
+  revoked: "certificate is revoked",
+};
+
+/** Classifies an OpenSSL verification error code; unknown codes count as a bad certificate, never as success. */
+export function classifyVerifyError(code: string): { reason: HandshakeFailureReason; detail: string } {
+  const reason = VERIFY_ERROR_REASONS[code] ?? (code.includes("CRL") ? "revoked" : "bad_svid");
+  return { reason, detail: `${VERIFY_ERROR_TEXT[reason] ?? "certificate rejected"} (${code})` };
+}
+
+/** Classifies an error thrown during the handshake itself (before any certificate decision). */
+export function classifyTlsError(error: Error & { code?: string }): {
+  reason: HandshakeFailureReason;
+  detail: string;
+} {
+  const code = error.code ?? "";
+  if (
+    code === "ERR_SSL_PEER_DID_NOT_RETURN_A_CERTIFICATE" ||
+    /did not return a certificate/.test(error.message)
+  ) {
+    return { reason: "no_client_cert", detail: "peer sent no client certificate" };
+  }
+  if (code in VERIFY_ERROR_REASONS) return classifyVerifyError(code);
+  if (/certificate expired/i.test(error.message)) return { reason: "cert_expired", detail: error.message };
+  if (/unknown ca/i.test(error.message)) return { reason: "unknown_ca", detail: error.message };
+  if (/certificate revoked/i.test(error.message)) return { reason: "revoked", detail: error.message };
+  if (code === "ERR_TLS_HANDSHAKE_TIMEOUT")
+    return { reason: "tls_protocol", detail: "TLS handshake timed out" };
+  return { reason: "tls_protocol", detail: code ? `${code}: ${error.message}` : error.message };
+}
