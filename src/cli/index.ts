@@ -1,0 +1,54 @@
+// The `mtlsd` command: parses the subcommand, dispatches, and turns outcomes into exit codes.
+import { readFileSync } from "node:fs";
+import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
+import { runCommand } from "./run.ts";
+
+export type { CliIo } from "./io.ts";
+
+const HELP = `mtlsd: a sidecar that wraps plain HTTP in mutual TLS with SPIFFE identities
+
+Usage:
+  mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml)
+  mtlsd --version         print the version
+  mtlsd --help            print this help
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
+Docs: README.md; config reference: config/mtlsd.example.yaml and config/mtlsd.schema.json
+`;
+
+const COMMANDS: Record<string, (args: string[], io: CliIo) => Promise<number>> = {
+  run: runCommand,
+};
+
+export function version(): string {
+  const manifest = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+    version: string;
+  };
+  return manifest.version;
+}
+
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  const [command, ...rest] = argv;
+  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+    io.stdout.write(HELP);
+    return command === undefined ? EXIT_USAGE : EXIT_OK;
+  }
+  if (command === "--version" || command === "-v") {
+    io.stdout.write(`mtlsd ${version()}\n`);
+    return EXIT_OK;
+  }
+  const handler = COMMANDS[command];
+  if (!handler) {
+    io.stderr.write(`mtlsd: unknown command "${command}"\n\n${HELP}`);
+    return EXIT_USAGE;
+  }
+  try {
+    return await handler(rest, io);
+  } catch (error) {
+    if (error instanceof UsageError || (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS")) {
+      io.stderr.write(`mtlsd ${command}: ${(error as Error).message}\n`);
+      return EXIT_USAGE;
+    }
+    throw error;
+  }
+}

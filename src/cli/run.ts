@@ -1,0 +1,56 @@
+// `mtlsd run`: start the sidecar from a config file and keep it running until a signal stops it.
+import { once } from "node:events";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { ConfigError, loadConfigFile } from "../config/index.ts";
+import { MtlsdError } from "../errors.ts";
+import { Sidecar } from "../sidecar.ts";
+import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./io.ts";
+
+// Codes that mean "what you gave me is wrong" (exit 2) rather than "something failed while running" (exit 1).
+const CONFIG_CODES = new Set([
+  "CONFIG_INVALID",
+  "CONFIG_UNREADABLE",
+  "POLICY_INVALID",
+  "CREDENTIAL_UNREADABLE",
+  "CERT_PARSE",
+  "KEY_PARSE",
+  "BUNDLE_INVALID",
+  "CERT_KEY_MISMATCH",
+  "CERT_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "SVID_INVALID",
+  "WRONG_TRUST_DOMAIN",
+  "CHAIN_UNTRUSTED",
+]);
+
+export function configPath(value: string | undefined, io: CliIo): string {
+  return path.resolve(io.cwd, value ?? io.env.MTLSD_CONFIG ?? "mtlsd.yaml");
+}
+
+export function exitCodeFor(error: unknown): number {
+  return error instanceof ConfigError || (error instanceof MtlsdError && CONFIG_CODES.has(error.code))
+    ? EXIT_USAGE
+    : EXIT_FAILURE;
+}
+
+export async function runCommand(args: string[], io: CliIo): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: "string", short: "c" } },
+    strict: true,
+  });
+  const file = configPath(values.config, io);
+  let sidecar: Sidecar;
+  try {
+    sidecar = await Sidecar.start(loadConfigFile(file));
+  } catch (error) {
+    io.stderr.write(`mtlsd: ${(error as Error).message}\n`);
+    return exitCodeFor(error);
+  }
+  const signals = io.signals ?? process;
+  const [signal] = await Promise.race([once(signals, "SIGTERM"), once(signals, "SIGINT")]);
+  sidecar.logger.info({ signal }, "stopping");
+  await sidecar.stop();
+  return EXIT_OK;
+}

@@ -1,0 +1,296 @@
+// The inbound listener: terminates mTLS, identifies the peer once per connection, and serves HTTP on top.
+import { randomBytes } from "node:crypto";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import net from "node:net";
+import tls from "node:tls";
+import { Pool } from "undici";
+import type { InboundConfig, LimitsConfig } from "../config/index.ts";
+import { parseHostPort } from "../config/index.ts";
+import type { CredentialStore, Credentials } from "../credentials/index.ts";
+import {
+  classifyTlsError,
+  classifyVerifyError,
+  type HandshakeFailureReason,
+  PeerIdentityCache,
+} from "../identity/index.ts";
+import type { Policy } from "../policy/index.ts";
+import { rawErrorResponse } from "../proxy/index.ts";
+import type { Logger, TrafficObserver } from "../telemetry/index.ts";
+import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
+import { InboundHandler } from "./handler.ts";
+import { formatXfccElement } from "./xfcc.ts";
+
+const TLS_HANDSHAKE_RECORD = 0x16;
+// How long a refused peer may keep the socket open to read our explanation before we cut it.
+const REFUSAL_LINGER_MS = 2000;
+
+export interface InboundOptions {
+  config: InboundConfig;
+  limits: LimitsConfig;
+  store: CredentialStore;
+  policy: Policy;
+  trustDomain: string;
+  logger: Logger;
+  observer: TrafficObserver;
+}
+
+/**
+ * One TCP port, three layers: a net.Server that looks at the first byte (TLS or not), a tls.Server that is
+ * fed connections and never listens itself, and an http.Server that is fed the verified TLS sockets.
+ * Feeding the layers by hand lets us classify every refusal and explain it to the peer, which a plain
+ * `https.Server` with `rejectUnauthorized` would turn into a silent disconnect.
+ */
+export class InboundListener {
+  readonly #options: InboundOptions;
+  readonly #net: net.Server;
+  readonly #tls: tls.Server;
+  readonly #http: http.Server;
+  readonly #app: Pool;
+  readonly #handler: InboundHandler;
+  readonly #sockets = new Set<net.Socket>();
+  #peers: PeerIdentityCache;
+  #bundleSha256: string;
+  #ticketKeys: Buffer;
+  #unsubscribe: () => void;
+
+  constructor(options: InboundOptions) {
+    this.#options = options;
+    const { config, limits, store } = options;
+    this.#peers = new PeerIdentityCache("client", options.trustDomain);
+    this.#bundleSha256 = store.current.bundleSha256;
+    this.#ticketKeys = randomBytes(48);
+    this.#app = new Pool(config.app, { connections: null, pipelining: 1 });
+    this.#handler = new InboundHandler({
+      app: this.#app,
+      config,
+      limits,
+      policy: options.policy,
+      store,
+      observer: options.observer,
+    });
+
+    this.#tls = tls.createServer({
+      ...this.#contextOptions(store.current),
+      requestCert: true,
+      // We check the verdict ourselves in `secureConnection`, so every refusal gets a reason and a reply.
+      rejectUnauthorized: false,
+      handshakeTimeout: limits.handshakeTimeout,
+      ALPNProtocols: ["http/1.1"],
+    });
+    this.#tls.on("secureConnection", this.#onSecureConnection);
+    this.#tls.on("tlsClientError", this.#onTlsClientError);
+
+    this.#http = http.createServer(
+      {
+        maxHeaderSize: limits.maxHeaderSize,
+        headersTimeout: limits.headersTimeout,
+        requestTimeout: limits.requestTimeout,
+        keepAliveTimeout: limits.keepAliveTimeout,
+        connectionsCheckingInterval: Math.min(1000, limits.headersTimeout),
+        requireHostHeader: true,
+        joinDuplicateHeaders: false,
+        insecureHTTPParser: false,
+      },
+      this.#handler.handle,
+    );
+    this.#http.on("clientError", this.#onClientError);
+
+    this.#net = net.createServer({ noDelay: true }, this.#onConnection);
+    this.#net.maxConnections = limits.maxConnections;
+
+    this.#unsubscribe = store.subscribe((next) => this.#onCredentials(next));
+  }
+
+  async listen(): Promise<AddressInfo> {
+    const { host, port } = parseHostPort(this.#options.config.listen)!;
+    await new Promise<void>((resolve, reject) => {
+      this.#net.once("error", reject);
+      this.#net.listen(port, host, () => {
+        this.#net.off("error", reject);
+        resolve();
+      });
+    });
+    return this.#net.address() as AddressInfo;
+  }
+
+  address(): AddressInfo | null {
+    return this.#net.address() as AddressInfo | null;
+  }
+
+  setPolicy(policy: Policy): void {
+    this.#handler.policy = policy;
+  }
+
+  /** Stops accepting, closes idle connections, and force-closes the rest after `graceMs`. */
+  async close(graceMs = 0): Promise<void> {
+    this.#unsubscribe();
+    const closed = new Promise<void>((resolve) => this.#net.close(() => resolve()));
+    this.#http.closeIdleConnections();
+    if (graceMs > 0 && this.#sockets.size > 0) {
+      const deadline = Date.now() + graceMs;
+      while (this.#sockets.size > 0 && Date.now() < deadline) {
+        this.#http.closeIdleConnections();
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    for (const socket of this.#sockets) socket.destroy();
+    await closed;
+    await this.#app.close();
+  }
+
+  #contextOptions(credentials: Credentials): tls.SecureContextOptions & { ticketKeys: Buffer } {
+    return {
+      cert: credentials.chainPem,
+      key: credentials.keyPem,
+      ca: credentials.bundlePem,
+      minVersion: this.#options.config.minTLSVersion,
+      // Session resumption with client certificates requires a session ID context.
+      sessionIdContext: "mtlsd-inbound",
+      ticketKeys: this.#ticketKeys,
+    };
+  }
+
+  #onCredentials(next: Credentials): void {
+    // A session ticket carries the old verification result: when trust changes, old tickets must not resume
+    // (CVE-2022-21654), so the ticket keys change with the bundle; otherwise they stay and resumption survives.
+    if (next.bundleSha256 !== this.#bundleSha256) {
+      this.#ticketKeys = randomBytes(48);
+      this.#bundleSha256 = next.bundleSha256;
+    }
+    this.#tls.setSecureContext(this.#contextOptions(next));
+  }
+
+  readonly #onConnection = (socket: net.Socket): void => {
+    this.#sockets.add(socket);
+    socket.once("close", () => this.#sockets.delete(socket));
+    socket.on("error", noop);
+    // A client that connects and says nothing holds a slot; the handshake timeout covers this wait too.
+    socket.setTimeout(this.#options.limits.handshakeTimeout, () => {
+      this.#handshakeFailure(socket, "tls_protocol", "no data before the handshake timeout");
+      socket.destroy();
+    });
+    socket.once("data", (chunk: Buffer) => {
+      socket.setTimeout(0);
+      socket.pause();
+      socket.unshift(chunk);
+      if (chunk[0] === TLS_HANDSHAKE_RECORD) this.#tls.emit("connection", socket);
+      else this.#refusePlaintext(socket);
+    });
+  };
+
+  #refusePlaintext(socket: net.Socket): void {
+    this.#handshakeFailure(socket, "tls_protocol", "plaintext request on an mTLS port");
+    linger(socket);
+    socket.end(
+      rawErrorResponse(
+        400,
+        "Bad Request",
+        "mtls_required",
+        "this port requires mutual TLS: connect with https:// and a client certificate",
+      ),
+    );
+  }
+
+  readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
+    const certificate = socket.getPeerX509Certificate();
+    if (!certificate) {
+      this.#refuse(socket, "no_client_cert", "peer sent no client certificate");
+      return;
+    }
+    if (!socket.authorized) {
+      const { reason, detail } = classifyVerifyError(String(socket.authorizationError));
+      this.#refuse(socket, reason, detail);
+      return;
+    }
+    const check = this.#peers.identify(certificate.raw);
+    if (!check.ok) {
+      this.#refuse(socket, check.reason, check.detail, check.spiffeId);
+      return;
+    }
+    const peer = check.peer;
+    const connection: InboundConnection = {
+      peer,
+      xfcc: formatXfccElement({
+        by: [this.#options.store.current.spiffeId],
+        hash: peer.sha256,
+        subject: peer.subject,
+        uris: peer.uris,
+        dns: peer.dnsNames,
+      }),
+      plaintext: false,
+    };
+    (socket as InboundSocket)[kConnection] = connection;
+    this.#http.emit("connection", socket);
+  };
+
+  readonly #onTlsClientError = (error: Error & { code?: string }, socket: tls.TLSSocket): void => {
+    if (error.code === "ECONNRESET") {
+      this.#handshakeFailure(socket, "tls_protocol", "connection closed before the TLS handshake");
+      return;
+    }
+    const { reason, detail } = classifyTlsError(error);
+    this.#handshakeFailure(socket, reason, detail);
+  };
+
+  readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
+    if (error.code === "ECONNRESET" || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const [status, text, message] =
+      error.code === "HPE_HEADER_OVERFLOW"
+        ? [431, "Request Header Fields Too Large", "request headers are larger than limits.maxHeaderSize"]
+        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+          ? [408, "Request Timeout", "the request did not arrive within the time limit"]
+          : [400, "Bad Request", `malformed HTTP request (${error.code ?? error.message})`];
+    const connection = (socket as InboundSocket)[kConnection];
+    this.#options.observer.request({
+      direction: "inbound",
+      source_identity: connection?.peer?.spiffeId ?? "unauthenticated",
+      destination_identity: this.#options.store.current.spiffeId,
+      method: "-",
+      path: "-",
+      decision: "deny",
+      reason: status === 408 ? "request_timeout" : "bad_request",
+      status,
+      duration_ms: 0,
+      error: error.code ?? error.message,
+    });
+    linger(socket);
+    socket.end(rawErrorResponse(status, text, status === 408 ? "request_timeout" : "bad_request", message));
+  };
+
+  /** Logs the refusal, then tells the peer why in an HTTP response (as nginx does) and closes. */
+  #refuse(socket: tls.TLSSocket, reason: HandshakeFailureReason, detail: string, spiffeId?: string): void {
+    this.#handshakeFailure(socket, reason, detail, spiffeId);
+    linger(socket);
+    // The peer learns the category, not our trust configuration; the full detail is in our log.
+    socket.end(rawErrorResponse(403, "Forbidden", reason, `client certificate refused (${reason})`));
+  }
+
+  #handshakeFailure(
+    socket: net.Socket,
+    reason: HandshakeFailureReason,
+    detail: string,
+    spiffeId?: string,
+  ): void {
+    this.#options.observer.handshakeFailure({
+      direction: "inbound",
+      reason,
+      detail,
+      remote_address: socket.remoteAddress,
+      ...(spiffeId ? { source_identity: spiffeId } : {}),
+      destination_identity: this.#options.store.current.spiffeId,
+    });
+  }
+}
+
+function noop(): void {}
+
+/** Reads and discards what the peer still sends, so our reply is not lost to a reset, then closes. */
+function linger(socket: net.Socket): void {
+  socket.on("data", noop);
+  socket.resume();
+  socket.setTimeout(REFUSAL_LINGER_MS, () => socket.destroy());
+}

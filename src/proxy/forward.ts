@@ -1,0 +1,144 @@
+// The one request-forwarding engine: streams a client request to a dispatcher and the response back.
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Dispatcher } from "undici";
+import { classifyForwardError, type ForwardFailure } from "./errors.ts";
+import { forwardableResponseHeaders, type ResponseHeaders } from "./headers.ts";
+import { type ResponseReason, sendError } from "./respond.ts";
+
+export interface ForwardRequest {
+  dispatcher: Dispatcher;
+  /** Name of the upstream for error messages ("app", "orders"). */
+  upstream: string;
+  method: string;
+  /** Path and query exactly as the upstream must receive them. */
+  path: string;
+  /** Flat [name, value, ...] list, already filtered. */
+  headers: string[];
+  /** Whether the client request has a body (Content-Length > 0 or Transfer-Encoding). */
+  hasBody: boolean;
+  /** No response head within this many ms: 504 upstream_timeout. */
+  headersTimeout: number;
+  /** Longest gap between response body chunks, in ms. */
+  bodyTimeout: number;
+}
+
+/** How a forwarded request ended, for the request log. */
+export interface ForwardOutcome {
+  status: number;
+  failure?: ForwardFailure;
+}
+
+class ClientClosedError extends Error {
+  readonly code = "MTLSD_CLIENT_CLOSED";
+}
+
+/**
+ * One in-flight forward, as an undici dispatch handler: a single object per request instead of closures,
+ * with backpressure both ways (a slow client pauses the upstream; undici pulls the request body as it sends).
+ */
+class Forwarding implements Dispatcher.DispatchHandler {
+  readonly #res: ServerResponse;
+  readonly #upstream: string;
+  readonly #done: (outcome: ForwardOutcome) => void;
+  readonly #hasBody: boolean;
+  #controller: Dispatcher.DispatchController | undefined;
+  #status = 0;
+  #finished = false;
+
+  constructor(
+    res: ServerResponse,
+    upstream: string,
+    hasBody: boolean,
+    done: (outcome: ForwardOutcome) => void,
+  ) {
+    this.#res = res;
+    this.#upstream = upstream;
+    this.#hasBody = hasBody;
+    this.#done = done;
+    res.once("close", this.#onClientClose);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.#controller = controller;
+    if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
+  }
+
+  onResponseStart(
+    _controller: Dispatcher.DispatchController,
+    statusCode: number,
+    headers: ResponseHeaders,
+    statusMessage?: string,
+  ): void {
+    // 1xx heads are informational; Node answers `Expect: 100-continue` to the client itself.
+    if (statusCode < 200) return;
+    this.#status = statusCode;
+    const forwarded = forwardableResponseHeaders(headers);
+    if (statusMessage) this.#res.writeHead(statusCode, statusMessage, forwarded);
+    else this.#res.writeHead(statusCode, forwarded);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.#res.write(chunk)) {
+      controller.pause();
+      this.#res.once("drain", () => controller.resume());
+    }
+  }
+
+  onResponseEnd(): void {
+    this.#res.end();
+    this.#finish({ status: this.#status });
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    const failure = classifyForwardError(error, this.#upstream);
+    if (failure.reason === "client_closed") {
+      this.#finish({ status: 499, failure });
+      return;
+    }
+    if (this.#res.headersSent) {
+      // The head is out: the only honest signal left is an aborted response, never a truncated "success".
+      this.#res.destroy();
+      this.#finish({
+        status: this.#status,
+        failure: { status: this.#status, reason: "upstream_reset", message: failure.message },
+      });
+      return;
+    }
+    // A request body may be half consumed by the failed attempt: close rather than guess where it ends.
+    sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, this.#hasBody);
+    this.#finish({ status: failure.status, failure });
+  }
+
+  readonly #onClientClose = (): void => {
+    if (this.#finished) return;
+    this.#controller?.abort(new ClientClosedError("client closed the connection"));
+  };
+
+  #finish(outcome: ForwardOutcome): void {
+    if (this.#finished) return;
+    this.#finished = true;
+    this.#res.removeListener("close", this.#onClientClose);
+    this.#done(outcome);
+  }
+}
+
+/** Forwards `req` as described and calls `done` exactly once, when the exchange is over. */
+export function forward(
+  req: IncomingMessage,
+  res: ServerResponse,
+  request: ForwardRequest,
+  done: (outcome: ForwardOutcome) => void,
+): void {
+  const handler = new Forwarding(res, request.upstream, request.hasBody, done);
+  request.dispatcher.dispatch(
+    {
+      method: request.method,
+      path: request.path,
+      headers: request.headers,
+      body: request.hasBody ? req : null,
+      headersTimeout: request.headersTimeout,
+      bodyTimeout: request.bodyTimeout,
+    },
+    handler,
+  );
+}

@@ -1,0 +1,55 @@
+// Responses the sidecar makes itself: a JSON body and `x-mtlsd-reason`, with stable snake_case reasons.
+import type { ServerResponse } from "node:http";
+
+/** Reason codes of responses mtlsd makes itself (DESIGN.md); dashboards and clients match on these. */
+export type ResponseReason =
+  | "policy_denied"
+  | "bad_path"
+  | "bad_request"
+  | "unknown_upstream"
+  | "upstream_unreachable"
+  | "upstream_identity_mismatch"
+  | "upstream_tls_error"
+  | "upstream_timeout"
+  | "draining";
+
+/** Sends `{"error", "reason"}`; `close` ends the connection after it (when the framing is in doubt). */
+export function sendError(
+  res: ServerResponse,
+  status: number,
+  reason: ResponseReason,
+  message: string,
+  close = false,
+): void {
+  if (res.headersSent) {
+    res.destroy();
+    return;
+  }
+  const body = JSON.stringify({ error: message, reason });
+  const headers: Record<string, string | number> = {
+    "content-type": "application/json",
+    "content-length": Buffer.byteLength(body),
+    "x-mtlsd-reason": reason,
+    "cache-control": "no-store",
+  };
+  if (close) headers.connection = "close";
+  res.writeHead(status, headers);
+  res.end(body);
+}
+
+/**
+ * A complete HTTP/1.1 error response as bytes, for sockets that have no HTTP server yet (a parse error,
+ * a refused TLS peer, a plaintext client on a TLS port).
+ */
+export function rawErrorResponse(
+  status: number,
+  statusText: string,
+  reason: string,
+  message: string,
+): string {
+  const body = JSON.stringify({ error: message, reason });
+  return (
+    `HTTP/1.1 ${status} ${statusText}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
+    `x-mtlsd-reason: ${reason}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n${body}`
+  );
+}

@@ -1,0 +1,137 @@
+// Composition root: builds every part from a Config, and starts and stops them in order.
+import type { AddressInfo } from "node:net";
+import type { DestinationStream } from "pino";
+import { ConfigError, type LoadedConfig } from "./config/index.ts";
+import { CredentialStore, loadCredentials } from "./credentials/index.ts";
+import { MtlsdError } from "./errors.ts";
+import { InboundListener } from "./inbound/index.ts";
+import { Policy } from "./policy/index.ts";
+import { createLogger, type Logger, TrafficLog, type TrafficObserver } from "./telemetry/index.ts";
+
+export interface SidecarOptions {
+  /** Log destination; stdout by default. Tests pass a stream to read the lines. */
+  logStream?: DestinationStream;
+}
+
+export interface SidecarAddresses {
+  inbound?: AddressInfo;
+}
+
+export class Sidecar {
+  readonly loaded: LoadedConfig;
+  readonly logger: Logger;
+  readonly store: CredentialStore;
+  readonly observer: TrafficObserver;
+  readonly #inbound: InboundListener | undefined;
+  #stopped = false;
+
+  private constructor(
+    loaded: LoadedConfig,
+    logger: Logger,
+    store: CredentialStore,
+    policy: Policy | undefined,
+  ) {
+    this.loaded = loaded;
+    this.logger = logger;
+    this.store = store;
+    this.observer = new TrafficLog(logger);
+    const { config } = loaded;
+    if (config.inbound && policy) {
+      this.#inbound = new InboundListener({
+        config: config.inbound,
+        limits: config.limits,
+        store,
+        policy,
+        trustDomain: config.identity.trustDomain,
+        logger,
+        observer: this.observer,
+      });
+    }
+  }
+
+  /**
+   * Validates everything that can be validated before binding a port (config, policy, credentials), so a
+   * bad config starts nothing; then listens. Throws MtlsdError; `code` tells config problems from runtime ones.
+   */
+  static async start(loaded: LoadedConfig, options: SidecarOptions = {}): Promise<Sidecar> {
+    const { config } = loaded;
+    const policy = config.inbound ? compilePolicy(loaded) : undefined;
+    const credentials = await loadCredentials(config.identity, { trustDomain: config.identity.trustDomain });
+    const logger = createLogger({
+      level: config.log.level,
+      ...(options.logStream ? { stream: options.logStream } : {}),
+    });
+    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy);
+    try {
+      await sidecar.#listen();
+    } catch (error) {
+      await sidecar.stop();
+      throw error;
+    }
+    return sidecar;
+  }
+
+  addresses(): SidecarAddresses {
+    const inbound = this.#inbound?.address() ?? undefined;
+    return inbound ? { inbound } : {};
+  }
+
+  async #listen(): Promise<void> {
+    const addresses: Record<string, string> = {};
+    if (this.#inbound) {
+      const address = await listenOrExplain("inbound.listen", () => this.#inbound!.listen());
+      addresses.inbound = `${address.address}:${address.port}`;
+    }
+    const credentials = this.store.current;
+    this.logger.info(
+      {
+        identity: credentials.spiffeId,
+        trust_domain: credentials.trustDomain,
+        cert_not_after: credentials.leaf.notAfter.toISOString(),
+        listeners: addresses,
+        config: this.loaded.file,
+      },
+      "mtlsd started",
+    );
+  }
+
+  /** Stops listening and closes connections, giving in-flight requests up to `graceMs`. */
+  async stop(graceMs = 0): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    await this.#inbound?.close(graceMs);
+    this.logger.info("mtlsd stopped");
+    this.logger.flush();
+  }
+}
+
+function compilePolicy(loaded: LoadedConfig): Policy {
+  try {
+    return new Policy(loaded.config.inbound!.policy);
+  } catch (error) {
+    if (error instanceof MtlsdError && error.code === "POLICY_INVALID") {
+      const [path, ...rest] = error.message.split(": ");
+      throw new ConfigError(loaded.file, [
+        { path: path ?? "inbound.policy", expected: "a valid policy", found: rest.join(": ") },
+      ]);
+    }
+    throw error;
+  }
+}
+
+async function listenOrExplain(field: string, listen: () => Promise<AddressInfo>): Promise<AddressInfo> {
+  try {
+    return await listen();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const hint =
+      code === "EADDRINUSE"
+        ? "the port is already in use (another mtlsd, or the app itself?)"
+        : code === "EACCES"
+          ? "permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)"
+          : code === "EADDRNOTAVAIL"
+            ? "that address does not belong to this host"
+            : (error as Error).message;
+    throw new MtlsdError("LISTEN_FAILED", `${field}: cannot listen: ${hint}`, { cause: error });
+  }
+}

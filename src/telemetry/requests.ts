@@ -1,0 +1,59 @@
+// What the data path reports (requests, refused handshakes) and the log that writes it, one line each.
+import type { Logger } from "pino";
+
+export type Direction = "inbound" | "outbound";
+
+/** Everything known about one request once it is over. Field names are the log contract. */
+export interface RequestRecord {
+  direction: Direction;
+  source_identity: string;
+  destination_identity: string;
+  method: string;
+  path: string;
+  decision: "allow" | "deny";
+  shadow?: string;
+  rule?: string;
+  reason: string;
+  status: number;
+  duration_ms: number;
+  plaintext?: true;
+  upstream?: string;
+  error?: string;
+}
+
+/** A connection refused before any request: the DESIGN.md handshake failure reasons. */
+export interface HandshakeFailureRecord {
+  direction: Direction;
+  reason: string;
+  detail: string;
+  remote_address?: string;
+  source_identity?: string;
+  destination_identity?: string;
+}
+
+/** Where the data path reports what happened; the log and the metrics both implement it. */
+export interface TrafficObserver {
+  request(record: RequestRecord): void;
+  handshakeFailure(record: HandshakeFailureRecord): void;
+}
+
+/** Logs allowed requests at info and denied or failed ones at warn. */
+export class TrafficLog implements TrafficObserver {
+  readonly #logger: Logger;
+
+  constructor(logger: Logger) {
+    this.#logger = logger;
+  }
+
+  request(record: RequestRecord): void {
+    if (record.decision === "deny" || record.status >= 500) this.#logger.warn(record, "request");
+    else this.#logger.info(record, "request");
+  }
+
+  handshakeFailure(record: HandshakeFailureRecord): void {
+    // A client that connects and leaves without a word is a port check, not an incident.
+    if (record.detail === "connection closed before the TLS handshake")
+      this.#logger.debug(record, "handshake failed");
+    else this.#logger.warn(record, "handshake failed");
+  }
+}

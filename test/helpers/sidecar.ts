@@ -1,0 +1,74 @@
+// Starts a Sidecar in-process from a config object, with its log lines captured for assertions.
+import { writeFile } from "node:fs/promises";
+import path from "node:path";
+import { stringify } from "yaml";
+import { parseConfig } from "../../src/config/index.ts";
+import { Sidecar } from "../../src/sidecar.ts";
+import type { IdentityFiles, TestPki } from "./pki.ts";
+
+export type LogLine = Record<string, unknown> & { level: string; msg: string };
+
+export interface RunningSidecar {
+  sidecar: Sidecar;
+  /** https://localhost:<port> of the inbound listener. */
+  inboundUrl: string;
+  inboundPort: number;
+  logs: LogLine[];
+  configPath: string;
+  stop(): Promise<void>;
+}
+
+/** A pino destination that keeps parsed lines in memory. */
+export function captureLogs(): { lines: LogLine[]; stream: { write(line: string): void } } {
+  const lines: LogLine[] = [];
+  return { lines, stream: { write: (line: string) => lines.push(JSON.parse(line) as LogLine) } };
+}
+
+export async function startSidecar(
+  pki: TestPki,
+  identity: IdentityFiles,
+  config: Record<string, unknown>,
+): Promise<RunningSidecar> {
+  const full = {
+    identity: {
+      cert: identity.certPath,
+      key: identity.keyPath,
+      trustBundle: pki.bundlePath,
+      trustDomain: pki.trustDomain,
+    },
+    log: { level: "debug" },
+    ...config,
+  };
+  const configPath = path.join(
+    pki.dir,
+    `${identity.name}-${Date.now()}-${Math.random().toString(36).slice(2)}.yaml`,
+  );
+  const text = stringify(full);
+  await writeFile(configPath, text);
+  const { lines, stream } = captureLogs();
+  const sidecar = await Sidecar.start(parseConfig(text, configPath), { logStream: stream });
+  const port = sidecar.addresses().inbound?.port ?? 0;
+  return {
+    sidecar,
+    inboundUrl: `https://localhost:${port}`,
+    inboundPort: port,
+    logs: lines,
+    configPath,
+    stop: () => sidecar.stop(),
+  };
+}
+
+/** Waits until a log line matching `predicate` appears (logging is synchronous, but requests are not). */
+export async function waitForLog(
+  logs: LogLine[],
+  predicate: (line: LogLine) => boolean,
+  timeoutMs = 3000,
+): Promise<LogLine> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = logs.find(predicate);
+    if (found) return found;
+    if (Date.now() > deadline) throw new Error(`no matching log line within ${timeoutMs}ms`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
