@@ -70,6 +70,20 @@ function quoted(key: string, value: string): string {
   return `"${value.replace(/["\\]/g, "\\$&")}"`;
 }
 
+/**
+ * Envoy writes Subject (and Cert/Chain) raw inside the quotes, and apps that read Envoy's XFCC expect those
+ * bytes, e.g. `Subject="O=Acme\, Inc."`. Raw is kept whenever it reads back unchanged (no `"`, no `\\` or
+ * `\"` pair, no trailing `\`); otherwise the value is fully escaped, where Envoy's output would be lossy.
+ */
+function quotedRaw(key: string, value: string): string {
+  checkHeaderSafe(key, value);
+  for (let i = value.indexOf("\\"); i !== -1; i = value.indexOf("\\", i + 2)) {
+    const next = value.charCodeAt(i + 1);
+    if (Number.isNaN(next) || next === DQUOTE || next === BACKSLASH) return quoted(key, value);
+  }
+  return value.includes('"') ? quoted(key, value) : `"${value}"`;
+}
+
 function plainOrQuoted(key: string, value: string): string {
   if (needsQuotes(value)) return quoted(key, value);
   checkHeaderSafe(key, value);
@@ -96,8 +110,8 @@ function checkHeaderSafe(key: string, value: string): void {
 /**
  * Formats one XFCC element the way Envoy's mutateXfccRequestHeader does: By pairs, Hash, then `details`
  * in the given order (Envoy's own order by default). Cert, Chain and Subject are always quoted; other values
- * only when they need it. Envoy never quotes By/URI/DNS and writes Subject raw inside its quotes; we escape
- * `"` and `\` there, which changes nothing for SPIFFE IDs, DNS names or any subject without `"` or `\`.
+ * only when they need it, with `"` and `\` escaped. Cert, Chain and Subject go raw inside their quotes,
+ * byte for byte as Envoy writes them (see quotedRaw).
  * Called once per connection. Throws MtlsdError XFCC_INVALID_VALUE on a value a header cannot carry.
  */
 export function formatXfccElement(
@@ -110,13 +124,13 @@ export function formatXfccElement(
   for (const detail of details) {
     switch (detail) {
       case "Cert":
-        if (f.cert) pairs.push(`Cert=${quoted("Cert", f.cert)}`);
+        if (f.cert) pairs.push(`Cert=${quotedRaw("Cert", f.cert)}`);
         break;
       case "Chain":
-        if (f.chain) pairs.push(`Chain=${quoted("Chain", f.chain)}`);
+        if (f.chain) pairs.push(`Chain=${quotedRaw("Chain", f.chain)}`);
         break;
       case "Subject":
-        if (f.subject !== undefined) pairs.push(`Subject=${quoted("Subject", f.subject)}`);
+        if (f.subject !== undefined) pairs.push(`Subject=${quotedRaw("Subject", f.subject)}`);
         break;
       case "URI":
         if (f.uris.length === 0) pairs.push("URI=");
