@@ -29,9 +29,13 @@ export function version(): string {
 
 export async function runCli(argv: string[], io: CliIo): Promise<number> {
   const [command, ...rest] = argv;
-  if (command === undefined || command === "--help" || command === "-h" || command === "help") {
+  if (command === undefined) {
+    io.stderr.write(HELP);
+    return EXIT_USAGE;
+  }
+  if (command === "--help" || command === "-h" || command === "help") {
     io.stdout.write(HELP);
-    return command === undefined ? EXIT_USAGE : EXIT_OK;
+    return EXIT_OK;
   }
   if (command === "--version" || command === "-v") {
     io.stdout.write(`mtlsd ${version()}\n`);

@@ -163,6 +163,42 @@ export const configSchema = s.object({
     })
     .optional()
     .describe("Accept mTLS from peers, authorize, forward to the app."),
+  outbound: s
+    .object({
+      listen: listenAddress()
+        .default("127.0.0.1:15001")
+        .describe("Where the app sends plain HTTP: as HTTP_PROXY, or with the upstream's name as Host."),
+      upstreams: s
+        .record(
+          s.object({
+            address: s
+              .string({
+                expected: "host:port of the upstream's mTLS listener, like orders.internal:15006",
+                check: (value) => (parseHostPort(value) ? undefined : "not host:port"),
+              })
+              .describe("Where the upstream's sidecar listens for mTLS."),
+            identity: spiffeId().describe("The SPIFFE ID the upstream must present, exactly."),
+            listen: listenAddress()
+              .optional()
+              .describe("A local port of its own, for apps that can set neither a proxy nor a Host header."),
+            timeout: s
+              .duration()
+              .default(30_000)
+              .describe("No response head within this time: 504 upstream_timeout."),
+            pool: s
+              .object({
+                connections: s.integer(1, 1024).default(16).describe("Keep-alive connections at most."),
+              })
+              .default({ connections: 16 }),
+          }),
+          /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
+          "an upstream name: lowercase letters, digits and -, as in a DNS label (apps may use it as Host)",
+          1,
+        )
+        .describe("The services the app may call; anything else gets 502 unknown_upstream."),
+    })
+    .optional()
+    .describe("Carry the app's plain HTTP to upstream sidecars over mTLS, on pooled connections."),
   limits: s
     .object({
       maxConnections: s
@@ -205,3 +241,5 @@ export type Config = Infer<typeof configSchema>;
 export type IdentityConfig = Config["identity"];
 export type InboundConfig = NonNullable<Config["inbound"]>;
 export type LimitsConfig = Config["limits"];
+export type OutboundConfig = NonNullable<Config["outbound"]>;
+export type UpstreamConfig = OutboundConfig["upstreams"][string];

@@ -5,7 +5,9 @@ export {
   type IdentityConfig,
   type InboundConfig,
   type LimitsConfig,
+  type OutboundConfig,
   parseHostPort,
+  type UpstreamConfig,
 } from "./config-schema.ts";
 export { ConfigError, type LoadedConfig, loadConfigFile, parseConfig } from "./load.ts";
 export { formatByteSize, formatDuration, parseByteSize, parseDuration } from "./schema.ts";

@@ -1,7 +1,7 @@
 // Reads a YAML config file, validates it against the schema and cross-field rules, and resolves file paths.
 import { readFileSync } from "node:fs";
 import path from "node:path";
-import { type Document, isMap, isNode, isScalar, LineCounter, parseDocument } from "yaml";
+import { type Document, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { MtlsdError } from "../errors.ts";
 import { type Config, configSchema, parseHostPort } from "./config-schema.ts";
 import { INVALID, type Issue } from "./schema.ts";
@@ -65,15 +65,34 @@ export function parseConfig(text: string, file: string): LoadedConfig {
   if (document.errors.length > 0) {
     throw new ConfigError(
       file,
-      document.errors.map((error) => ({
-        path: "(YAML)",
-        line: error.linePos?.[0]?.line,
-        expected: "valid YAML",
-        found: error.message.split("\n")[0] ?? error.code,
-      })),
+      document.errors.map((error) => {
+        // linePos is only filled in with prettyErrors, which would also put source excerpts in the message.
+        const line = lineCounter.linePos(error.pos[0]).line;
+        if (error.code === "DUPLICATE_KEY") {
+          return {
+            path: fieldPathAt(document.contents, error.pos[0], ""),
+            line,
+            expected: "each key at most once per mapping",
+            found: "the key a second time",
+          };
+        }
+        const detail = error.message.split("\n")[0] ?? error.code;
+        return { path: "(YAML)", line, expected: "valid YAML", found: `a syntax error: ${detail}` };
+      }),
     );
   }
-  const value = document.toJS({ maxAliasCount: 50 }) ?? {};
+  const value = document.toJS({ maxAliasCount: 50 });
+  if (value === undefined || value === null) {
+    throw new ConfigError(file, [
+      {
+        path: "(top level)",
+        line: 1,
+        expected:
+          "a mapping with an identity section and an inbound or outbound one (see config/mtlsd.example.yaml)",
+        found: "an empty document",
+      },
+    ]);
+  }
   const issues: Issue[] = [];
   const parsed = configSchema.read(value, "", issues);
   if (parsed !== INVALID) issues.push(...crossFieldIssues(parsed));
@@ -94,11 +113,11 @@ export function parseConfig(text: string, file: string): LoadedConfig {
 /** Rules that involve more than one field. */
 function crossFieldIssues(config: Config): Issue[] {
   const issues: Issue[] = [];
-  if (!config.inbound) {
+  if (!config.inbound && !config.outbound) {
     issues.push({
       path: "inbound",
-      expected: "an inbound section (without one mtlsd has nothing to do)",
-      found: "nothing",
+      expected: "an inbound or an outbound section (without either mtlsd has nothing to do)",
+      found: "neither",
     });
   }
   const seen = new Map<string, number>();
@@ -114,6 +133,12 @@ function crossFieldIssues(config: Config): Issue[] {
   });
   const listeners: [string, string][] = [];
   if (config.inbound) listeners.push(["inbound.listen", config.inbound.listen]);
+  if (config.outbound) {
+    listeners.push(["outbound.listen", config.outbound.listen]);
+    for (const [name, upstream] of Object.entries(config.outbound.upstreams)) {
+      if (upstream.listen) listeners.push([`outbound.upstreams.${name}.listen`, upstream.listen]);
+    }
+  }
   const ports = new Map<number, string>();
   for (const [field, address] of listeners) {
     const port = parseHostPort(address)?.port;
@@ -124,6 +149,27 @@ function crossFieldIssues(config: Config): Issue[] {
     } else ports.set(port, field);
   }
   return issues;
+}
+
+/** The field path (`inbound.listen`) of the deepest key or item whose source holds `offset`. */
+function fieldPathAt(node: unknown, offset: number, prefix: string): string {
+  const holds = (child: unknown) => {
+    const range = isNode(child) ? child.range : undefined;
+    return !!range && range[0] <= offset && offset < range[2];
+  };
+  if (isMap(node)) {
+    for (const pair of node.items) {
+      const key = isScalar(pair.key) ? String(pair.key.value) : "?";
+      const path = prefix ? `${prefix}.${key}` : key;
+      if (holds(pair.key)) return path;
+      if (holds(pair.value)) return fieldPathAt(pair.value, offset, path);
+    }
+  } else if (isSeq(node)) {
+    for (const [index, item] of node.items.entries()) {
+      if (holds(item)) return fieldPathAt(item, offset, `${prefix}[${index}]`);
+    }
+  }
+  return prefix || "(top level)";
 }
 
 /** The 1-based line of the node at a field path like `inbound.policy.rules[2].from[0]`, if it exists. */

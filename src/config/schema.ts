@@ -57,8 +57,13 @@ export class OptionalSchema<T> extends Schema<T | undefined> {
   }
 
   toJsonSchema(): JsonSchema {
-    return this.inner.toJsonSchema();
+    // `.optional().describe(...)` sets the text on this wrapper; editors must still see it.
+    return withDescription(this.inner.toJsonSchema(), this.description);
   }
+}
+
+function withDescription(schema: JsonSchema, description: string): JsonSchema {
+  return description ? { ...schema, description } : schema;
 }
 
 /** A field that takes a default when absent; its type stays required. */
@@ -81,13 +86,29 @@ export class DefaultSchema<T> extends Schema<T> {
   }
 
   toJsonSchema(): JsonSchema {
-    return { ...this.inner.toJsonSchema(), default: jsonDefault(this.defaultValue, this.inner) };
+    return {
+      ...withDescription(this.inner.toJsonSchema(), this.description),
+      default: jsonDefault(this.defaultValue, this.inner),
+    };
   }
 }
 
 function jsonDefault(value: unknown, schema: Schema<unknown>): unknown {
   if (schema instanceof DurationSchema && typeof value === "number") return formatDuration(value);
   if (schema instanceof ByteSizeSchema && typeof value === "number") return formatByteSize(value);
+  // An object's default holds parsed values (ms, bytes); editors need them spelt as in a config file.
+  if (schema instanceof ObjectSchema && isMapping(value)) {
+    return Object.fromEntries(
+      Object.entries(value).map(([key, field]) => {
+        const fieldSchema = schema.shape[key];
+        const inner =
+          fieldSchema instanceof DefaultSchema || fieldSchema instanceof OptionalSchema
+            ? fieldSchema.inner
+            : fieldSchema;
+        return [key, inner ? jsonDefault(field, inner) : field];
+      }),
+    );
+  }
   return value;
 }
 

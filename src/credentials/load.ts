@@ -110,7 +110,7 @@ export async function validateCredentials(
   if (now > notAfter) {
     throw new MtlsdError(
       "CERT_EXPIRED",
-      `identity.cert (${files.cert}) expired at ${notAfter.toISOString()}`,
+      `identity.cert (${files.cert}) expired at ${notAfter.toISOString()} (this host's clock says ${now.toISOString()}); install a renewed certificate`,
     );
   }
   const svid = checkLeafSvid(new x509.X509Certificate(leaf.raw), "own", options.trustDomain);
@@ -162,7 +162,10 @@ function parseCertificates(field: string, file: string, pem: string): X509Certif
 
 function parseKey(file: string, pem: string): KeyObject {
   if (/ENCRYPTED/.test(pem)) {
-    throw new MtlsdError("KEY_PARSE", `identity.key (${file}): encrypted private keys are not supported`);
+    throw new MtlsdError(
+      "KEY_PARSE",
+      `identity.key (${file}): encrypted private keys are not supported; write it out decrypted (openssl pkey -in KEY -out PLAIN_KEY) and protect it with file permissions`,
+    );
   }
   try {
     return createPrivateKey(pem);
@@ -220,9 +223,14 @@ async function verifyChain(
     if (error) {
       const code = typeof error === "string" ? error : String(error);
       const { detail } = classifyVerifyError(code);
+      // The usual cause in practice: a cert file written with the leaf alone.
+      const hint =
+        (chainPem.match(PEM_CERTIFICATE) ?? []).length === 1
+          ? "; identity.cert holds only the leaf: if an intermediate CA issued it, append the intermediate after it"
+          : "";
       throw new MtlsdError(
         "CHAIN_UNTRUSTED",
-        `identity.cert (${files.cert}) does not verify against identity.trustBundle (${files.trustBundle}): ${detail}`,
+        `identity.cert (${files.cert}) does not verify against identity.trustBundle (${files.trustBundle}): ${detail}${hint}`,
       );
     }
   } catch (error) {
