@@ -44,7 +44,12 @@ async function worker(): Promise<void> {
   while (running) {
     const started = performance.now();
     try {
-      const response = await dispatcher.request({ origin: url.origin, path: url.pathname, method: "GET", headers });
+      const response = await dispatcher.request({
+        origin: url.origin,
+        path: url.pathname,
+        method: "GET",
+        headers,
+      });
       await response.body.dump();
       if (response.statusCode >= 400) errors++;
     } catch {

@@ -5,6 +5,7 @@ import { ConfigError, type LoadedConfig } from "./config/index.ts";
 import { CredentialStore, loadCredentials } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { InboundListener } from "./inbound/index.ts";
+import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import { Policy } from "./policy/index.ts";
 import { createLogger, type Logger, TrafficLog, type TrafficObserver } from "./telemetry/index.ts";
 
@@ -15,6 +16,9 @@ export interface SidecarOptions {
 
 export interface SidecarAddresses {
   inbound?: AddressInfo;
+  outbound?: AddressInfo;
+  /** Per-upstream listeners, by upstream name. */
+  upstreams?: Record<string, AddressInfo>;
 }
 
 export class Sidecar {
@@ -23,6 +27,8 @@ export class Sidecar {
   readonly store: CredentialStore;
   readonly observer: TrafficObserver;
   readonly #inbound: InboundListener | undefined;
+  readonly #outbound: OutboundListener | undefined;
+  #outboundAddresses: Record<string, AddressInfo> = {};
   #stopped = false;
 
   private constructor(
@@ -44,6 +50,15 @@ export class Sidecar {
         policy,
         trustDomain: config.identity.trustDomain,
         logger,
+        observer: this.observer,
+      });
+    }
+    if (config.outbound) {
+      this.#outbound = new OutboundListener({
+        config: config.outbound,
+        limits: config.limits,
+        store,
+        trustDomain: config.identity.trustDomain,
         observer: this.observer,
       });
     }
@@ -72,8 +87,21 @@ export class Sidecar {
   }
 
   addresses(): SidecarAddresses {
-    const inbound = this.#inbound?.address() ?? undefined;
-    return inbound ? { inbound } : {};
+    const addresses: SidecarAddresses = {};
+    const inbound = this.#inbound?.address();
+    if (inbound) addresses.inbound = inbound;
+    for (const [field, address] of Object.entries(this.#outboundAddresses)) {
+      if (field === "outbound.listen") addresses.outbound = address;
+      else {
+        addresses.upstreams ??= {};
+        addresses.upstreams[field.split(".")[2]!] = address;
+      }
+    }
+    return addresses;
+  }
+
+  upstreamStats(): Record<string, UpstreamStats> {
+    return this.#outbound?.stats() ?? {};
   }
 
   async #listen(): Promise<void> {
@@ -81,6 +109,13 @@ export class Sidecar {
     if (this.#inbound) {
       const address = await listenOrExplain("inbound.listen", () => this.#inbound!.listen());
       addresses.inbound = `${address.address}:${address.port}`;
+    }
+    if (this.#outbound) {
+      this.#outboundAddresses = await listenOrExplain("outbound.listen", () => this.#outbound!.listen());
+      for (const [field, address] of Object.entries(this.#outboundAddresses)) {
+        addresses[field === "outbound.listen" ? "outbound" : `upstream:${field.split(".")[2]}`] =
+          `${address.address}:${address.port}`;
+      }
     }
     const credentials = this.store.current;
     this.logger.info(
@@ -99,7 +134,7 @@ export class Sidecar {
   async stop(graceMs = 0): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
-    await this.#inbound?.close(graceMs);
+    await Promise.all([this.#inbound?.close(graceMs), this.#outbound?.close(graceMs)]);
     this.logger.info("mtlsd stopped");
     this.logger.flush();
   }
@@ -119,10 +154,12 @@ function compilePolicy(loaded: LoadedConfig): Policy {
   }
 }
 
-async function listenOrExplain(field: string, listen: () => Promise<AddressInfo>): Promise<AddressInfo> {
+async function listenOrExplain<T>(field: string, listen: () => Promise<T>): Promise<T> {
   try {
     return await listen();
   } catch (error) {
+    // A listener that binds several ports says which one failed.
+    field = (error as { field?: string }).field ?? field;
     const code = (error as NodeJS.ErrnoException).code;
     const hint =
       code === "EADDRINUSE"

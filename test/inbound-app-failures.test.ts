@@ -39,29 +39,34 @@ t.test("app failures become sidecar responses with stable reasons", async (t) =>
     t.match(line, { level: "warn", status: 502, reason: "upstream_unreachable", decision: "allow" });
   });
 
-  t.test("an app slower than inbound.appTimeout gives 504 upstream_timeout, and the next request works", async (t) => {
-    const app = await startApp();
-    t.teardown(() => app.stop());
-    const sidecar = await startSidecar(pki, orders, {
-      inbound: { listen: "127.0.0.1:0", app: app.url, appTimeout: "300ms", policy },
-    });
-    t.teardown(() => sidecar.stop());
-    const client = new Client(sidecar.inboundUrl, { connect });
-    t.teardown(() => client.close());
-    const started = Date.now();
-    const slow = await client.request({ path: "/slow?ms=3000", method: "GET" });
-    await slow.body.text();
-    t.equal(slow.statusCode, 504);
-    t.equal(slow.headers["x-mtlsd-reason"], "upstream_timeout");
-    t.ok(Date.now() - started < 2500, "answered at the timeout, not when the app finished");
-    const next = await client.request({ path: "/slow?ms=10", method: "GET" });
-    await next.body.text();
-    t.equal(next.statusCode, 200);
-  });
+  t.test(
+    "an app slower than inbound.appTimeout gives 504 upstream_timeout, and the next request works",
+    async (t) => {
+      const app = await startApp();
+      t.teardown(() => app.stop());
+      const sidecar = await startSidecar(pki, orders, {
+        inbound: { listen: "127.0.0.1:0", app: app.url, appTimeout: "300ms", policy },
+      });
+      t.teardown(() => sidecar.stop());
+      const client = new Client(sidecar.inboundUrl, { connect });
+      t.teardown(() => client.close());
+      const started = Date.now();
+      const slow = await client.request({ path: "/slow?ms=3000", method: "GET" });
+      await slow.body.text();
+      t.equal(slow.statusCode, 504);
+      t.equal(slow.headers["x-mtlsd-reason"], "upstream_timeout");
+      t.ok(Date.now() - started < 2500, "answered at the timeout, not when the app finished");
+      const next = await client.request({ path: "/slow?ms=10", method: "GET" });
+      await next.body.text();
+      t.equal(next.statusCode, 200);
+    },
+  );
 
   t.test("an app that stops mid-service gives 502 to later requests, not a hang", async (t) => {
     const app = await startApp();
-    const sidecar = await startSidecar(pki, orders, { inbound: { listen: "127.0.0.1:0", app: app.url, policy } });
+    const sidecar = await startSidecar(pki, orders, {
+      inbound: { listen: "127.0.0.1:0", app: app.url, policy },
+    });
     t.teardown(() => sidecar.stop());
     const client = new Client(sidecar.inboundUrl, { connect });
     t.teardown(() => client.close());

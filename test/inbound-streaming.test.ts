@@ -1,6 +1,7 @@
 // A 100 MiB upload and a 100 MiB download stream through the inbound sidecar while its memory stays flat.
 import { writeFile } from "node:fs/promises";
 import path from "node:path";
+import { Readable } from "node:stream";
 import t from "tap";
 import { Client } from "undici";
 import { stringify } from "yaml";
@@ -26,7 +27,12 @@ t.test("large bodies stream through the inbound sidecar in both directions", asy
   await writeFile(
     configPath,
     stringify({
-      identity: { cert: orders.certPath, key: orders.keyPath, trustBundle: pki.bundlePath, trustDomain: "example.org" },
+      identity: {
+        cert: orders.certPath,
+        key: orders.keyPath,
+        trustBundle: pki.bundlePath,
+        trustDomain: "example.org",
+      },
       inbound: {
         listen: "127.0.0.1:0",
         app: app.url,
@@ -51,7 +57,7 @@ t.test("large bodies stream through the inbound sidecar in both directions", asy
       const chunk = Buffer.alloc(64 * 1024, 0x62);
       for (let sent = 0; sent < size; sent += chunk.length) yield chunk;
     }
-    const response = await client.request({ path: "/upload", method: "POST", body: body() });
+    const response = await client.request({ path: "/upload", method: "POST", body: Readable.from(body()) });
     const echoed = (await response.body.json()) as { bodyBytes: number; headers: Record<string, string> };
     return { status: response.statusCode, echoed };
   }
@@ -89,6 +95,9 @@ t.test("large bodies stream through the inbound sidecar in both directions", asy
     t.equal((await upload(3 * SIZE)).echoed.bodyBytes, 3 * SIZE);
     t.equal((await download(3 * SIZE)).received, 3 * SIZE);
     const growth = (await memoryOf(sidecar.child.pid!)).peak - afterFirst.peak;
-    t.ok(growth < MAX_FURTHER_GROWTH, `peak RSS grew by a further ${(growth / MiB).toFixed(1)} MiB for 600 MiB more`);
+    t.ok(
+      growth < MAX_FURTHER_GROWTH,
+      `peak RSS grew by a further ${(growth / MiB).toFixed(1)} MiB for 600 MiB more`,
+    );
   });
 });

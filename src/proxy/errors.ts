@@ -29,6 +29,8 @@ const TIMEOUT = new Set([
 
 /** Codes a caller's own connector raises (outbound identity checks) map through here too. */
 export const IDENTITY_MISMATCH_CODE = "MTLSD_UPSTREAM_IDENTITY_MISMATCH";
+/** A TLS handshake failure already classified by the connector; its message carries the cause. */
+export const UPSTREAM_TLS_CODE = "MTLSD_UPSTREAM_TLS";
 
 export function classifyForwardError(error: Error & { code?: string }, upstream: string): ForwardFailure {
   const code = error.code ?? "";
@@ -38,6 +40,8 @@ export function classifyForwardError(error: Error & { code?: string }, upstream:
   if (code === IDENTITY_MISMATCH_CODE) {
     return { status: 502, reason: "upstream_identity_mismatch", message: error.message };
   }
+  if (code === UPSTREAM_TLS_CODE)
+    return { status: 502, reason: "upstream_tls_error", message: error.message };
   if (TIMEOUT.has(code)) {
     return { status: 504, reason: "upstream_timeout", message: `${upstream} did not answer in time` };
   }

@@ -54,3 +54,49 @@ export function forwardableResponseHeaders(headers: ResponseHeaders): string[] {
   }
   return out;
 }
+
+// A Connection header may nominate extra hop-by-hop headers, but never these: dropping them would change
+// the message's framing or target, not just a connection's options.
+const NEVER_NOMINATED = new Set(["host", "content-length"]);
+
+export interface RequestHeaders {
+  /** Flat [name, value, ...] list to forward. */
+  list: string[];
+  /** The (first) Host header, and how many there were: more than one is a 400. */
+  host: string | undefined;
+  hosts: number;
+  /** Whether a body follows (Content-Length other than 0, or Transfer-Encoding). */
+  hasBody: boolean;
+}
+
+/**
+ * One pass over a client's raw request headers: drops hop-by-hop ones, those the Connection header
+ * nominates, and `Expect` (Node answers 100-continue itself); `drop` lets a caller take out and collect
+ * headers of its own (inbound replaces XFCC). The rest keep their order and case.
+ */
+export function filterRequestHeaders(
+  rawHeaders: readonly string[],
+  drop?: (lowerName: string, value: string) => boolean,
+): RequestHeaders {
+  const nominated = nominatedHeaders(rawHeaders);
+  const list: string[] = [];
+  let host: string | undefined;
+  let hosts = 0;
+  let hasBody = false;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!;
+    const value = rawHeaders[i + 1]!;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower)) {
+      if (lower === "transfer-encoding") hasBody = true;
+      continue;
+    }
+    if (lower === "expect" || drop?.(lower, value)) continue;
+    if (nominated?.has(lower) && !NEVER_NOMINATED.has(lower)) continue;
+    if (lower === "host") {
+      if (hosts++ === 0) host = value;
+    } else if (lower === "content-length") hasBody = value !== "0";
+    list.push(name, value);
+  }
+  return { list, host, hosts, hasBody };
+}

@@ -16,7 +16,9 @@ export interface SidecarProcess {
 }
 
 export async function spawnSidecar(configPath: string, timeoutMs = 10_000): Promise<SidecarProcess> {
-  const child = spawn(process.execPath, [CLI, "run", "-c", configPath], { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [CLI, "run", "-c", configPath], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   const logs: Record<string, unknown>[] = [];
   let stderr = "";
   child.stderr!.on("data", (chunk: Buffer) => {
@@ -29,7 +31,10 @@ export async function spawnSidecar(configPath: string, timeoutMs = 10_000): Prom
       if (entry.msg === "mtlsd started") resolve(entry);
     });
     child.once("exit", (code) => reject(new Error(`mtlsd exited with ${code} before starting: ${stderr}`)));
-    setTimeout(() => reject(new Error(`mtlsd did not start within ${timeoutMs}ms: ${stderr}`)), timeoutMs).unref();
+    setTimeout(
+      () => reject(new Error(`mtlsd did not start within ${timeoutMs}ms: ${stderr}`)),
+      timeoutMs,
+    ).unref();
   });
   const startLine = await started.catch((error) => {
     child.kill("SIGKILL");

@@ -1,0 +1,209 @@
+// The outbound listener: plain HTTP from the app on localhost, carried to upstreams over pooled mTLS.
+import http from "node:http";
+import type net from "node:net";
+import type { AddressInfo } from "node:net";
+import { performance } from "node:perf_hooks";
+import tls from "node:tls";
+import type { LimitsConfig, OutboundConfig } from "../config/index.ts";
+import { parseHostPort } from "../config/index.ts";
+import type { CredentialStore, Credentials } from "../credentials/index.ts";
+import { PeerIdentityCache } from "../identity/index.ts";
+import { filterRequestHeaders, forward, rawErrorResponse, sendError } from "../proxy/index.ts";
+import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
+import { Router } from "./router.ts";
+import { Upstream, type UpstreamStats } from "./upstream.ts";
+
+export interface OutboundOptions {
+  config: OutboundConfig;
+  limits: LimitsConfig;
+  store: CredentialStore;
+  trustDomain: string;
+  observer: TrafficObserver;
+}
+
+/** Our client credentials as a SecureContext: built once per credential version, shared by every upstream. */
+export function clientContext(credentials: Credentials): tls.SecureContext {
+  return tls.createSecureContext({
+    cert: credentials.chainPem,
+    key: credentials.keyPem,
+    ca: credentials.bundlePem,
+    minVersion: "TLSv1.3",
+  });
+}
+
+export class OutboundListener {
+  readonly #options: OutboundOptions;
+  readonly #upstreams: Upstream[];
+  readonly #router: Router;
+  /** The shared listener first, then one per upstream that has a `listen` of its own. */
+  readonly #servers: { field: string; server: http.Server; address: string }[] = [];
+  readonly #unsubscribe: () => void;
+
+  constructor(options: OutboundOptions) {
+    this.#options = options;
+    const { config, limits, store } = options;
+    const context = clientContext(store.current);
+    const peers = new PeerIdentityCache("server", options.trustDomain);
+    this.#upstreams = Object.entries(config.upstreams).map(
+      ([name, upstream]) => new Upstream(name, upstream, context, peers, limits.handshakeTimeout),
+    );
+    this.#router = new Router(this.#upstreams);
+    this.#servers.push({
+      field: "outbound.listen",
+      server: this.#createServer(undefined),
+      address: config.listen,
+    });
+    for (const upstream of this.#upstreams) {
+      if (upstream.config.listen) {
+        this.#servers.push({
+          field: `outbound.upstreams.${upstream.name}.listen`,
+          server: this.#createServer(upstream),
+          address: upstream.config.listen,
+        });
+      }
+    }
+    this.#unsubscribe = store.subscribe((next) => {
+      const nextContext = clientContext(next);
+      for (const upstream of this.#upstreams) void upstream.useContext(nextContext);
+    });
+  }
+
+  /** Binds every listener; on failure, the field that could not be bound is named. */
+  async listen(): Promise<Record<string, AddressInfo>> {
+    const bound: Record<string, AddressInfo> = {};
+    for (const { field, server, address } of this.#servers) {
+      const { host, port } = parseHostPort(address)!;
+      await new Promise<void>((resolve, reject) => {
+        server.once("error", (error: Error) => reject(Object.assign(error, { field })));
+        server.listen(port, host, () => resolve());
+      });
+      bound[field] = server.address() as AddressInfo;
+    }
+    return bound;
+  }
+
+  stats(): Record<string, UpstreamStats> {
+    return Object.fromEntries(this.#upstreams.map((upstream) => [upstream.name, upstream.stats()]));
+  }
+
+  async close(graceMs = 0): Promise<void> {
+    this.#unsubscribe();
+    const closed = this.#servers.map(
+      ({ server }) => new Promise<void>((resolve) => server.close(() => resolve())),
+    );
+    for (const { server } of this.#servers) server.closeIdleConnections();
+    if (graceMs > 0) {
+      const deadline = Date.now() + graceMs;
+      while (Date.now() < deadline && this.#servers.some(({ server }) => server.listening)) {
+        for (const { server } of this.#servers) server.closeIdleConnections();
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    }
+    for (const { server } of this.#servers) server.closeAllConnections();
+    await Promise.all(closed);
+    await Promise.all(this.#upstreams.map((upstream) => upstream.close().catch(() => upstream.destroy())));
+  }
+
+  #createServer(portUpstream: Upstream | undefined): http.Server {
+    const { limits } = this.#options;
+    const server = http.createServer(
+      {
+        maxHeaderSize: limits.maxHeaderSize,
+        headersTimeout: limits.headersTimeout,
+        requestTimeout: limits.requestTimeout,
+        keepAliveTimeout: limits.keepAliveTimeout,
+        connectionsCheckingInterval: Math.min(1000, limits.headersTimeout),
+        joinDuplicateHeaders: false,
+        insecureHTTPParser: false,
+        noDelay: true,
+      },
+      (req, res) => this.#handle(req, res, portUpstream),
+    );
+    server.maxConnections = limits.maxConnections;
+    server.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => {
+      socket.end(
+        rawErrorResponse(
+          405,
+          "Method Not Allowed",
+          "bad_request",
+          "CONNECT tunnels are not supported: send plain http:// requests and mtlsd adds the mutual TLS",
+        ),
+      );
+    });
+    server.on("clientError", (error: Error & { code?: string }, socket: net.Socket) => {
+      if (error.code === "ECONNRESET" || !socket.writable) {
+        socket.destroy();
+        return;
+      }
+      const status = error.code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
+      socket.end(
+        rawErrorResponse(
+          status,
+          status === 431 ? "Request Header Fields Too Large" : "Bad Request",
+          "bad_request",
+          `malformed HTTP request (${error.code ?? error.message})`,
+        ),
+      );
+    });
+    return server;
+  }
+
+  #handle(req: http.IncomingMessage, res: http.ServerResponse, portUpstream: Upstream | undefined): void {
+    const started = performance.now();
+    const method = req.method!;
+    // A `Connection: close` from the app ends only the app's own connection, never a pooled one.
+    const headers = filterRequestHeaders(req.rawHeaders);
+    const record: RequestRecord = {
+      direction: "outbound",
+      source_identity: this.#options.store.current.spiffeId,
+      destination_identity: "",
+      method,
+      path: "",
+      decision: "allow",
+      reason: "forwarded",
+      status: 0,
+      duration_ms: 0,
+    };
+    const route = this.#router.route(req.url!, headers.host, portUpstream);
+    if (!route.ok || headers.hosts > 1) {
+      const detail = route.ok ? "the request has more than one Host header" : route.detail;
+      const [status, reason] = route.ok
+        ? ([400, "bad_request"] as const)
+        : ([502, "unknown_upstream"] as const);
+      record.path = req.url!.split("?")[0]!.slice(0, 200);
+      record.decision = "deny";
+      record.destination_identity = "unknown";
+      sendError(res, status, reason, detail);
+      this.#finish(record, started, status, reason, detail);
+      return;
+    }
+    const { upstream, path } = route;
+    record.destination_identity = upstream.config.identity;
+    record.upstream = upstream.name;
+    record.path = path.split("?")[0]!;
+    forward(
+      req,
+      res,
+      {
+        dispatcher: upstream.dispatcher,
+        upstream: upstream.name,
+        method,
+        path,
+        headers: headers.list,
+        hasBody: headers.hasBody,
+        headersTimeout: upstream.config.timeout,
+        bodyTimeout: this.#options.limits.requestTimeout,
+      },
+      (outcome) =>
+        this.#finish(record, started, outcome.status, outcome.failure?.reason, outcome.failure?.message),
+    );
+  }
+
+  #finish(record: RequestRecord, started: number, status: number, reason?: string, error?: string): void {
+    record.status = status;
+    if (reason) record.reason = reason;
+    if (error) record.error = error;
+    record.duration_ms = Math.round((performance.now() - started) * 1000) / 1000;
+    this.#options.observer.request(record);
+  }
+}
