@@ -64,28 +64,38 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
       finish(error, socket);
     }, options.timeoutMs);
     socket.setNoDelay(true);
+    // Only tickets from a connection whose server passed the identity check are kept, so resuming one is
+    // proof enough: a TLS 1.3 client sees no peer certificate on a resumed session, only the server that
+    // holds the ticket key can complete it, and that server was verified when it issued the ticket.
+    let verified = false;
+    let pendingTicket: Buffer | undefined;
     socket.on("session", (ticket: Buffer) => {
-      session = ticket;
+      if (verified) session = ticket;
+      else pendingTicket = ticket;
     });
     socket.once("secureConnect", () => {
-      const certificate = socket.getPeerX509Certificate();
-      const check = certificate
-        ? options.peers.identify(certificate.raw)
-        : ({ ok: false, detail: "presented no certificate" } as const);
-      if (!check.ok || check.peer.spiffeId !== options.identity) {
-        // A ticket from a server that failed the identity check must not speed up the next attempt.
-        session = undefined;
-        const presented = check.ok ? check.peer.spiffeId : `no valid SPIFFE ID (${check.detail})`;
-        finish(
-          new UpstreamError(
-            IDENTITY_MISMATCH_CODE,
-            `${options.upstream} presented ${presented}, expected ${options.identity}`,
-          ),
-          socket,
-        );
-        return;
+      const resumed = socket.isSessionReused();
+      if (!resumed) {
+        const certificate = socket.getPeerX509Certificate();
+        const check = certificate
+          ? options.peers.identify(certificate.raw)
+          : ({ ok: false, detail: "presented no certificate" } as const);
+        if (!check.ok || check.peer.spiffeId !== options.identity) {
+          session = undefined;
+          const presented = check.ok ? check.peer.spiffeId : `no valid SPIFFE ID (${check.detail})`;
+          finish(
+            new UpstreamError(
+              IDENTITY_MISMATCH_CODE,
+              `${options.upstream} presented ${presented}, expected ${options.identity}`,
+            ),
+            socket,
+          );
+          return;
+        }
       }
-      options.onHandshake?.(socket.isSessionReused());
+      verified = true;
+      if (pendingTicket) session = pendingTicket;
+      options.onHandshake?.(resumed);
       finish(null, socket);
     });
     socket.on("error", (error: Error & { code?: string }) => {
