@@ -7,7 +7,14 @@ import { MtlsdError } from "./errors.ts";
 import { InboundListener } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import { Policy } from "./policy/index.ts";
-import { createLogger, type Logger, TrafficLog, type TrafficObserver } from "./telemetry/index.ts";
+import {
+  createLogger,
+  type Logger,
+  Metrics,
+  TrafficFanout,
+  TrafficLog,
+  type TrafficObserver,
+} from "./telemetry/index.ts";
 
 export interface SidecarOptions {
   /** Log destination; stdout by default. Tests pass a stream to read the lines. */
@@ -25,6 +32,8 @@ export class Sidecar {
   readonly loaded: LoadedConfig;
   readonly logger: Logger;
   readonly store: CredentialStore;
+  readonly metrics: Metrics;
+  /** Where the data path reports: the request log and the metrics. */
   readonly observer: TrafficObserver;
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
@@ -40,8 +49,15 @@ export class Sidecar {
     this.loaded = loaded;
     this.logger = logger;
     this.store = store;
-    this.observer = new TrafficLog(logger);
     const { config } = loaded;
+    this.metrics = new Metrics(
+      {
+        certNotAfter: () => this.store.current.leaf.notAfter,
+        upstreams: () => this.upstreamStats(),
+      },
+      { maxIdentityLabels: config.metrics.maxIdentityLabels },
+    );
+    this.observer = new TrafficFanout([new TrafficLog(logger), this.metrics]);
     if (config.inbound && policy) {
       this.#inbound = new InboundListener({
         config: config.inbound,

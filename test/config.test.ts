@@ -196,7 +196,7 @@ t.test("an unknown key with no near miss lists the keys that exist", async (t) =
   assertProblem(t, error, {
     path: "metrix2000",
     line: IDENTITY_LINES + 2,
-    expected: /^one of the keys identity, inbound, .*limits, log/,
+    expected: /^one of the keys identity, inbound, .*limits, .*log/,
     found: "an unknown key",
   });
 });

@@ -231,6 +231,15 @@ export const configSchema = s.object({
       requestTimeout: 300_000,
       keepAliveTimeout: 60_000,
     }),
+  metrics: s
+    .object({
+      maxIdentityLabels: s
+        .integer(1, 100_000)
+        .default(100)
+        .describe("Distinct peer identities kept as metric labels; later ones are counted as `other`."),
+    })
+    .default({ maxIdentityLabels: 100 })
+    .describe("Prometheus metrics, served on the admin listener."),
   log: s
     .object({ level: s.enum("trace", "debug", "info", "warn", "error", "fatal", "silent").default("info") })
     .default({ level: "info" })

@@ -31,7 +31,13 @@ export function buildInboundHeaders(
     if (lower === "connection" && value.toLowerCase().includes(XFCC)) xfccNominated = true;
     return lower === XFP;
   });
-  if (filtered.hosts > 1) return { ok: false, detail: "the request has more than one Host header" };
+  if (filtered.hosts !== 1) {
+    return {
+      ok: false,
+      detail:
+        filtered.hosts === 0 ? "the request has no Host header" : "the request has more than one Host header",
+    };
+  }
   // A peer that nominates its own XFCC as hop-by-hop asks us to drop it: honour that, never touching ours.
   const xfcc = applyXfccMode(mode, xfccNominated ? undefined : incomingXfcc, ourXfcc);
   const headers = filtered.list;

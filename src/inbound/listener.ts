@@ -88,7 +88,8 @@ export class InboundListener {
         requestTimeout: limits.requestTimeout,
         keepAliveTimeout: limits.keepAliveTimeout,
         connectionsCheckingInterval: Math.min(1000, limits.headersTimeout),
-        requireHostHeader: true,
+        // Checked in the handler instead, so a missing Host gets our JSON 400 like every other refusal.
+        requireHostHeader: false,
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
       },

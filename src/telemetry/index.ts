@@ -1,5 +1,6 @@
 // The telemetry module's public face: the logger and the traffic records.
 export { createLogger, type Logger, type LoggerOptions } from "./logger.ts";
+export { type MetricSources, Metrics, TrafficFanout } from "./metrics.ts";
 export {
   type Direction,
   type HandshakeFailureRecord,

@@ -11,7 +11,10 @@ export interface RequestRecord {
   method: string;
   path: string;
   decision: "allow" | "deny";
-  shadow?: string;
+  /** DESIGN.md: present when a dry-run rule matched; shadow_deny if any dry-run deny matched. */
+  shadow?: "shadow_allow" | "shadow_deny";
+  /** Every dry-run rule that matched, for the log and `mtlsd_policy_shadow_total`. */
+  shadow_hits?: readonly { rule: string; result: "shadow_allow" | "shadow_deny" }[];
   rule?: string;
   reason: string;
   status: number;
