@@ -4,7 +4,7 @@ import path from "node:path";
 import { type Document, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { MtlsdError } from "../errors.ts";
 import { type Config, configSchema, parseHostPort } from "./config-schema.ts";
-import { INVALID, type Issue } from "./schema.ts";
+import { formatDuration, INVALID, type Issue } from "./schema.ts";
 
 /** A config that did not pass: `issues` name each field; `message` is ready to print. */
 export class ConfigError extends MtlsdError {
@@ -139,6 +139,7 @@ function crossFieldIssues(config: Config): Issue[] {
       if (upstream.listen) listeners.push([`outbound.upstreams.${name}.listen`, upstream.listen]);
     }
   }
+  listeners.push(["admin.listen", config.admin.listen]);
   const ports = new Map<number, string>();
   for (const [field, address] of listeners) {
     const port = parseHostPort(address)?.port;
@@ -147,6 +148,15 @@ function crossFieldIssues(config: Config): Issue[] {
     if (other) {
       issues.push({ path: field, expected: `a port other than ${other}'s`, found: `port ${port} again` });
     } else ports.set(port, field);
+  }
+  // Node refuses to build a server otherwise; say so here, with the field, rather than at listen time.
+  const { headersTimeout, requestTimeout } = config.limits;
+  if (headersTimeout > requestTimeout) {
+    issues.push({
+      path: "limits.headersTimeout",
+      expected: `at most limits.requestTimeout (${formatDuration(requestTimeout)}): headers are part of the request`,
+      found: formatDuration(headersTimeout),
+    });
   }
   return issues;
 }
