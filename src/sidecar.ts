@@ -1,5 +1,6 @@
 // Composition root: builds every part from a Config, and starts and stops them in order.
 import type { AddressInfo } from "node:net";
+import { performance } from "node:perf_hooks";
 import type { DestinationStream } from "pino";
 import { ConfigError, type LoadedConfig } from "./config/index.ts";
 import { CredentialStore, loadCredentials } from "./credentials/index.ts";
@@ -7,10 +8,14 @@ import { MtlsdError } from "./errors.ts";
 import { InboundListener } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import { Policy } from "./policy/index.ts";
+import { Deadline, httpLimits } from "./proxy/index.ts";
 import {
+  AdminServer,
   createLogger,
   type Logger,
   Metrics,
+  Readiness,
+  type ReloadStatus,
   TrafficFanout,
   TrafficLog,
   type TrafficObserver,
@@ -22,6 +27,7 @@ export interface SidecarOptions {
 }
 
 export interface SidecarAddresses {
+  admin?: AddressInfo;
   inbound?: AddressInfo;
   outbound?: AddressInfo;
   /** Per-upstream listeners, by upstream name. */
@@ -37,8 +43,14 @@ export class Sidecar {
   readonly observer: TrafficObserver;
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
+  readonly #admin: AdminServer;
+  readonly #policy: Policy | undefined;
   #outboundAddresses: Record<string, AddressInfo> = {};
-  #stopped = false;
+  /** What /status reports as the last credential load; a credential reload overwrites it with its own outcome. */
+  #lastReload: ReloadStatus;
+  /** Set by the first stop request; a later one can only bring it forward. */
+  #deadline: Deadline | undefined;
+  #stopping: Promise<void> | undefined;
 
   private constructor(
     loaded: LoadedConfig,
@@ -58,6 +70,8 @@ export class Sidecar {
       { maxIdentityLabels: config.metrics.maxIdentityLabels },
     );
     this.observer = new TrafficFanout([new TrafficLog(logger), this.metrics]);
+    this.#policy = policy;
+    this.#lastReload = { at: store.current.loadedAt.toISOString(), result: "success", error: null };
     if (config.inbound && policy) {
       this.#inbound = new InboundListener({
         config: config.inbound,
@@ -78,6 +92,25 @@ export class Sidecar {
         observer: this.observer,
       });
     }
+    const readiness = new Readiness({
+      certificate: () => this.store.current.leaf,
+      listeners: () => this.#listening(),
+      app: config.inbound ? appAddress(config.inbound.app) : undefined,
+    });
+    this.#admin = new AdminServer({
+      listen: config.admin.listen,
+      serverOptions: httpLimits(config.limits),
+      maxConnections: config.limits.maxConnections,
+      metrics: this.metrics,
+      readiness,
+      draining: () => this.draining,
+      status: {
+        credentials: () => this.store.current,
+        policy: () => this.#policy,
+        reload: () => this.#lastReload,
+        upstreams: () => this.upstreamStats(),
+      },
+    });
   }
 
   /**
@@ -104,6 +137,8 @@ export class Sidecar {
 
   addresses(): SidecarAddresses {
     const addresses: SidecarAddresses = {};
+    const admin = this.#admin.address();
+    if (admin) addresses.admin = admin;
     const inbound = this.#inbound?.address();
     if (inbound) addresses.inbound = inbound;
     for (const [field, address] of Object.entries(this.#outboundAddresses)) {
@@ -120,6 +155,18 @@ export class Sidecar {
     return this.#outbound?.stats() ?? {};
   }
 
+  /** True from the first stop request on: /readyz answers 503 and no listener accepts. */
+  get draining(): boolean {
+    return this.#deadline !== undefined;
+  }
+
+  #listening(): Record<string, boolean> {
+    const listening: Record<string, boolean> = {};
+    if (this.#inbound) listening["inbound.listen"] = this.#inbound.listening;
+    if (this.#outbound) Object.assign(listening, this.#outbound.listening());
+    return listening;
+  }
+
   async #listen(): Promise<void> {
     const addresses: Record<string, string> = {};
     if (this.#inbound) {
@@ -133,6 +180,8 @@ export class Sidecar {
           `${address.address}:${address.port}`;
       }
     }
+    const admin = await listenOrExplain("admin.listen", () => this.#admin.listen());
+    addresses.admin = `${admin.address}:${admin.port}`;
     const credentials = this.store.current;
     this.logger.info(
       {
@@ -146,14 +195,55 @@ export class Sidecar {
     );
   }
 
-  /** Stops listening and closes connections, giving in-flight requests up to `graceMs`. */
-  async stop(graceMs = 0): Promise<void> {
-    if (this.#stopped) return;
-    this.#stopped = true;
-    await Promise.all([this.#inbound?.close(graceMs), this.#outbound?.close(graceMs)]);
-    this.logger.info("mtlsd stopped");
+  /**
+   * Drains, then stops. At once: /readyz answers 503 and every data listener stops accepting. Requests in
+   * flight, and any that arrive on connections already open, are answered with `Connection: close`; idle
+   * connections close. Whatever is still open after `drainTimeoutMs` is cut. Then the pools close, and the admin
+   * listener last, so probes see the drain until the end. A call during a drain brings the deadline forward
+   * to its own timeout (0: cut now) and resolves when the first one does. Tests use the default, 0.
+   */
+  stop(drainTimeoutMs = 0): Promise<void> {
+    if (this.#stopping) {
+      this.#deadline!.shorten(drainTimeoutMs);
+      return this.#stopping;
+    }
+    const deadline = new Deadline(drainTimeoutMs);
+    this.#deadline = deadline;
+    this.#stopping = this.#drainAndStop(deadline, drainTimeoutMs);
+    return this.#stopping;
+  }
+
+  async #drainAndStop(deadline: Deadline, drainTimeoutMs: number): Promise<void> {
+    const started = performance.now();
+    if (drainTimeoutMs > 0) {
+      this.logger.info(
+        {
+          drain_timeout_ms: drainTimeoutMs,
+          connections: (this.#inbound?.connections ?? 0) + (this.#outbound?.connections ?? 0),
+        },
+        "draining",
+      );
+    }
+    const results = await Promise.all([this.#inbound?.drain(deadline), this.#outbound?.drain(deadline)]);
+    deadline.cancel();
+    await this.#admin.close();
+    const summary = {
+      drain_ms: Math.round(performance.now() - started),
+      in_flight: results.reduce((sum, result) => sum + (result?.inFlight ?? 0), 0),
+      cut: results.reduce((sum, result) => sum + (result?.cut ?? 0), 0),
+    };
+    if (drainTimeoutMs > 0 && summary.cut > 0) {
+      this.logger.warn(summary, "drain deadline reached: connections still open were cut");
+    }
+    this.logger.info(summary, "mtlsd stopped");
     this.logger.flush();
   }
+}
+
+/** Where readiness probes the app: host and port of `inbound.app` (http:// only, so port 80 by default). */
+function appAddress(app: string): { host: string; port: number } {
+  const url = new URL(app);
+  return { host: url.hostname.replace(/^\[(.*)\]$/, "$1"), port: Number(url.port || 80) };
 }
 
 function compilePolicy(loaded: LoadedConfig): Policy {

@@ -4,7 +4,7 @@ export interface CliIo {
   stderr: NodeJS.WritableStream;
   env: NodeJS.ProcessEnv;
   cwd: string;
-  /** Resolves when the process is asked to stop (SIGTERM/SIGINT); `again` fires on a second signal. */
+  /** Where SIGTERM and SIGINT are emitted (the process by default): the first drains, a second exits at once. */
   signals?: NodeJS.EventEmitter;
 }
 

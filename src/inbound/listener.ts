@@ -15,7 +15,15 @@ import {
   PeerIdentityCache,
 } from "../identity/index.ts";
 import type { Policy } from "../policy/index.ts";
-import { rawErrorResponse } from "../proxy/index.ts";
+import {
+  type Deadline,
+  type DrainResult,
+  describeClientError,
+  failForward,
+  HttpDrain,
+  httpLimits,
+  rawErrorResponse,
+} from "../proxy/index.ts";
 import type { Logger, TrafficObserver } from "../telemetry/index.ts";
 import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
 import { InboundHandler } from "./handler.ts";
@@ -48,7 +56,13 @@ export class InboundListener {
   readonly #http: http.Server;
   readonly #app: Pool;
   readonly #handler: InboundHandler;
+  readonly #drain = new HttpDrain();
+  /** Every accepted TCP connection, from accept to close. */
   readonly #sockets = new Set<net.Socket>();
+  /** Handshake deadlines of connections not yet verified, by remote endpoint (a TLS socket hides its TCP one). */
+  readonly #handshakes = new Map<string, NodeJS.Timeout>();
+  /** Connections our handshake deadline cut while in TLS, whose reset the TLS layer has yet to report. */
+  #deadlineResets = 0;
   #peers: PeerIdentityCache;
   #bundleSha256: string;
   #ticketKeys: Buffer;
@@ -83,19 +97,19 @@ export class InboundListener {
 
     this.#http = http.createServer(
       {
-        maxHeaderSize: limits.maxHeaderSize,
-        headersTimeout: limits.headersTimeout,
-        requestTimeout: limits.requestTimeout,
-        keepAliveTimeout: limits.keepAliveTimeout,
-        connectionsCheckingInterval: Math.min(1000, limits.headersTimeout),
+        ...httpLimits(limits),
         // Checked in the handler instead, so a missing Host gets our JSON 400 like every other refusal.
         requireHostHeader: false,
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
       },
-      this.#handler.handle,
+      (req, res) => {
+        this.#drain.request(req, res);
+        this.#handler.handle(req, res);
+      },
     );
     this.#http.on("clientError", this.#onClientError);
+    this.#drain.watch(this.#http);
 
     this.#net = net.createServer({ noDelay: true }, this.#onConnection);
     this.#net.maxConnections = limits.maxConnections;
@@ -112,7 +126,21 @@ export class InboundListener {
         resolve();
       });
     });
+    // The http.Server is fed sockets and never listens itself, but Node starts the timer that enforces
+    // headersTimeout and requestTimeout (and the bookkeeping behind closeIdleConnections) on "listening".
+    // Without this, a client trickling its headers held an inbound connection forever.
+    this.#http.emit("listening");
     return this.#net.address() as AddressInfo;
+  }
+
+  /** Whether the port is accepting connections. */
+  get listening(): boolean {
+    return this.#net.listening;
+  }
+
+  /** Open connections: TCP connections in their handshake, and verified ones serving HTTP. */
+  get connections(): number {
+    return this.#sockets.size;
   }
 
   address(): AddressInfo | null {
@@ -123,21 +151,21 @@ export class InboundListener {
     this.#handler.policy = policy;
   }
 
-  /** Stops accepting, closes idle connections, and force-closes the rest after `graceMs`. */
-  async close(graceMs = 0): Promise<void> {
+  /**
+   * Stops accepting and drains: requests in flight (and any that arrive on open connections) are answered with
+   * `Connection: close`, idle connections close at once, handshakes under way may finish, and what is still
+   * open at the deadline is cut. Then the pool to the app closes.
+   */
+  async drain(deadline: Deadline): Promise<DrainResult> {
     this.#unsubscribe();
     const closed = new Promise<void>((resolve) => this.#net.close(() => resolve()));
-    this.#http.closeIdleConnections();
-    if (graceMs > 0 && this.#sockets.size > 0) {
-      const deadline = Date.now() + graceMs;
-      while (this.#sockets.size > 0 && Date.now() < deadline) {
-        this.#http.closeIdleConnections();
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-    }
+    const result = await this.#drain.drain(deadline, () => this.#sockets.size);
     for (const socket of this.#sockets) socket.destroy();
+    this.#drain.close();
     await closed;
-    await this.#app.close();
+    // Every client connection is gone, so no forward is left: close without waiting on anything.
+    await this.#app.close().catch(() => this.#app.destroy());
+    return result;
   }
 
   #contextOptions(credentials: Credentials): tls.SecureContextOptions & { ticketKeys: Buffer } {
@@ -164,19 +192,44 @@ export class InboundListener {
 
   readonly #onConnection = (socket: net.Socket): void => {
     this.#sockets.add(socket);
-    socket.once("close", () => this.#sockets.delete(socket));
     socket.on("error", noop);
-    // A client that connects and says nothing holds a slot; the handshake timeout covers this wait too.
-    socket.setTimeout(this.#options.limits.handshakeTimeout, () => {
-      this.#handshakeFailure(socket, "tls_protocol", "no data before the handshake timeout");
+    // One deadline from accept to a verified peer, however the client spends it: silent, or trickling its
+    // ClientHello a byte at a time. (Node's own TLS handshakeTimeout would start only at the first byte.)
+    const key = endpointKey(socket);
+    const timeoutMs = this.#options.limits.handshakeTimeout;
+    let inTls = false;
+    const timer = setTimeout(() => {
+      this.#handshakes.delete(key);
+      this.#handshakeFailure(
+        socket,
+        "tls_protocol",
+        `TLS handshake not completed within limits.handshakeTimeout (${timeoutMs} ms)`,
+      );
+      // The TLS layer reports the cut as a reset of its own, without an address to match it to this one.
+      if (inTls) this.#deadlineResets++;
       socket.destroy();
+    }, timeoutMs);
+    this.#handshakes.set(key, timer);
+    const settle = () => {
+      if (this.#handshakes.get(key) === timer) {
+        clearTimeout(timer);
+        this.#handshakes.delete(key);
+      }
+    };
+    socket.once("close", () => {
+      this.#sockets.delete(socket);
+      settle();
     });
     socket.once("data", (chunk: Buffer) => {
-      socket.setTimeout(0);
       socket.pause();
       socket.unshift(chunk);
-      if (chunk[0] === TLS_HANDSHAKE_RECORD) this.#tls.emit("connection", socket);
-      else this.#refusePlaintext(socket);
+      if (chunk[0] === TLS_HANDSHAKE_RECORD) {
+        inTls = true;
+        this.#tls.emit("connection", socket);
+      } else {
+        settle();
+        this.#refusePlaintext(socket);
+      }
     });
   };
 
@@ -194,6 +247,15 @@ export class InboundListener {
   }
 
   readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
+    const key = endpointKey(socket);
+    const timer = this.#handshakes.get(key);
+    if (timer === undefined) {
+      // The handshake finished in the same turn its deadline fired: the connection is already being cut.
+      socket.destroy();
+      return;
+    }
+    clearTimeout(timer);
+    this.#handshakes.delete(key);
     const certificate = socket.getPeerX509Certificate();
     if (!certificate) {
       this.#refuse(socket, "no_client_cert", "peer sent no client certificate");
@@ -227,11 +289,15 @@ export class InboundListener {
 
   readonly #onTlsClientError = (error: Error & { code?: string }, socket: tls.TLSSocket): void => {
     if (error.code === "ECONNRESET") {
-      this.#handshakeFailure(socket, "tls_protocol", "connection closed before the TLS handshake");
+      // Every reset looks alike here, so skipping any one of them keeps the count exact.
+      if (this.#deadlineResets > 0) this.#deadlineResets--;
+      else this.#handshakeFailure(socket, "tls_protocol", "connection closed before the TLS handshake");
       return;
     }
     const { reason, detail } = classifyTlsError(error);
     this.#handshakeFailure(socket, reason, detail);
+    // Node reports its own handshake timeout but leaves the connection open.
+    if (error.code === "ERR_TLS_HANDSHAKE_TIMEOUT") socket.destroy();
   };
 
   readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
@@ -239,12 +305,15 @@ export class InboundListener {
       socket.destroy();
       return;
     }
-    const [status, text, message] =
-      error.code === "HPE_HEADER_OVERFLOW"
-        ? [431, "Request Header Fields Too Large", "request headers are larger than limits.maxHeaderSize"]
-        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-          ? [408, "Request Timeout", "the request did not arrive within the time limit"]
-          : [400, "Bad Request", `malformed HTTP request (${error.code ?? error.message})`];
+    const { status, statusText, reason, message } = describeClientError(error);
+    // Mid-request (a body too slow, or breaking its framing): the request being forwarded answers and logs it.
+    const res = this.#drain.responseOn(socket);
+    if (res && failForward(res, { status, reason, message })) return;
+    // Once a response has started on this connection, any bytes of ours would corrupt it: only cutting is honest.
+    if (res?.headersSent) {
+      socket.destroy();
+      return;
+    }
     const connection = (socket as InboundSocket)[kConnection];
     this.#options.observer.request({
       direction: "inbound",
@@ -253,13 +322,13 @@ export class InboundListener {
       method: "-",
       path: "-",
       decision: "deny",
-      reason: status === 408 ? "request_timeout" : "bad_request",
+      reason,
       status,
       duration_ms: 0,
       error: error.code ?? error.message,
     });
     linger(socket);
-    socket.end(rawErrorResponse(status, text, status === 408 ? "request_timeout" : "bad_request", message));
+    socket.end(rawErrorResponse(status, statusText, reason, message));
   };
 
   /** Logs the refusal, then tells the peer why in an HTTP response (as nginx does) and closes. */
@@ -288,6 +357,11 @@ export class InboundListener {
 }
 
 function noop(): void {}
+
+/** Identifies a TCP connection while it is open; the TLS socket on top of it reports the same endpoint. */
+function endpointKey(socket: net.Socket): string {
+  return `${socket.remoteAddress}|${socket.remotePort}`;
+}
 
 /** Reads and discards what the peer still sends, so our reply is not lost to a reset, then closes. */
 function linger(socket: net.Socket): void {

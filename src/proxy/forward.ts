@@ -32,6 +32,14 @@ class ClientClosedError extends Error {
   readonly code = "MTLSD_CLIENT_CLOSED";
 }
 
+/** Why a forward was ended from outside (a request timeout, a body that broke its framing). */
+class ForwardFailedError extends Error {
+  readonly code = "MTLSD_FORWARD_FAILED";
+}
+
+const kForwarding = Symbol("mtlsd.forwarding");
+type ForwardedResponse = ServerResponse & { [kForwarding]?: Forwarding };
+
 /**
  * One in-flight forward, as an undici dispatch handler: a single object per request instead of closures,
  * with backpressure both ways (a slow client pauses the upstream; undici pulls the request body as it sends).
@@ -44,6 +52,8 @@ class Forwarding implements Dispatcher.DispatchHandler {
   #controller: Dispatcher.DispatchController | undefined;
   #status = 0;
   #finished = false;
+  /** Ended from outside by `fail`: whatever the upstream still sends is dropped. */
+  #failed = false;
 
   constructor(
     res: ServerResponse,
@@ -56,11 +66,23 @@ class Forwarding implements Dispatcher.DispatchHandler {
     this.#hasBody = hasBody;
     this.#done = done;
     res.once("close", this.#onClientClose);
+    (res as ForwardedResponse)[kForwarding] = this;
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
-    if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
+    if (this.#failed) controller.abort(new ForwardFailedError("forward failed before it started"));
+    else if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
+  }
+
+  /** Ends the exchange with `failure`: the client gets it (or a cut, once a response has started). */
+  fail(failure: ForwardFailure): void {
+    if (this.#finished) return;
+    this.#failed = true;
+    this.#controller?.abort(new ForwardFailedError(failure.message));
+    if (this.#res.headersSent) this.#res.destroy();
+    else sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, true);
+    this.#finish({ status: failure.status, failure });
   }
 
   onResponseStart(
@@ -70,7 +92,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
     statusMessage?: string,
   ): void {
     // 1xx heads are informational; Node answers `Expect: 100-continue` to the client itself.
-    if (statusCode < 200) return;
+    if (statusCode < 200 || this.#failed) return;
     this.#status = statusCode;
     const forwarded = forwardableResponseHeaders(headers);
     if (statusMessage) this.#res.writeHead(statusCode, statusMessage, forwarded);
@@ -78,6 +100,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#failed) return;
     if (!this.#res.write(chunk)) {
       controller.pause();
       this.#res.once("drain", () => controller.resume());
@@ -85,11 +108,13 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
+    if (this.#failed) return;
     this.#res.end();
     this.#finish({ status: this.#status });
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    if (this.#failed) return;
     const failure = classifyForwardError(error, this.#upstream);
     if (failure.reason === "client_closed") {
       this.#finish({ status: 499, failure });
@@ -118,8 +143,20 @@ class Forwarding implements Dispatcher.DispatchHandler {
     if (this.#finished) return;
     this.#finished = true;
     this.#res.removeListener("close", this.#onClientClose);
+    (this.#res as ForwardedResponse)[kForwarding] = undefined;
     this.#done(outcome);
   }
+}
+
+/**
+ * Ends the forward that owns `res` with `failure`, reported once, as that request's outcome; false when `res`
+ * has no forward in progress. For what the HTTP server learns mid-request: a request timeout, broken framing.
+ */
+export function failForward(res: ServerResponse, failure: ForwardFailure): boolean {
+  const forwarding = (res as ForwardedResponse)[kForwarding];
+  if (!forwarding) return false;
+  forwarding.fail(failure);
+  return true;
 }
 
 /** Forwards `req` as described and calls `done` exactly once, when the exchange is over. */
