@@ -1,0 +1,292 @@
+// Stopping without dropping: SIGTERM drains the real mtlsd process, a second signal exits at once.
+import { once } from "node:events";
+import { writeFile } from "node:fs/promises";
+import net from "node:net";
+import path from "node:path";
+import t from "tap";
+import { stringify } from "yaml";
+import { type GateApp, startGateApp } from "./helpers/gate-app.ts";
+import { createTestPki } from "./helpers/pki.ts";
+import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
+import { type ClientTls, RawConnection, rawGet } from "./helpers/raw-http.ts";
+import { startSidecar } from "./helpers/sidecar.ts";
+
+type Test = Parameters<Parameters<typeof t.test>[0]>[0];
+
+const pki = await createTestPki();
+t.teardown(() => pki.cleanup());
+const orders = await pki.identity("orders");
+const frontend = await pki.identity("frontend");
+const client: ClientTls = { ca: pki.bundlePem, cert: frontend.chainPem, key: frontend.keyPem };
+
+interface Running {
+  process: SidecarProcess;
+  gate: GateApp;
+  inboundPort: number;
+  adminUrl: string;
+}
+
+/** Starts the real `mtlsd run` in front of a gate app; the teardown kills whatever is left. */
+async function start(t: Test, drainTimeout = "10s"): Promise<Running> {
+  const gate = await startGateApp();
+  t.teardown(() => gate.close());
+  const configPath = path.join(pki.dir, `drain-${Date.now()}-${Math.random().toString(36).slice(2)}.yaml`);
+  await writeFile(
+    configPath,
+    stringify({
+      identity: {
+        cert: orders.certPath,
+        key: orders.keyPath,
+        trustBundle: pki.bundlePath,
+        trustDomain: pki.trustDomain,
+      },
+      inbound: {
+        listen: "127.0.0.1:0",
+        app: gate.url,
+        policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+      },
+      limits: { drainTimeout },
+      admin: { listen: "127.0.0.1:0" },
+      log: { level: "info" },
+    }),
+  );
+  const process = await spawnSidecar(configPath);
+  t.teardown(() => {
+    if (process.child.exitCode === null && process.child.signalCode === null) process.child.kill("SIGKILL");
+  });
+  const port = (address: string) => Number(address.split(":").at(-1));
+  return {
+    process,
+    gate,
+    inboundPort: port(process.listeners.inbound!),
+    adminUrl: `http://127.0.0.1:${port(process.listeners.admin!)}`,
+  };
+}
+
+/** Resolves with the exit code, or rejects if the process is still running after `timeoutMs`. */
+async function exitWithin(running: Running, timeoutMs: number): Promise<number | null> {
+  const { child } = running.process;
+  if (child.exitCode !== null) return child.exitCode;
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const [code, signal] = (await once(child, "exit")) as [number | null, string | null];
+  clearTimeout(timer);
+  if (signal === "SIGKILL") throw new Error(`mtlsd still running after ${timeoutMs} ms`);
+  return code;
+}
+
+/** Polls /readyz (bounded) until it answers 503, and returns its body. */
+async function untilDraining(running: Running): Promise<Record<string, unknown>> {
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; ) {
+    const response = await fetch(`${running.adminUrl}/readyz`, { signal: AbortSignal.timeout(2000) });
+    const body = (await response.json()) as Record<string, unknown>;
+    if (response.status === 503) return body;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  throw new Error("/readyz never answered 503");
+}
+
+/** Whether a new TCP connection to `port` is refused. */
+function refused(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      resolve(false);
+    });
+    socket.once("error", (error: NodeJS.ErrnoException) => resolve(error.code === "ECONNREFUSED"));
+  });
+}
+
+t.test(
+  "SIGTERM lets a request in flight finish, answered with Connection: close, then exits 0",
+  async (t) => {
+    const running = await start(t);
+    const connection = await RawConnection.open(running.inboundPort, client);
+    t.teardown(() => connection.close());
+    connection.write(rawGet("/gate/slow"));
+    await running.gate.arrived();
+
+    running.process.child.kill("SIGTERM");
+    const readiness = await untilDraining(running);
+    t.match(readiness, { ready: false, reason: "draining", failed: ["draining"] });
+    const status = (await (await fetch(`${running.adminUrl}/status`)).json()) as { draining: boolean };
+    t.equal(status.draining, true, "/status says so too");
+    t.ok(await refused(running.inboundPort), "new connections are refused at once");
+
+    running.gate.release();
+    const { responses } = await connection.read(1, 5000);
+    t.equal(responses[0]?.status, 200);
+    t.equal(responses[0]?.body, "released");
+    t.equal(responses[0]?.header("connection"), "close");
+    t.ok(await connection.closedWithin(2000), "the connection is closed after the response");
+    t.equal(await exitWithin(running, 5000), 0);
+    const stopped = running.process.logs.find((line) => line.msg === "mtlsd stopped");
+    t.match(stopped, { in_flight: 1, cut: 0 });
+    t.match(
+      running.process.logs.find((line) => line.msg === "stop signal received"),
+      { signal: "SIGTERM", drain_timeout_ms: 10_000 },
+    );
+  },
+);
+
+t.test("an idle keep-alive connection is closed as soon as the drain starts", async (t) => {
+  const running = await start(t);
+  const idle = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => idle.close());
+  idle.write(rawGet("/open"));
+  const first = await idle.read(1, 5000);
+  t.equal(first.responses[0]?.status, 200);
+  t.equal(first.closed, false, "kept alive after its response");
+  // A request in flight keeps the process draining, so the idle connection is closed by the drain, not the exit.
+  const busy = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => busy.close());
+  busy.write(rawGet("/gate/hold"));
+  await running.gate.arrived();
+
+  running.process.child.kill("SIGTERM");
+  t.ok(await idle.closedWithin(3000), "the idle connection is closed");
+  t.equal(running.process.child.exitCode, null, "while the drain is still going");
+  running.gate.release();
+  t.equal((await busy.read(1, 5000)).responses[0]?.status, 200);
+  t.equal(await exitWithin(running, 5000), 0);
+});
+
+t.test(
+  "a request that arrives on an open connection during the drain is served, with Connection: close",
+  async (t) => {
+    const running = await start(t);
+    const busy = await RawConnection.open(running.inboundPort, client);
+    t.teardown(() => busy.close());
+    busy.write(rawGet("/gate/hold"));
+    await running.gate.arrived();
+    // Handshaken before the signal, its request written after it.
+    const late = await RawConnection.open(running.inboundPort, client);
+    t.teardown(() => late.close());
+
+    running.process.child.kill("SIGTERM");
+    await untilDraining(running);
+    late.write(rawGet("/open/late"));
+    const { responses } = await late.read(1, 5000);
+    t.equal(responses[0]?.status, 200, "served, not refused");
+    t.equal(responses[0]?.header("connection"), "close");
+    t.ok(await late.closedWithin(2000));
+    running.gate.release();
+    t.equal(await exitWithin(running, 5000), 0);
+  },
+);
+
+t.test("a second signal during the drain exits 1 at once, cutting what is in flight", async (t) => {
+  const running = await start(t, "1m");
+  const connection = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => connection.close());
+  connection.write(rawGet("/gate/forever"));
+  await running.gate.arrived();
+
+  running.process.child.kill("SIGTERM");
+  await untilDraining(running);
+  running.process.child.kill("SIGINT");
+  t.equal(await exitWithin(running, 3000), 1, "well before the 1 m drain timeout");
+  t.match(
+    running.process.logs.find((line) => line.msg?.toString().startsWith("second stop signal")),
+    { level: "warn", signal: "SIGINT" },
+  );
+  const { responses, closed } = await connection.read(1, 2000);
+  t.same(responses, [], "the request in flight got no response");
+  t.equal(closed, true, "its connection was cut");
+});
+
+t.test("at the drain deadline what is still open is cut, and the exit is still 0", async (t) => {
+  const running = await start(t, "500ms");
+  const connection = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => connection.close());
+  connection.write(rawGet("/gate/never"));
+  await running.gate.arrived();
+
+  running.process.child.kill("SIGTERM");
+  t.equal(await exitWithin(running, 5000), 0);
+  const cut = running.process.logs.find((line) => line.msg?.toString().startsWith("drain deadline reached"));
+  t.match(cut, { level: "warn", in_flight: 1, cut: 1 });
+  const { responses, closed } = await connection.read(1, 2000);
+  t.same(responses, []);
+  t.equal(closed, true);
+});
+
+t.test("SIGINT drains like SIGTERM", async (t) => {
+  const running = await start(t);
+  running.process.child.kill("SIGINT");
+  t.equal(await exitWithin(running, 5000), 0);
+  t.match(
+    running.process.logs.find((line) => line.msg === "stop signal received"),
+    { signal: "SIGINT" },
+  );
+  t.match(running.process.logs.at(-1), { msg: "mtlsd stopped", in_flight: 0, cut: 0 });
+});
+
+t.test("in-process, a second stop during a drain brings the deadline forward to its own", async (t) => {
+  const gate = await startGateApp();
+  t.teardown(() => gate.close());
+  const running = await startSidecar(pki, orders, {
+    inbound: {
+      listen: "127.0.0.1:0",
+      app: gate.url,
+      policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+    },
+  });
+  t.teardown(() => running.stop());
+  const connection = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => connection.close());
+  connection.write(rawGet("/gate/held"));
+  await gate.arrived();
+
+  const first = running.sidecar.stop(60_000);
+  t.equal(running.sidecar.draining, true);
+  const started = Date.now();
+  await running.sidecar.stop(0);
+  t.ok(Date.now() - started < 5000, "the second stop did not wait out the first one's minute");
+  await first;
+  t.match(running.logs.at(-1), { msg: "mtlsd stopped", in_flight: 1, cut: 1 });
+  t.equal((await connection.read(1, 2000)).closed, true);
+});
+
+t.test("the outbound listener drains too, and the upstream pool closes after", async (t) => {
+  const gate = await startGateApp();
+  t.teardown(() => gate.close());
+  const upstream = await startSidecar(pki, orders, {
+    inbound: {
+      listen: "127.0.0.1:0",
+      app: gate.url,
+      policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+    },
+  });
+  t.teardown(() => upstream.stop());
+  const caller = await startSidecar(pki, frontend, {
+    outbound: {
+      listen: "127.0.0.1:0",
+      upstreams: { orders: { address: `127.0.0.1:${upstream.inboundPort}`, identity: orders.spiffeId } },
+    },
+  });
+  t.teardown(() => caller.stop());
+  const port = caller.sidecar.addresses().outbound!.port;
+  const app = net.connect(port, "127.0.0.1");
+  t.teardown(() => app.destroy());
+  let received = "";
+  app.setEncoding("latin1");
+  app.on("data", (chunk: string) => {
+    received += chunk;
+  });
+  const appClosed = once(app, "close");
+  app.write("GET /gate/outbound HTTP/1.1\r\nHost: orders\r\n\r\n");
+  await gate.arrived();
+  t.equal(caller.sidecar.upstreamStats().orders?.connections, 1);
+
+  const stopped = caller.sidecar.stop(10_000);
+  t.ok(await refused(port), "the outbound listener no longer accepts");
+  gate.release();
+  await Promise.race([appClosed, new Promise((resolve) => setTimeout(resolve, 5000))]);
+  t.match(received, /^HTTP\/1\.1 200 OK\r\n/);
+  t.match(received, /\r\nconnection: close\r\n/i);
+  t.match(received, /\r\n\r\nreleased$/);
+  await stopped;
+  t.equal(caller.sidecar.upstreamStats().orders?.connections, 0, "the pool's connections are closed");
+  t.match(caller.logs.at(-1), { msg: "mtlsd stopped", in_flight: 1, cut: 0 });
+});
