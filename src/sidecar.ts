@@ -90,6 +90,7 @@ export class Sidecar {
         store,
         trustDomain: config.identity.trustDomain,
         observer: this.observer,
+        logger,
       });
     }
     const readiness = new Readiness({

@@ -23,6 +23,7 @@ import {
   HttpDrain,
   httpLimits,
   rawErrorResponse,
+  reportCapacity,
 } from "../proxy/index.ts";
 import type { Logger, TrafficObserver } from "../telemetry/index.ts";
 import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
@@ -113,6 +114,7 @@ export class InboundListener {
 
     this.#net = net.createServer({ noDelay: true }, this.#onConnection);
     this.#net.maxConnections = limits.maxConnections;
+    reportCapacity(this.#net, "inbound.listen", options.logger);
 
     this.#unsubscribe = store.subscribe((next) => this.#onCredentials(next));
   }

@@ -18,10 +18,11 @@ import {
   HttpDrain,
   httpLimits,
   rawErrorResponse,
+  reportCapacity,
   sendError,
   stopAccepting,
 } from "../proxy/index.ts";
-import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
+import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import { Router } from "./router.ts";
 import { Upstream, type UpstreamStats } from "./upstream.ts";
 
@@ -31,6 +32,7 @@ export interface OutboundOptions {
   store: CredentialStore;
   trustDomain: string;
   observer: TrafficObserver;
+  logger: Logger;
 }
 
 /** Our client credentials as a SecureContext: built once per credential version, shared by every upstream. */
@@ -63,14 +65,14 @@ export class OutboundListener {
     this.#router = new Router(this.#upstreams);
     this.#servers.push({
       field: "outbound.listen",
-      server: this.#createServer(undefined),
+      server: this.#createServer("outbound.listen", undefined),
       address: config.listen,
     });
     for (const upstream of this.#upstreams) {
       if (upstream.config.listen) {
         this.#servers.push({
           field: `outbound.upstreams.${upstream.name}.listen`,
-          server: this.#createServer(upstream),
+          server: this.#createServer(`outbound.upstreams.${upstream.name}.listen`, upstream),
           address: upstream.config.listen,
         });
       }
@@ -125,7 +127,7 @@ export class OutboundListener {
     return result;
   }
 
-  #createServer(portUpstream: Upstream | undefined): http.Server {
+  #createServer(field: string, portUpstream: Upstream | undefined): http.Server {
     const { limits } = this.#options;
     const server = http.createServer(
       {
@@ -137,6 +139,7 @@ export class OutboundListener {
       (req, res) => this.#handle(req, res, portUpstream),
     );
     server.maxConnections = limits.maxConnections;
+    reportCapacity(server, field, this.#options.logger);
     this.#drain.watch(server);
     server.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => {
       socket.end(

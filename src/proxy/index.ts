@@ -16,5 +16,5 @@ export {
   type RequestHeaders,
   type ResponseHeaders,
 } from "./headers.ts";
-export { connectionsCheckingInterval, httpLimits } from "./limits.ts";
+export { type CapacityLog, connectionsCheckingInterval, httpLimits, reportCapacity } from "./limits.ts";
 export { describeClientError, type ResponseReason, rawErrorResponse, sendError } from "./respond.ts";

@@ -1,5 +1,6 @@
 // The `limits` every client-facing HTTP server applies, in the shape node:http takes them.
 import type http from "node:http";
+import type net from "node:net";
 import type { LimitsConfig } from "../config/index.ts";
 
 /**
@@ -24,4 +25,35 @@ export function httpLimits(limits: LimitsConfig): http.ServerOptions {
     keepAliveTimeoutBuffer: 1000,
     connectionsCheckingInterval: connectionsCheckingInterval(limits),
   };
+}
+
+/** Where a listener says that it reached, and left, `limits.maxConnections`. */
+export interface CapacityLog {
+  warn(fields: object, message: string): void;
+  info(fields: object, message: string): void;
+}
+
+/**
+ * Node refuses connections beyond `maxConnections` silently (it closes them and emits "drop"). Say so once when
+ * the limit is reached, and once when a connection is accepted again: an operator learns of the episode, and a
+ * flood of refused connections does not become a flood of log lines.
+ */
+export function reportCapacity(server: net.Server, field: string, log: CapacityLog): void {
+  let full = false;
+  let refused = 0;
+  server.on("drop", () => {
+    refused++;
+    if (full) return;
+    full = true;
+    log.warn(
+      { listener: field, max_connections: server.maxConnections },
+      "limits.maxConnections reached: refusing new connections",
+    );
+  });
+  server.on("connection", () => {
+    if (!full) return;
+    full = false;
+    log.info({ listener: field, refused }, "accepting connections again");
+    refused = 0;
+  });
 }
