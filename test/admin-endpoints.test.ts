@@ -274,3 +274,28 @@ t.test("the listeners check names every listener that does not accept connection
     detail: "not accepting: outbound.listen, outbound.upstreams.a.listen",
   });
 });
+
+t.test(
+  "an admin port already in use stops the start, naming admin.listen, and frees the data ports",
+  async (t) => {
+    const blocker = net.createServer().listen(0, "127.0.0.1");
+    await new Promise((resolve) => blocker.once("listening", resolve));
+    t.teardown(() => new Promise((resolve) => blocker.close(resolve)));
+    const { port } = blocker.address() as net.AddressInfo;
+    const inboundPort = await closedPort();
+    await t.rejects(
+      startSidecar(pki, orders, {
+        inbound: { listen: `127.0.0.1:${inboundPort}`, app: app.url, policy },
+        admin: { listen: `127.0.0.1:${port}` },
+      }),
+      { code: "LISTEN_FAILED", message: /^admin\.listen: cannot listen: the port is already in use/ },
+    );
+    const probe = net.createServer().listen(inboundPort, "127.0.0.1");
+    await new Promise((resolve, reject) => {
+      probe.once("listening", resolve);
+      probe.once("error", reject);
+    });
+    await new Promise((resolve) => probe.close(resolve));
+    t.pass(`inbound port ${inboundPort} was released`);
+  },
+);
