@@ -18,6 +18,8 @@ const LIMITS = {
   requestTimeout: 2000,
   keepAliveTimeout: 1000,
 };
+// Shorter than the inbound one it forwards to, so the outbound listener's own timer is the one that fires.
+const OUTBOUND_REQUEST_TIMEOUT = 1500;
 // A cut comes at the limit plus at most one tick of Node's timeout timer; the rest is slack for a busy machine.
 const SLACK_MS = 1500;
 
@@ -50,7 +52,7 @@ const outbound = await startSidecar(pki, frontend, {
   },
   limits: {
     headersTimeout: "1s",
-    requestTimeout: "2s",
+    requestTimeout: `${OUTBOUND_REQUEST_TIMEOUT}ms`,
     keepAliveTimeout: "1s",
     maxHeaderSize: "2KiB",
   },
@@ -231,9 +233,10 @@ t.test("a client that connects and says nothing is cut at handshakeTimeout", asy
   assertCutOnTime(t, Date.now() - started, LIMITS.handshakeTimeout, "the silent connection");
   t.same(new Set(await normal), new Set([200]), "normal clients were answered meanwhile");
   t.equal(await handshakeFailures(), before + 1, "counted once, as tls_protocol");
-  await waitForLog(sidecar.logs, (line) =>
-    /not completed within limits.handshakeTimeout/.test(String(line.detail)),
+  const line = await waitForLog(sidecar.logs, (entry) =>
+    /not completed within limits.handshakeTimeout/.test(String(entry.detail)),
   );
+  t.match(line, { level: "warn", reason: "tls_protocol", remote_address: "127.0.0.1" });
 });
 
 t.test("a client that sends part of a ClientHello and stalls is cut at handshakeTimeout", async (t) => {
@@ -283,7 +286,7 @@ t.test("a request body trickled to the outbound listener is cut at requestTimeou
   await new Promise((resolve) => socket.once("connect", resolve));
   socket.write("POST /upload/out HTTP/1.1\r\nHost: orders\r\nContent-Length: 100000\r\n\r\n");
   const { cutAfterMs, received } = await trickle(socket, "x".repeat(1000));
-  assertCutOnTime(t, cutAfterMs, LIMITS.requestTimeout, "the endless body");
+  assertCutOnTime(t, cutAfterMs, OUTBOUND_REQUEST_TIMEOUT, "the endless body");
   t.match(received, /^HTTP\/1\.1 408 Request Timeout\r\n/);
   const line = await waitForLog(outbound.logs, (entry) => entry.path === "/upload/out");
   t.match(line, { direction: "outbound", status: 408, reason: "request_timeout" });

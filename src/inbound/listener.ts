@@ -60,10 +60,6 @@ export class InboundListener {
   readonly #drain = new HttpDrain();
   /** Every accepted TCP connection, from accept to close. */
   readonly #sockets = new Set<net.Socket>();
-  /** Handshake deadlines of connections not yet verified, by remote endpoint (a TLS socket hides its TCP one). */
-  readonly #handshakes = new Map<string, NodeJS.Timeout>();
-  /** Connections our handshake deadline cut while in TLS, whose reset the TLS layer has yet to report. */
-  #deadlineResets = 0;
   #peers: PeerIdentityCache;
   #bundleSha256: string;
   #ticketKeys: Buffer;
@@ -197,39 +193,31 @@ export class InboundListener {
     socket.on("error", noop);
     // One deadline from accept to a verified peer, however the client spends it: silent, or trickling its
     // ClientHello a byte at a time. (Node's own TLS handshakeTimeout would start only at the first byte.)
-    const key = endpointKey(socket);
     const timeoutMs = this.#options.limits.handshakeTimeout;
-    let inTls = false;
-    const timer = setTimeout(() => {
-      this.#handshakes.delete(key);
-      this.#handshakeFailure(
-        socket,
-        "tls_protocol",
-        `TLS handshake not completed within limits.handshakeTimeout (${timeoutMs} ms)`,
-      );
-      // The TLS layer reports the cut as a reset of its own, without an address to match it to this one.
-      if (inTls) this.#deadlineResets++;
-      socket.destroy();
-    }, timeoutMs);
-    this.#handshakes.set(key, timer);
-    const settle = () => {
-      if (this.#handshakes.get(key) === timer) {
-        clearTimeout(timer);
-        this.#handshakes.delete(key);
-      }
+    const pending: PendingHandshake = {
+      remoteAddress: socket.remoteAddress,
+      cut: false,
+      timer: setTimeout(() => {
+        pending.cut = true;
+        this.#handshakeFailure(
+          socket,
+          "tls_protocol",
+          `TLS handshake not completed within limits.handshakeTimeout (${timeoutMs} ms)`,
+        );
+        socket.destroy();
+      }, timeoutMs),
     };
+    (socket as AcceptedSocket)[kHandshake] = pending;
     socket.once("close", () => {
       this.#sockets.delete(socket);
-      settle();
+      clearTimeout(pending.timer);
     });
     socket.once("data", (chunk: Buffer) => {
       socket.pause();
       socket.unshift(chunk);
-      if (chunk[0] === TLS_HANDSHAKE_RECORD) {
-        inTls = true;
-        this.#tls.emit("connection", socket);
-      } else {
-        settle();
+      if (chunk[0] === TLS_HANDSHAKE_RECORD) this.#tls.emit("connection", socket);
+      else {
+        clearTimeout(pending.timer);
         this.#refusePlaintext(socket);
       }
     });
@@ -249,15 +237,15 @@ export class InboundListener {
   }
 
   readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
-    const key = endpointKey(socket);
-    const timer = this.#handshakes.get(key);
-    if (timer === undefined) {
+    const pending = pendingHandshake(socket);
+    if (pending) {
+      clearTimeout(pending.timer);
       // The handshake finished in the same turn its deadline fired: the connection is already being cut.
-      socket.destroy();
-      return;
+      if (pending.cut) {
+        socket.destroy();
+        return;
+      }
     }
-    clearTimeout(timer);
-    this.#handshakes.delete(key);
     const certificate = socket.getPeerX509Certificate();
     if (!certificate) {
       this.#refuse(socket, "no_client_cert", "peer sent no client certificate");
@@ -290,10 +278,10 @@ export class InboundListener {
   };
 
   readonly #onTlsClientError = (error: Error & { code?: string }, socket: tls.TLSSocket): void => {
+    // Cut by our handshake deadline, which has reported it already.
+    if (pendingHandshake(socket)?.cut) return;
     if (error.code === "ECONNRESET") {
-      // Every reset looks alike here, so skipping any one of them keeps the count exact.
-      if (this.#deadlineResets > 0) this.#deadlineResets--;
-      else this.#handshakeFailure(socket, "tls_protocol", "connection closed before the TLS handshake");
+      this.#handshakeFailure(socket, "tls_protocol", "connection closed before the TLS handshake");
       return;
     }
     const { reason, detail } = classifyTlsError(error);
@@ -351,7 +339,8 @@ export class InboundListener {
       direction: "inbound",
       reason,
       detail,
-      remote_address: socket.remoteAddress,
+      // A TLS socket that failed early may no longer know its peer's address; its TCP socket noted it at accept.
+      remote_address: pendingHandshake(socket)?.remoteAddress ?? socket.remoteAddress,
       ...(spiffeId ? { source_identity: spiffeId } : {}),
       destination_identity: this.#options.store.current.spiffeId,
     });
@@ -360,9 +349,26 @@ export class InboundListener {
 
 function noop(): void {}
 
-/** Identifies a TCP connection while it is open; the TLS socket on top of it reports the same endpoint. */
-function endpointKey(socket: net.Socket): string {
-  return `${socket.remoteAddress}|${socket.remotePort}`;
+/** What is known about an accepted TCP connection until its peer is verified. */
+interface PendingHandshake {
+  timer: NodeJS.Timeout;
+  remoteAddress: string | undefined;
+  /** The deadline fired: the connection was reported and cut, and the TLS layer's own error is noise. */
+  cut: boolean;
+}
+
+const kHandshake = Symbol("mtlsd.handshake");
+type AcceptedSocket = net.Socket & { [kHandshake]?: PendingHandshake };
+
+/**
+ * The handshake record of a TCP socket, or of the TCP socket under a TLS socket the tls.Server built on it
+ * (Node keeps that one as `_parent`; the handshake deadline tests fail if it ever stops doing so).
+ */
+function pendingHandshake(socket: net.Socket): PendingHandshake | undefined {
+  const own = (socket as AcceptedSocket)[kHandshake];
+  if (own) return own;
+  const parent = (socket as { _parent?: unknown })._parent;
+  return parent instanceof net.Socket ? (parent as AcceptedSocket)[kHandshake] : undefined;
 }
 
 /** Reads and discards what the peer still sends, so our reply is not lost to a reset, then closes. */
