@@ -63,12 +63,15 @@ async function start(t: Test, drainTimeout = "10s"): Promise<Running> {
   };
 }
 
-/** Resolves with the exit code, or rejects if the process is still running after `timeoutMs`. */
+/**
+ * Resolves with the exit code once the process has exited and its output is read to the end ("close", not
+ * "exit", so the last log lines are in), or rejects if it is still running after `timeoutMs`.
+ */
 async function exitWithin(running: Running, timeoutMs: number): Promise<number | null> {
   const { child } = running.process;
-  if (child.exitCode !== null) return child.exitCode;
+  if (child.exitCode !== null && child.stdout?.readableEnded) return child.exitCode;
   const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
-  const [code, signal] = (await once(child, "exit")) as [number | null, string | null];
+  const [code, signal] = (await once(child, "close")) as [number | null, string | null];
   clearTimeout(timer);
   if (signal === "SIGKILL") throw new Error(`mtlsd still running after ${timeoutMs} ms`);
   return code;
@@ -129,51 +132,57 @@ t.test(
   },
 );
 
-t.test("an idle keep-alive connection is closed as soon as the drain starts", async (t) => {
-  const running = await start(t);
-  const idle = await RawConnection.open(running.inboundPort, client);
-  t.teardown(() => idle.close());
-  idle.write(rawGet("/open"));
-  const first = await idle.read(1, 5000);
-  t.equal(first.responses[0]?.status, 200);
-  t.equal(first.closed, false, "kept alive after its response");
-  // A request in flight keeps the process draining, so the idle connection is closed by the drain, not the exit.
-  const busy = await RawConnection.open(running.inboundPort, client);
-  t.teardown(() => busy.close());
-  busy.write(rawGet("/gate/hold"));
-  await running.gate.arrived();
-
-  running.process.child.kill("SIGTERM");
-  t.ok(await idle.closedWithin(3000), "the idle connection is closed");
-  t.equal(running.process.child.exitCode, null, "while the drain is still going");
-  running.gate.release();
-  t.equal((await busy.read(1, 5000)).responses[0]?.status, 200);
-  t.equal(await exitWithin(running, 5000), 0);
-});
-
 t.test(
-  "a request that arrives on an open connection during the drain is served, with Connection: close",
+  "idle keep-alive connections, and connected ones that said nothing, close as the drain starts",
   async (t) => {
     const running = await start(t);
+    const idle = await RawConnection.open(running.inboundPort, client);
+    t.teardown(() => idle.close());
+    idle.write(rawGet("/open"));
+    const first = await idle.read(1, 5000);
+    t.equal(first.responses[0]?.status, 200);
+    t.equal(first.closed, false, "kept alive after its response");
+    const silent = await RawConnection.open(running.inboundPort, client);
+    t.teardown(() => silent.close());
+    // A request in flight keeps the process draining, so these close because of the drain, not the exit.
     const busy = await RawConnection.open(running.inboundPort, client);
     t.teardown(() => busy.close());
     busy.write(rawGet("/gate/hold"));
     await running.gate.arrived();
-    // Handshaken before the signal, its request written after it.
-    const late = await RawConnection.open(running.inboundPort, client);
-    t.teardown(() => late.close());
 
     running.process.child.kill("SIGTERM");
-    await untilDraining(running);
-    late.write(rawGet("/open/late"));
-    const { responses } = await late.read(1, 5000);
-    t.equal(responses[0]?.status, 200, "served, not refused");
-    t.equal(responses[0]?.header("connection"), "close");
-    t.ok(await late.closedWithin(2000));
+    t.ok(await idle.closedWithin(3000), "the idle keep-alive connection is closed");
+    t.ok(await silent.closedWithin(3000), "the silent one too");
+    t.equal(running.process.child.exitCode, null, "while the drain is still going");
     running.gate.release();
+    t.equal((await busy.read(1, 5000)).responses[0]?.status, 200);
     t.equal(await exitWithin(running, 5000), 0);
   },
 );
+
+t.test("a request still arriving when the drain starts is served, with Connection: close", async (t) => {
+  const running = await start(t);
+  const busy = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => busy.close());
+  busy.write(rawGet("/gate/hold"));
+  await running.gate.arrived();
+  const late = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => late.close());
+  const request = rawGet("/open/late");
+  late.write(request.slice(0, 20));
+  // Let the sidecar read the first half, so the request has begun when the signal comes.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+
+  running.process.child.kill("SIGTERM");
+  await untilDraining(running);
+  late.write(request.slice(20));
+  const { responses } = await late.read(1, 5000);
+  t.equal(responses[0]?.status, 200, "served, not cut");
+  t.equal(responses[0]?.header("connection"), "close");
+  t.ok(await late.closedWithin(2000));
+  running.gate.release();
+  t.equal(await exitWithin(running, 5000), 0);
+});
 
 t.test("a second signal during the drain exits 1 at once, cutting what is in flight", async (t) => {
   const running = await start(t, "1m");

@@ -2,8 +2,8 @@
 import type http from "node:http";
 import net from "node:net";
 
-// How often a drain closes connections that have just become idle and checks whether it is done.
-const SWEEP_MS = 20;
+// How often a drain checks whether every connection is gone.
+const POLL_MS = 20;
 
 /** The moment a drain must end; a second stop request can bring it forward, never push it back. */
 export class Deadline {
@@ -68,10 +68,10 @@ export interface DrainResult {
 
 /**
  * Follows the connections and in-flight requests of a listener's http.Servers so the listener can drain the
- * way Envoy drains HTTP/1.1: stop accepting, answer every request still to be answered with
- * `Connection: close` (requests that arrive on open connections during the drain are served too, so a
- * request already on the wire never fails), close keep-alive connections as soon as they are idle, and
- * cut whatever is left at the deadline.
+ * way Envoy drains HTTP/1.1: stop accepting; close the connections that are idle (between requests, or
+ * connected and silent); answer every request still to be answered with `Connection: close`, including
+ * requests that were still arriving or arrive on connections that finish their TLS handshake during the
+ * drain, so a request already on the wire is served; cut whatever is left at the deadline.
  */
 export class HttpDrain {
   readonly #servers: http.Server[] = [];
@@ -118,14 +118,21 @@ export class HttpDrain {
   async drain(deadline: Deadline, open: () => number = () => this.#sockets.size): Promise<DrainResult> {
     this.#draining = true;
     const inFlight = this.#inFlight.size;
-    for (const res of this.#inFlight.values()) {
+    for (const [socket, res] of this.#inFlight) {
       if (!res.headersSent) res.setHeader("connection", "close");
+      else {
+        // Its head already promised keep-alive: end the connection once the response is done, unless
+        // another request has started on it (that one is answered with Connection: close).
+        res.once("close", () => {
+          if (!this.#inFlight.has(socket)) socket.end();
+        });
+      }
     }
-    while (!deadline.expired) {
-      // A response sent before the drain leaves a keep-alive connection behind; close it once idle.
-      for (const server of this.#servers) server.closeIdleConnections();
-      if (open() === 0) break;
-      await Promise.race([new Promise((resolve) => setTimeout(resolve, SWEEP_MS)), deadline.reached]);
+    // Once, not on every tick: a connection that completes its handshake during the drain is idle until its
+    // first request arrives, and that request deserves an answer (Node's headersTimeout still bounds it).
+    for (const server of this.#servers) server.closeIdleConnections();
+    while (!deadline.expired && open() > 0) {
+      await Promise.race([new Promise((resolve) => setTimeout(resolve, POLL_MS)), deadline.reached]);
     }
     const cut = open();
     for (const socket of this.#sockets) socket.destroy();
