@@ -197,11 +197,11 @@ export class Sidecar {
   }
 
   /**
-   * Drains, then stops. At once: /readyz answers 503 and every data listener stops accepting. Requests in
-   * flight, and any that arrive on connections already open, are answered with `Connection: close`; idle
-   * connections close. Whatever is still open after `drainTimeoutMs` is cut. Then the pools close, and the admin
-   * listener last, so probes see the drain until the end. A call during a drain brings the deadline forward
-   * to its own timeout (0: cut now) and resolves when the first one does. Tests use the default, 0.
+   * Drains, then stops. At once: /readyz answers 503, every data listener stops accepting, and idle
+   * connections close. Requests in flight, and requests still arriving, are answered with `Connection: close`.
+   * Whatever is still open after `drainTimeoutMs` is cut. Then the pools close, and the admin listener last,
+   * so probes see the drain until the end. A call during a drain brings the deadline forward to its own
+   * timeout (0: cut now) and resolves when the first one does. Tests use the default, 0.
    */
   stop(drainTimeoutMs = 0): Promise<void> {
     if (this.#stopping) {
