@@ -1,5 +1,6 @@
-// The credentials module's public face: load and validate PEM material, and the store that swaps it.
+// The credentials module's public face: load and validate PEM material, the store that swaps it, and rotation.
 
+export { ExpiryMonitor, type ExpiryMonitorOptions } from "./expiry.ts";
 export {
   type CertSummary,
   type CredentialFiles,
@@ -12,4 +13,14 @@ export {
   readCredentialMaterial,
   validateCredentials,
 } from "./load.ts";
+export {
+  CredentialReloader,
+  RELOAD_TIMING,
+  type ReloaderOptions,
+  type ReloadOutcome,
+  type ReloadResult,
+  type ReloadStatus,
+  type ReloadTiming,
+  type ReloadTrigger,
+} from "./reload.ts";
 export { type CredentialListener, CredentialStore } from "./store.ts";
