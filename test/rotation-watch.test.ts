@@ -127,19 +127,23 @@ t.test("a Kubernetes secret-volume swap is picked up, every time, by the directo
     serials.push(next.serialHex);
   }
   t.equal(await reloadCount(orders.sidecar, "success"), 5, "five swaps, five reloads");
-  t.equal(await reloadCount(orders.sidecar, "failure"), 0);
+  t.equal(await reloadCount(orders.sidecar, "failure"), 0, "and no failure");
   const logs = reloadLogs(orders);
   t.same(
     logs.map((line) => [line.old_serial, line.new_serial]),
     serials.slice(1).map((serial, index) => [serials[index], serial]),
     "each reload logs the serial it replaced and the one it installed",
   );
-  t.ok(logs.every((line) => line.trigger === "watch" && line.bundle_changed === false));
+  t.ok(
+    logs.every((line) => line.trigger === "watch" && line.bundle_changed === false),
+    "each picked up by the watch, with the same bundle",
+  );
   t.ok(
     logs.every((line) => typeof line.old_not_after === "string" && typeof line.new_not_after === "string"),
+    "and the notAfter of both",
   );
-  t.equal(orders.sidecar.reloadStatus().result, "success");
-  t.equal(orders.sidecar.reloadStatus().trigger, "watch");
+  t.equal(orders.sidecar.reloadStatus().result, "success", "/status: the last reload succeeded");
+  t.equal(orders.sidecar.reloadStatus().trigger, "watch", "/status: and what triggered it");
 });
 
 t.test(
@@ -260,3 +264,44 @@ t.test("SIGHUP to the mtlsd process reloads its credentials", async (t) => {
   t.equal(mtlsd.child.exitCode, null, "SIGHUP did not end the process");
   t.equal(await mtlsd.stop(), 0);
 });
+
+t.test("a reload asked for through the sidecar resolves with its outcome", async (t) => {
+  const first = await issueOrders();
+  const files = await plainFiles("api-reload", first);
+  const orders = await startOrders(t, files, { watch: false, interval: "1h" });
+  t.same(await orders.sidecar.reloadCredentials(), { result: "unchanged" }, "nothing new on disk");
+  const next = await issueOrders();
+  await writeFile(files.cert, next.chainPem);
+  const refused = await orders.sidecar.reloadCredentials();
+  t.equal(refused.result, "failure", "a new cert with the old key is refused once the files settle");
+  t.equal("status" in refused && refused.status.error?.code, "CERT_KEY_MISMATCH");
+  await writeFile(files.key, next.keyPem);
+  const installed = await orders.sidecar.reloadCredentials();
+  t.equal(installed.result, "success");
+  t.equal(orders.sidecar.store.current.leaf.serialHex, next.serialHex.toLowerCase());
+  t.same(orders.sidecar.reloadStatus().error, null);
+});
+
+t.test(
+  "a certificate with another SPIFFE ID is installed, and the change is logged as a warning",
+  async (t) => {
+    const first = await issueOrders();
+    const files = await plainFiles("identity-change", first);
+    const orders = await startOrders(t, files, { watch: true, interval: "1h" });
+    const renamed = await issueLeaf(pki.intermediate, {
+      spiffeId: `spiffe://${pki.trustDomain}/ns/orders/sa/orders-v2`,
+      dnsNames: ["localhost"],
+    });
+    await writeFile(files.cert, renamed.chainPem);
+    await writeFile(files.key, renamed.keyPem);
+    await waitForSerial(orders.sidecar, renamed.serialHex);
+    const line = await waitForLog(
+      orders.logs,
+      (line) => line.msg === "credentials reloaded with a new SPIFFE ID",
+    );
+    t.equal(line.level, "warn");
+    t.equal(line.old_identity, ORDERS);
+    t.equal(line.identity, `spiffe://${pki.trustDomain}/ns/orders/sa/orders-v2`);
+    t.equal(orders.sidecar.store.current.spiffeId, line.identity, "XFCC By and logs follow the new identity");
+  },
+);

@@ -24,3 +24,4 @@ export {
   type ReloadTrigger,
 } from "./reload.ts";
 export { type CredentialListener, CredentialStore } from "./store.ts";
+export { DirectoryWatch } from "./watch.ts";

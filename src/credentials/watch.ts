@@ -1,5 +1,5 @@
 // Watches the directories that hold the credential files, because a watch on a file goes deaf after the first swap.
-import { type FSWatcher, realpathSync, watch } from "node:fs";
+import { type FSWatcher, realpathSync, statSync, watch } from "node:fs";
 import path from "node:path";
 import type { Logger } from "pino";
 
@@ -14,8 +14,8 @@ export class DirectoryWatch {
   readonly #files: readonly string[];
   readonly #onChange: () => void;
   readonly #logger: Logger;
-  /** Directory → its watcher and the entry names in it that matter. */
-  readonly #watchers = new Map<string, { watcher: FSWatcher; names: Set<string> }>();
+  /** Directory → its watcher, the entry names in it that matter, and the inode the watch is bound to. */
+  readonly #watchers = new Map<string, { watcher: FSWatcher; names: Set<string>; inode: number }>();
   #closed = false;
 
   constructor(files: readonly string[], onChange: () => void, logger: Logger) {
@@ -38,7 +38,8 @@ export class DirectoryWatch {
     if (this.#closed) return;
     const wanted = this.#wanted();
     for (const [directory, entry] of this.#watchers) {
-      if (!wanted.has(directory)) {
+      // A directory that was removed or replaced leaves a watch on the old inode that never fires again.
+      if (!wanted.has(directory) || inodeOf(directory) !== entry.inode) {
         entry.watcher.close();
         this.#watchers.delete(directory);
       }
@@ -49,6 +50,8 @@ export class DirectoryWatch {
         existing.names = names;
         continue;
       }
+      const inode = inodeOf(directory);
+      if (inode === undefined) continue;
       try {
         const watcher = watch(directory, { persistent: false }, (_event, name) => {
           // Kubernetes' atomic writer works through `..data`, `..data_tmp` and `..<timestamp>` entries.
@@ -62,7 +65,7 @@ export class DirectoryWatch {
           watcher.close();
           if (this.#watchers.get(directory)?.watcher === watcher) this.#watchers.delete(directory);
         });
-        this.#watchers.set(directory, { watcher, names });
+        this.#watchers.set(directory, { watcher, names, inode });
       } catch (error) {
         this.#logger.warn(
           { directory, error: (error as Error).message },
@@ -104,5 +107,13 @@ export class DirectoryWatch {
       }
     }
     return wanted;
+  }
+}
+
+function inodeOf(directory: string): number | undefined {
+  try {
+    return statSync(directory).ino;
+  } catch {
+    return undefined;
   }
 }
