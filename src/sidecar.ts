@@ -1,8 +1,16 @@
 // Composition root: builds every part from a Config, and starts and stops them in order.
+import type { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
 import type { DestinationStream } from "pino";
 import { ConfigError, type LoadedConfig } from "./config/index.ts";
-import { CredentialStore, loadCredentials } from "./credentials/index.ts";
+import {
+  CredentialReloader,
+  CredentialStore,
+  ExpiryMonitor,
+  loadCredentials,
+  type ReloadOutcome,
+  type ReloadStatus,
+} from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { InboundListener } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
@@ -19,6 +27,10 @@ import {
 export interface SidecarOptions {
   /** Log destination; stdout by default. Tests pass a stream to read the lines. */
   logStream?: DestinationStream;
+  /** Where SIGHUP comes from (the process, for `mtlsd run`); each one reloads the credentials. */
+  signals?: EventEmitter;
+  /** The clock the certificate expiry warnings read; tests move it. */
+  now?: () => Date;
 }
 
 export interface SidecarAddresses {
@@ -37,6 +49,9 @@ export class Sidecar {
   readonly observer: TrafficObserver;
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
+  readonly #reloader: CredentialReloader;
+  readonly #expiry: ExpiryMonitor;
+  readonly #signals: EventEmitter | undefined;
   #outboundAddresses: Record<string, AddressInfo> = {};
   #stopped = false;
 
@@ -45,11 +60,30 @@ export class Sidecar {
     logger: Logger,
     store: CredentialStore,
     policy: Policy | undefined,
+    options: SidecarOptions,
   ) {
     this.loaded = loaded;
     this.logger = logger;
     this.store = store;
     const { config } = loaded;
+    const { reload } = config.identity;
+    this.#reloader = new CredentialReloader({
+      files: config.identity,
+      trustDomain: config.identity.trustDomain,
+      store,
+      logger,
+      watch: reload.watch,
+      intervalMs: reload.interval,
+      onResult: (result) => this.metrics.credentialReloads.inc({ result }),
+    });
+    this.#expiry = new ExpiryMonitor({
+      store,
+      logger,
+      intervalMs: reload.interval,
+      ...(options.now ? { now: options.now } : {}),
+      lastReload: () => this.#reloader.status(),
+    });
+    this.#signals = options.signals;
     this.metrics = new Metrics(
       {
         certNotAfter: () => this.store.current.leaf.notAfter,
@@ -92,7 +126,7 @@ export class Sidecar {
       level: config.log.level,
       ...(options.logStream ? { stream: options.logStream } : {}),
     });
-    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy);
+    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options);
     try {
       await sidecar.#listen();
     } catch (error) {
@@ -120,6 +154,21 @@ export class Sidecar {
     return this.#outbound?.stats() ?? {};
   }
 
+  /** The last credential reload that did something (startup counts), for /status. */
+  reloadStatus(): ReloadStatus {
+    return this.#reloader.status();
+  }
+
+  /** Re-reads the credential files now, as SIGHUP does; resolves once the new version is in use or refused. */
+  reloadCredentials(): Promise<ReloadOutcome> {
+    return this.#reloader.reload("request");
+  }
+
+  readonly #onSighup = (): void => {
+    this.logger.info({ signal: "SIGHUP" }, "reloading credentials");
+    void this.#reloader.reload("signal");
+  };
+
   async #listen(): Promise<void> {
     const addresses: Record<string, string> = {};
     if (this.#inbound) {
@@ -144,12 +193,18 @@ export class Sidecar {
       },
       "mtlsd started",
     );
+    this.#reloader.start();
+    this.#expiry.start();
+    this.#signals?.on("SIGHUP", this.#onSighup);
   }
 
   /** Stops listening and closes connections, giving in-flight requests up to `graceMs`. */
   async stop(graceMs = 0): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    this.#signals?.off("SIGHUP", this.#onSighup);
+    this.#reloader.close();
+    this.#expiry.close();
     await Promise.all([this.#inbound?.close(graceMs), this.#outbound?.close(graceMs)]);
     this.logger.info("mtlsd stopped");
     this.logger.flush();

@@ -22,6 +22,10 @@ const CONFIG_CODES = new Set([
   "SVID_INVALID",
   "WRONG_TRUST_DOMAIN",
   "CHAIN_UNTRUSTED",
+  "CRL_PARSE",
+  "CRL_UNTRUSTED",
+  "CRL_NOT_YET_VALID",
+  "CRL_EXPIRED",
 ]);
 
 export function configPath(value: string | undefined, io: CliIo): string {
@@ -41,14 +45,15 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
     strict: true,
   });
   const file = configPath(values.config, io);
+  const signals = io.signals ?? process;
   let sidecar: Sidecar;
   try {
-    sidecar = await Sidecar.start(loadConfigFile(file));
+    // SIGHUP reloads the credentials (as nginx and ghostunnel do) instead of ending the process.
+    sidecar = await Sidecar.start(loadConfigFile(file), { signals });
   } catch (error) {
     io.stderr.write(`mtlsd: ${(error as Error).message}\n`);
     return exitCodeFor(error);
   }
-  const signals = io.signals ?? process;
   const [signal] = await Promise.race([once(signals, "SIGTERM"), once(signals, "SIGINT")]);
   sidecar.logger.info({ signal }, "stopping");
   await sidecar.stop();

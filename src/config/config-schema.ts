@@ -134,12 +134,34 @@ export const configSchema = s.object({
       cert: file("this workload's certificate: PEM leaf, then intermediates"),
       key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)"),
       trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)"),
+      crl: file("a PEM certificate revocation list (one or more X509 CRL blocks)")
+        .optional()
+        .describe(
+          "Optional CRL file: each CRL must be signed by a CA in the trust bundle (or an intermediate in cert); reloaded like the rest.",
+        ),
       trustDomain: s
         .string({
           expected: "a SPIFFE trust domain like example.org (lowercase letters, digits, . _ -)",
           check: (value) => (isValidTrustDomain(value) ? undefined : "not a valid trust domain"),
         })
         .describe("Peers and this workload must have SPIFFE IDs in this trust domain."),
+      reload: s
+        .object({
+          watch: s
+            .boolean()
+            .default(true)
+            .describe(
+              "Watch the directories holding these files (Kubernetes secret volumes, in-place rewrites); SIGHUP always reloads.",
+            ),
+          interval: s
+            .duration(100, 86_400_000)
+            .default(30_000)
+            .describe(
+              "Polling backstop: the files are re-read (and the certificate's expiry checked) this often.",
+            ),
+        })
+        .default({ watch: true, interval: 30_000 })
+        .describe("How rotated credentials are picked up; each version is validated before it is used."),
     })
     .describe(
       "This workload's credentials. Relative paths are resolved against the config file's directory.",

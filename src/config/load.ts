@@ -107,6 +107,7 @@ export function parseConfig(text: string, file: string): LoadedConfig {
   for (const key of ["cert", "key", "trustBundle"] as const) {
     config.identity[key] = path.resolve(base, config.identity[key]);
   }
+  if (config.identity.crl) config.identity.crl = path.resolve(base, config.identity.crl);
   return { config, file, text };
 }
 

@@ -13,6 +13,24 @@ export interface CredentialFiles {
   cert: string;
   key: string;
   trustBundle: string;
+  /** Optional PEM CRL file (`identity.crl`). */
+  crl?: string | undefined;
+}
+
+/** The raw PEM text of one version of the files, before validation. */
+export interface CredentialMaterial {
+  chainPem: string;
+  keyPem: string;
+  bundlePem: string;
+  crlPem?: string | undefined;
+}
+
+/** One CRL from `identity.crl`, as validated: which CA issued it and how long it is current. */
+export interface CrlSummary {
+  issuer: string;
+  thisUpdate: Date;
+  nextUpdate: Date | undefined;
+  revoked: number;
 }
 
 export interface CertSummary {
@@ -38,6 +56,15 @@ export interface Credentials {
   /** PEM of the private key; not enumerable, so no logger or JSON dump can ever print it. */
   readonly keyPem: string;
   readonly bundlePem: string;
+  /**
+   * The `identity.crl` file as read (absent when not configured): one or more `X509 CRL` PEM blocks, each
+   * already checked to be signed by a CA in the bundle or an intermediate of our chain and to be current.
+   * Not enforced here. Node's `createSecureContext({ crl })` reads only the first CRL of a string, so pass
+   * `crlBlocks` (one string per CRL) to reach every CA's list.
+   */
+  readonly crlPem?: string;
+  readonly crlBlocks?: readonly string[];
+  readonly crl?: readonly CrlSummary[];
   readonly loadedAt: Date;
 }
 
@@ -47,15 +74,32 @@ export interface LoadOptions {
 }
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+const PEM_CRL = /-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g;
 
-/** Reads the three files named in `identity` and validates them; throws MtlsdError naming file and reason. */
+/** Reads the files named in `identity` and validates them; throws MtlsdError naming file and reason. */
 export async function loadCredentials(files: CredentialFiles, options: LoadOptions): Promise<Credentials> {
-  const [chainPem, keyPem, bundlePem] = await Promise.all([
+  return validateCredentials(await readCredentialMaterial(files), files, options);
+}
+
+/** Reads the files as they are now, without judging them: a reload hashes this to see whether anything changed. */
+export async function readCredentialMaterial(files: CredentialFiles): Promise<CredentialMaterial> {
+  const [chainPem, keyPem, bundlePem, crlPem] = await Promise.all([
     readPem("identity.cert", files.cert),
     readPem("identity.key", files.key),
     readPem("identity.trustBundle", files.trustBundle),
+    files.crl ? readPem("identity.crl", files.crl) : undefined,
   ]);
-  return validateCredentials({ chainPem, keyPem, bundlePem }, files, options);
+  return { chainPem, keyPem, bundlePem, crlPem };
+}
+
+/** SHA-256 over every file's content: equal digests mean nothing changed on disk. */
+export function materialSha256(material: CredentialMaterial): string {
+  const hash = createHash("sha256");
+  for (const part of [material.chainPem, material.keyPem, material.bundlePem, material.crlPem ?? ""]) {
+    // Length-prefixed, so moving text from one file to the next cannot produce the same digest.
+    hash.update(`${Buffer.byteLength(part)}:`).update(part);
+  }
+  return hash.digest("hex");
 }
 
 async function readPem(field: string, file: string): Promise<string> {
@@ -76,7 +120,7 @@ async function readPem(field: string, file: string): Promise<string> {
  * handshake of the chain against the bundle in both roles, so OpenSSL itself says whether peers will accept it.
  */
 export async function validateCredentials(
-  material: { chainPem: string; keyPem: string; bundlePem: string },
+  material: CredentialMaterial,
   files: CredentialFiles,
   options: LoadOptions,
 ): Promise<Credentials> {
@@ -119,6 +163,10 @@ export async function validateCredentials(
     throw new MtlsdError(code, `identity.cert (${files.cert}) is not a usable X509-SVID: ${svid.detail}`);
   }
   await verifyChain(material.chainPem, material.keyPem, material.bundlePem, files);
+  const crl =
+    material.crlPem === undefined
+      ? undefined
+      : await checkCrl(material.crlPem, [...bundle, ...chain.slice(1)], files, now);
   const bundleSummaries = bundle.map(summarize);
   const credentials = {
     spiffeId: svid.spiffeId,
@@ -136,6 +184,9 @@ export async function validateCredentials(
       .digest("hex"),
     chainPem: material.chainPem,
     bundlePem: material.bundlePem,
+    ...(crl
+      ? { crlPem: material.crlPem, crlBlocks: Object.freeze(crl.blocks), crl: Object.freeze(crl.summaries) }
+      : {}),
     loadedAt: now,
   };
   Object.defineProperty(credentials, "keyPem", { value: material.keyPem, enumerable: false });
@@ -158,6 +209,84 @@ function parseCertificates(field: string, file: string, pem: string): X509Certif
       );
     }
   });
+}
+
+/**
+ * A CRL must come from a CA whose certificates we accept (a bundle root, or an intermediate we present),
+ * be signed by it, and be current: OpenSSL refuses every peer of a CA whose CRL is stale once CRLs are enforced.
+ */
+async function checkCrl(
+  pem: string,
+  authorities: readonly X509Certificate[],
+  files: CredentialFiles,
+  now: Date,
+): Promise<{ blocks: string[]; summaries: CrlSummary[] }> {
+  const where = `identity.crl (${files.crl})`;
+  const blocks = pem.match(PEM_CRL) ?? [];
+  if (blocks.length === 0) {
+    // Some tools label CRLs "BEGIN CRL"; OpenSSL, and so Node, read only "BEGIN X509 CRL".
+    const hint = /-----BEGIN CRL-----/.test(pem)
+      ? ': it has "BEGIN CRL" blocks, which OpenSSL does not read; relabel them "X509 CRL" (openssl crl -in FILE -out FILE)'
+      : "";
+    throw new MtlsdError("CRL_PARSE", `${where}: no PEM "BEGIN X509 CRL" block found${hint}`);
+  }
+  const cas = authorities.filter((cert) => cert.ca).map((cert) => new x509.X509Certificate(cert.raw));
+  const summaries: CrlSummary[] = [];
+  for (const [index, block] of blocks.entries()) {
+    let crl: x509.X509Crl;
+    try {
+      crl = new x509.X509Crl(block);
+    } catch (error) {
+      throw new MtlsdError(
+        "CRL_PARSE",
+        `${where}: CRL ${index + 1} does not parse: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+    const label = `CRL ${index + 1} (issuer ${crl.issuer})`;
+    const named = cas.filter((ca) => ca.subject === crl.issuer);
+    let signer: x509.X509Certificate | undefined;
+    for (const ca of named) {
+      if (await crl.verify({ publicKey: ca }).catch(() => false)) {
+        signer = ca;
+        break;
+      }
+    }
+    if (!signer) {
+      throw new MtlsdError(
+        "CRL_UNTRUSTED",
+        named.length === 0
+          ? `${where}: ${label} was not issued by a CA in identity.trustBundle (${files.trustBundle}) or an intermediate in identity.cert; a CRL can only revoke certificates of a CA we trust`
+          : `${where}: ${label} names a trusted CA as issuer but its signature does not verify with that CA's key; the file is corrupt or forged`,
+      );
+    }
+    const keyUsage = signer.getExtension(x509.KeyUsagesExtension);
+    if (keyUsage && (keyUsage.usages & x509.KeyUsageFlags.cRLSign) === 0) {
+      throw new MtlsdError(
+        "CRL_UNTRUSTED",
+        `${where}: ${label} is signed by a CA whose key usage lacks cRLSign, so TLS libraries will not accept it`,
+      );
+    }
+    if (crl.thisUpdate > now) {
+      throw new MtlsdError(
+        "CRL_NOT_YET_VALID",
+        `${where}: ${label} is not valid until ${crl.thisUpdate.toISOString()}; check this host's clock`,
+      );
+    }
+    if (crl.nextUpdate && crl.nextUpdate < now) {
+      throw new MtlsdError(
+        "CRL_EXPIRED",
+        `${where}: ${label} expired at ${crl.nextUpdate.toISOString()} (this host's clock says ${now.toISOString()}); a stale CRL would refuse every peer of that CA: publish a fresh one`,
+      );
+    }
+    summaries.push({
+      issuer: crl.issuer,
+      thisUpdate: crl.thisUpdate,
+      nextUpdate: crl.nextUpdate,
+      revoked: crl.entries.length,
+    });
+  }
+  return { blocks, summaries };
 }
 
 function parseKey(file: string, pem: string): KeyObject {
