@@ -4,7 +4,7 @@ import type { DestinationStream } from "pino";
 import { ConfigError, type LoadedConfig } from "./config/index.ts";
 import { CredentialStore, loadCredentials } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
-import { InboundListener } from "./inbound/index.ts";
+import { InboundListener, type InboundStats } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import { Policy } from "./policy/index.ts";
 import {
@@ -114,6 +114,11 @@ export class Sidecar {
       }
     }
     return addresses;
+  }
+
+  /** Accepted TLS connections on the inbound listener; undefined without one. */
+  inboundStats(): InboundStats | undefined {
+    return this.#inbound?.stats();
   }
 
   upstreamStats(): Record<string, UpstreamStats> {
