@@ -32,6 +32,9 @@ export interface HandshakeFailureRecord {
   remote_address?: string;
   source_identity?: string;
   destination_identity?: string;
+  /** Outbound: the upstream's name, and the SPIFFE ID its server presented when it was not the expected one. */
+  upstream?: string;
+  presented_identity?: string;
 }
 
 /** Where the data path reports what happened; the log and the metrics both implement it. */
