@@ -206,6 +206,15 @@ t.test("a server presenting another SPIFFE ID gets 502 upstream_identity_mismatc
   );
 });
 
+t.test("a server that failed the identity check fails it on every new connection", async (t) => {
+  // Were a TLS session from the refused connection kept, the next connection would resume it unchecked.
+  for (const attempt of [1, 2, 3]) {
+    const { result } = await call("orders-at-payments", `/again-${attempt}`);
+    t.equal(sidecarError(result).reason, "upstream_identity_mismatch", `attempt ${attempt}`);
+  }
+  t.notOk(caller.sidecar.upstreamStats()["orders-at-payments"]!.handshakes.resumed, "nothing resumed");
+});
+
 t.test("a DNS name that matches the address does not make a wrong SPIFFE ID right", async (t) => {
   // The payments certificate names localhost, the very host this upstream connects to.
   const { result } = await call("orders-at-localhost");

@@ -22,6 +22,10 @@ export function upstreamFailures(
       return { status: 502, reason: "upstream_tls_error", message };
     },
     error(error: Error & { code?: string }) {
+      // The connector's own timeout says which phase took too long; the generic text would not.
+      if (error.code === "UND_ERR_CONNECT_TIMEOUT") {
+        return { status: 504, reason: "upstream_timeout", message: error.message };
+      }
       if (!isTlsFailure(error)) return undefined;
       return { status: 502, reason: "upstream_tls_error", message: tlsFailure(upstream, error).message };
     },
