@@ -7,6 +7,8 @@ import path from "node:path";
 import { createInterface } from "node:readline";
 import tls from "node:tls";
 import t from "tap";
+import { stringify } from "yaml";
+import { parseConfig } from "../src/config/index.ts";
 import { issueLeaf } from "../src/pki/index.ts";
 import { startApp } from "./helpers/app.ts";
 import {
@@ -334,4 +336,16 @@ t.test("outbound handshake failures are counted by direction and reason", async 
   await call("orders-at-payments", "/counted-2");
   t.equal(await count("unknown_ca"), unknownCa + 1);
   t.equal(await count("upstream_identity_mismatch"), mismatch + 1);
+});
+
+t.test("an upstream identity outside our trust domain is a config error naming the field", async (t) => {
+  const config = stringify({
+    identity: { cert: "tls.crt", key: "tls.key", trustBundle: "ca.crt", trustDomain: "example.org" },
+    outbound: { upstreams: { partner: { address: "partner:15006", identity: "spiffe://partner.org/api" } } },
+  });
+  t.throws(() => parseConfig(config, "/etc/mtlsd/mtlsd.yaml"), {
+    code: "CONFIG_INVALID",
+    message:
+      /outbound\.upstreams\.partner\.identity \(line \d+\): expected a SPIFFE ID in identity\.trustDomain/,
+  });
 });

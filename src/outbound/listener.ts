@@ -8,16 +8,9 @@ import type { LimitsConfig, OutboundConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import type { CredentialStore, Credentials } from "../credentials/index.ts";
 import { PeerIdentityCache } from "../identity/index.ts";
-import {
-  type FailureInterpreter,
-  filterRequestHeaders,
-  forward,
-  rawErrorResponse,
-  sendError,
-} from "../proxy/index.ts";
+import { filterRequestHeaders, forward, rawErrorResponse, sendError } from "../proxy/index.ts";
 import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
-import { upstreamFailures } from "./failures.ts";
 import { Router } from "./router.ts";
 import { Upstream, type UpstreamStats } from "./upstream.ts";
 
@@ -46,7 +39,6 @@ export class OutboundListener {
   /** The shared listener first, then one per upstream that has a `listen` of its own. */
   readonly #servers: { field: string; server: http.Server; address: string }[] = [];
   readonly #unsubscribe: () => void;
-  readonly #failures: Map<Upstream, FailureInterpreter>;
 
   constructor(options: OutboundOptions) {
     this.#options = options;
@@ -64,12 +56,6 @@ export class OutboundListener {
           idleTimeoutMs: limits.keepAliveTimeout,
           onFailure: this.#onHandshakeFailure,
         }),
-    );
-    this.#failures = new Map(
-      this.#upstreams.map((upstream) => [
-        upstream,
-        upstreamFailures(upstream.name, (failure) => this.#onHandshakeFailure(upstream, failure)),
-      ]),
     );
     this.#router = new Router(this.#upstreams);
     this.#servers.push({
@@ -217,7 +203,7 @@ export class OutboundListener {
         hasBody: headers.hasBody,
         headersTimeout: upstream.config.timeout,
         bodyTimeout: this.#options.limits.requestTimeout,
-        failures: this.#failures.get(upstream)!,
+        failures: upstream.failures,
       },
       (outcome) =>
         this.#finish(record, started, outcome.status, outcome.failure?.reason, outcome.failure?.message),

@@ -3,7 +3,9 @@ import type tls from "node:tls";
 import { Pool } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
 import type { PeerIdentityCache } from "../identity/index.ts";
+import type { FailureInterpreter } from "../proxy/index.ts";
 import { mtlsConnector, type UpstreamHandshakeFailure } from "./connector.ts";
+import { upstreamFailures } from "./failures.ts";
 
 export interface UpstreamStats {
   address: string;
@@ -37,6 +39,8 @@ export class Upstream {
   readonly config: UpstreamConfig;
   readonly origin: string;
   readonly handshakes = { full: 0, resumed: 0 };
+  /** How this upstream's failures read to the app; the forwarding engine consults it. */
+  readonly failures: FailureInterpreter;
   #pool: Pool;
   /** Pools of earlier credential versions, closing as their in-flight requests finish. */
   readonly #retiring = new Set<Pool>();
@@ -47,6 +51,7 @@ export class Upstream {
     this.name = options.name;
     this.config = options.config;
     this.origin = `https://${options.config.address}`;
+    this.failures = upstreamFailures(this.name, (failure) => options.onFailure?.(this, failure));
     this.#pool = this.#createPool(options.context);
   }
 
