@@ -85,6 +85,8 @@ t.test(
       ),
     );
 
+    t.equal(caller.sidecar.upstreamStats().orders!.pending, 1, "stats still count the old pool's request");
+
     // A resumed TLS session would carry the old certificate to the upstream: the Hash proves a fresh one.
     const after = echoed(await call("/after"));
     t.equal(after.xfcc.Hash, leafHash(next.chainPem), "a new connection presents the new certificate");

@@ -179,6 +179,19 @@ t.test("a proxy URL with userinfo is refused with 400 bad_request", async (t) =>
   t.match(error.error, "userinfo");
 });
 
+t.test("a request-target that is neither a path nor an http:// URL gets 400 bad_request", async (t) => {
+  for (const target of ["*", "http://[::1/x"]) {
+    const result = await appRequest(caller.proxyUrl, {
+      method: "OPTIONS",
+      headers: ["Host: orders"],
+      args: ["--request-target", target],
+    });
+    const error = sidecarError(result);
+    t.equal(error.status, 400, target);
+    t.equal(error.reason, "bad_request", target);
+  }
+});
+
 t.test("a CONNECT tunnel request is refused with 405 and an explanation", async (t) => {
   const socket = net.connect(caller.outboundPort, "127.0.0.1");
   t.teardown(() => socket.destroy());

@@ -123,6 +123,41 @@ t.test(
   },
 );
 
+t.test("an address that answers in plain HTTP gives upstream_tls_error tls_protocol", async (t) => {
+  // A common slip: `address` names the upstream app's port rather than its sidecar's.
+  const caller = await startCaller(pki, frontend, {
+    orders: { address: `127.0.0.1:${app.port}`, identity: orders.spiffeId },
+  });
+  t.teardown(() => caller.stop());
+  const result = await appRequest(`${caller.proxyUrl}/plain`, { headers: ["Host: orders"] });
+  const error = sidecarError(result);
+  t.equal(error.status, 502);
+  t.equal(error.reason, "upstream_tls_error");
+  t.match(error.error, /tls_protocol: wrong version number \(ERR_SSL_WRONG_VERSION_NUMBER\)/);
+});
+
+t.test("an upstream that fails after the response head aborts the app's connection", async (t) => {
+  // The right identity; it promises 1000 bytes, sends 10, and drops the connection.
+  const truncating = tls.createServer(
+    { cert: orders.chainPem, key: orders.keyPem, ca: pki.bundlePem, requestCert: true },
+    (socket) => {
+      socket.on("error", () => {});
+      socket.once("data", () => {
+        socket.write("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789", () => socket.destroy());
+      });
+    },
+  );
+  const caller = await startCaller(pki, frontend, {
+    orders: { address: await listen(truncating), identity: orders.spiffeId },
+  });
+  t.teardown(() => caller.stop());
+  const result = await appRequest(`${caller.proxyUrl}/truncated`, { headers: ["Host: orders"] });
+  t.equal(result.response?.status, 200, "the head had already gone out");
+  t.equal(result.code, 18, `curl reports a partial transfer, not a complete one (${result.stderr.trim()})`);
+  const line = await waitForLog(caller.logs, (l) => l.msg === "request" && l.path === "/truncated");
+  t.match(line, { level: "warn", reason: "upstream_reset" });
+});
+
 t.test("an upstream that dies mid-body gives the app an error, never a success", async (t) => {
   // A server with the right identity that reads part of the upload, then drops the connection.
   const dying = tls.createServer(

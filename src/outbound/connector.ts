@@ -83,11 +83,10 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
     // Only tickets from a connection whose server passed the identity check are kept, so resuming one is
     // proof enough: a TLS 1.3 client sees no peer certificate on a resumed session, only the server that
     // holds the ticket key can complete it, and that server was verified when it issued the ticket.
+    // TLS 1.3 servers send tickets after the handshake, so they arrive after the check below has run.
     let verified = false;
-    let pendingTicket: Buffer | undefined;
     socket.on("session", (ticket: Buffer) => {
       if (verified) session = ticket;
-      else pendingTicket = ticket;
     });
     socket.once("secureConnect", () => {
       const resumed = socket.isSessionReused();
@@ -110,7 +109,6 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
         }
       }
       verified = true;
-      if (pendingTicket) session = pendingTicket;
       options.onHandshake?.(resumed);
       finish(null, socket);
     });

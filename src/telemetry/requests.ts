@@ -52,7 +52,9 @@ export class TrafficLog implements TrafficObserver {
   }
 
   request(record: RequestRecord): void {
-    if (record.decision === "deny" || record.status >= 500) this.#logger.warn(record, "request");
+    // A response cut short after its head went out still carries the 2xx the client saw: a failure all the same.
+    if (record.decision === "deny" || record.status >= 500 || record.reason === "upstream_reset")
+      this.#logger.warn(record, "request");
     else this.#logger.info(record, "request");
   }
 
