@@ -6,7 +6,7 @@
 // connection; the output says how many of those handshakes were full and how many resumed, counted on both
 // sides (the caller's upstream stats and the upstream's inbound listener).
 //
-//   node bench/outbound-resumption.ts --requests 2000 --concurrency 8
+//   npx node bench/outbound-resumption.ts --requests 2000 --concurrency 8
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
