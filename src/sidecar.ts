@@ -12,7 +12,7 @@ import {
   type ReloadStatus,
 } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
-import { InboundListener } from "./inbound/index.ts";
+import { InboundListener, type InboundStats } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import { Policy } from "./policy/index.ts";
 import {
@@ -148,6 +148,11 @@ export class Sidecar {
       }
     }
     return addresses;
+  }
+
+  /** Accepted TLS connections on the inbound listener; undefined without one. */
+  inboundStats(): InboundStats | undefined {
+    return this.#inbound?.stats();
   }
 
   upstreamStats(): Record<string, UpstreamStats> {

@@ -243,7 +243,7 @@ export const configSchema = s.object({
       keepAliveTimeout: s
         .duration()
         .default(60_000)
-        .describe("Idle client connections are closed after this."),
+        .describe("Idle connections are closed after this: client connections and pooled upstream ones."),
     })
     .default({
       maxConnections: 10_000,

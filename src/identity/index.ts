@@ -2,6 +2,7 @@
 export {
   classifyTlsError,
   classifyVerifyError,
+  HANDSHAKE_FAILURE_REASONS,
   type HandshakeFailureReason,
 } from "./handshake-failure.ts";
 export { identifyPeer, type PeerCheck, type PeerIdentity, PeerIdentityCache } from "./peer.ts";

@@ -25,6 +25,12 @@ const TLS_HANDSHAKE_RECORD = 0x16;
 // How long a refused peer may keep the socket open to read our explanation before we cut it.
 const REFUSAL_LINGER_MS = 2000;
 
+/** TLS connections whose handshake completed (refused peers included), and how many resumed a session. */
+export interface InboundStats {
+  connections: number;
+  resumed: number;
+}
+
 export interface InboundOptions {
   config: InboundConfig;
   limits: LimitsConfig;
@@ -49,6 +55,7 @@ export class InboundListener {
   readonly #app: Pool;
   readonly #handler: InboundHandler;
   readonly #sockets = new Set<net.Socket>();
+  readonly #stats: InboundStats = { connections: 0, resumed: 0 };
   #peers: PeerIdentityCache;
   #bundleSha256: string;
   #ticketKeys: Buffer;
@@ -117,6 +124,10 @@ export class InboundListener {
 
   address(): AddressInfo | null {
     return this.#net.address() as AddressInfo | null;
+  }
+
+  stats(): InboundStats {
+    return { ...this.#stats };
   }
 
   setPolicy(policy: Policy): void {
@@ -194,6 +205,8 @@ export class InboundListener {
   }
 
   readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
+    this.#stats.connections++;
+    if (socket.isSessionReused()) this.#stats.resumed++;
     const certificate = socket.getPeerX509Certificate();
     if (!certificate) {
       this.#refuse(socket, "no_client_cert", "peer sent no client certificate");
