@@ -1,5 +1,8 @@
 // The `mtlsd` command: parses the subcommand, dispatches, and turns outcomes into exit codes.
 import { readFileSync } from "node:fs";
+import { certsCommand } from "./certs.ts";
+import { checkCommand } from "./check.ts";
+import { demoCommand } from "./demo.ts";
 import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
 import { runCommand } from "./run.ts";
 
@@ -8,7 +11,12 @@ export type { CliIo } from "./io.ts";
 const HELP = `mtlsd: a sidecar that wraps plain HTTP in mutual TLS with SPIFFE identities
 
 Usage:
+  mtlsd demo [--keep]     a tour with nothing to set up: two apps, their sidecars, allowed and denied
+                          calls, connection reuse, a certificate rotation
   mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml)
+  mtlsd check [-c FILE] [--peer HOST:PORT [--method M] [--path P]]
+                          validate config and credentials; with --peer, a live mTLS handshake
+  mtlsd certs init|issue|inspect   a dev PKI, and a verdict on any certificate file (certs --help)
   mtlsd --version         print the version
   mtlsd --help            print this help
 
@@ -18,6 +26,9 @@ Docs: README.md; config reference: config/mtlsd.example.yaml and config/mtlsd.sc
 
 const COMMANDS: Record<string, (args: string[], io: CliIo) => Promise<number>> = {
   run: runCommand,
+  certs: certsCommand,
+  check: checkCommand,
+  demo: demoCommand,
 };
 
 export function version(): string {
