@@ -66,6 +66,7 @@ class Demo {
   #frontendApp: FrontendApp | undefined;
   #step = 0;
   #frontendCalls = 0;
+  #tour: Promise<void> | undefined;
   #cleaned: Promise<void> | undefined;
   /** Set in --keep mode: request log lines are printed as they happen. */
   #follow = false;
@@ -83,7 +84,13 @@ class Demo {
     this.#io.stdout.write(`${text}\n`);
   }
 
+  /** Once cleanup has begun (a signal), no step may start or write another file. */
+  #checkpoint(): void {
+    if (this.#cleaned) throw new DemoFailure("interrupted");
+  }
+
   #heading(title: string): void {
+    this.#checkpoint();
     this.#step++;
     this.#print();
     this.#print(this.#style.bold(this.#style.accent(`${this.#step}. ${title}`)));
@@ -100,7 +107,13 @@ class Demo {
     return found;
   }
 
-  async run(): Promise<void> {
+  /** Runs the tour once; cleanup waits for it to settle before removing the directory. */
+  run(): Promise<void> {
+    this.#tour ??= this.#run();
+    return this.#tour;
+  }
+
+  async #run(): Promise<void> {
     this.#print(
       this.#style.bold("mtlsd demo: two services talking over mutual TLS, with nothing to configure"),
     );
@@ -115,6 +128,7 @@ class Demo {
 
   async #makePki(): Promise<void> {
     this.#dir = await mkdtemp(path.join(os.tmpdir(), "mtlsd-demo-"));
+    this.#checkpoint();
     const pki = await initPkiDirectory(this.#dir, { trustDomain: TRUST_DOMAIN });
     this.#intermediate = pki.intermediate;
     this.#heading(`A throwaway PKI for trust domain ${TRUST_DOMAIN}, in ${this.#dir}`);
@@ -145,6 +159,7 @@ class Demo {
   }
 
   async #startSidecar(name: WorkloadName, config: Record<string, unknown>): Promise<DemoSidecar> {
+    this.#checkpoint();
     const configPath = path.join(this.#dir, `${name}.yaml`);
     const full = {
       identity: {
@@ -380,7 +395,7 @@ class Demo {
     let calls = 0;
     const failures: string[] = [];
     const caller = async () => {
-      while (!stop) {
+      while (!stop && !this.#cleaned) {
         try {
           const reply = await this.#frontendPage("7");
           if (reply.status !== 200) failures.push(`${reply.status} ${reply.body}`);
@@ -392,6 +407,7 @@ class Demo {
     };
     const callers = Array.from({ length: ROTATION_CALLERS }, caller);
     await sleep(ROTATION_MARGIN_MS);
+    this.#checkpoint();
     const issued = await issueIdentityFiles(this.#dir, this.#intermediate!, {
       spiffeId: ID.orders,
       name: "orders",
@@ -400,7 +416,7 @@ class Demo {
       force: true,
     });
     this.#print(
-      `   - issued a new certificate for ${ID.orders} (serial ${short(issued.issued.serialHex)}, was ${short(oldSerial)}) and wrote orders.crt and orders.key`,
+      `   - issued a new certificate for ${ID.orders}\n     (serial ${short(issued.issued.serialHex)}, was ${short(oldSerial)}) and wrote orders.crt and orders.key`,
     );
     // `mtlsd run` notices the new files itself (directory watch, polling, SIGHUP); the demo asks at once.
     const outcome = await orders.sidecar.reloadCredentials();
@@ -412,7 +428,7 @@ class Demo {
     }
     const reloaded = await this.#findLog("orders", (line) => line.msg === "credentials reloaded");
     this.#print(
-      `   - the orders sidecar validated the files and swapped them in; its log: "credentials reloaded", old_serial ${short(String(reloaded.old_serial))}, new_serial ${short(String(reloaded.new_serial))}`,
+      `   - the orders sidecar validated the files and swapped them in; its log says "credentials reloaded",\n     old_serial ${short(String(reloaded.old_serial))}, new_serial ${short(String(reloaded.new_serial))}`,
     );
     this.#print(
       "     (`mtlsd run` picks new files up by itself: it watches their directory, polls, and reloads on SIGHUP)",
@@ -516,13 +532,23 @@ class Demo {
     }
   }
 
-  /** Stops everything and removes the directory; safe to call more than once and from a signal. */
+  /**
+   * Stops everything and removes the directory; safe to call more than once and from a signal. A tour
+   * interrupted mid-step may still be writing a certificate: with the servers gone its next step fails at
+   * once, so wait (bounded) for it to settle, or it could write into the directory as it is removed.
+   */
   cleanup(): Promise<void> {
     this.#cleaned ??= (async () => {
       this.#follow = false;
-      await Promise.allSettled([...this.#sidecars.values()].map(({ sidecar }) => sidecar.stop()));
-      await Promise.allSettled([this.#ordersApp?.close(), this.#frontendApp?.close()]);
-      if (this.#dir !== "") await rm(this.#dir, { recursive: true, force: true });
+      const stopAll = async () => {
+        await Promise.allSettled([...this.#sidecars.values()].map(({ sidecar }) => sidecar.stop()));
+        await Promise.allSettled([this.#ordersApp?.close(), this.#frontendApp?.close()]);
+      };
+      await stopAll();
+      if (this.#tour) await Promise.race([this.#tour.catch(() => undefined), sleep(5000)]);
+      // A sidecar or app that finished starting while the first round stopped the others.
+      await stopAll();
+      if (this.#dir !== "") await rm(this.#dir, { recursive: true, force: true, maxRetries: 3 });
     })();
     return this.#cleaned;
   }
