@@ -184,9 +184,10 @@ t.test("bad arguments exit 2", async (t) => {
     [["check", "-c", file, "--peer", "127.0.0.1:1", "--method", "get"], /--method "get"/],
     [["check", "-c", file, "--verbose"], /Unknown option '--verbose'/],
   ];
-  for (const [args, message] of cases) {
-    const result = await runCli(args);
-    t.equal(result.code, 2, args.join(" "));
-    t.match(result.stderr, message, args.join(" "));
+  // Each case is its own process and none writes anything, so they run side by side.
+  const results = await Promise.all(cases.map(([args]) => runCli(args)));
+  for (const [i, [args, message]] of cases.entries()) {
+    t.equal(results[i]!.code, 2, args.join(" "));
+    t.match(results[i]!.stderr, message, args.join(" "));
   }
 });

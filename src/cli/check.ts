@@ -19,9 +19,9 @@ import {
   kindOf,
   readCertificateFile,
 } from "./cert-text.ts";
+import { configPath } from "./config-path.ts";
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
 import { type PeerProbe, type Problem, probePeer } from "./peer-probe.ts";
-import { configPath } from "./run.ts";
 import { describeValidity, formatSpan, isoSeconds, type Style, styleFor } from "./text.ts";
 
 const DEFAULT_TIMEOUT_MS = 5000;
