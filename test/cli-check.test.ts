@@ -3,6 +3,7 @@ import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import t from "tap";
 import { stringify } from "yaml";
+import { overridesOf } from "../src/cli/check.ts";
 import { runCli } from "./helpers/cli.ts";
 import { createTestPki, type IdentityFiles } from "./helpers/pki.ts";
 
@@ -191,3 +192,42 @@ t.test("bad arguments exit 2", async (t) => {
     t.match(results[i]!.stderr, message, args.join(" "));
   }
 });
+
+t.test(
+  "break-glass overrides are read from inbound.policy, and anything malformed in them is skipped",
+  async (t) => {
+    // This branch's config schema has no `overrides` yet, so the reader is tested directly on what it may get.
+    const expires = new Date("2026-11-24T18:00:00Z");
+    const policy = {
+      default: "deny",
+      rules: [],
+      overrides: [
+        {
+          from: ["spiffe://example.org/ns/ops/sa/oncall"],
+          reason: "INC-1234",
+          approvedBy: "alice@example.org",
+          expires,
+        },
+        { from: ["*"], reason: "as text", approvedBy: "bob@example.org", expires: "2026-11-25T00:00:00Z" },
+        { reason: "no approver", expires },
+        "not an override",
+        { from: ["*"], reason: "bad date", approvedBy: "carol@example.org", expires: "someday" },
+      ],
+    };
+    t.same(overridesOf(policy), [
+      {
+        reason: "INC-1234",
+        approvedBy: "alice@example.org",
+        expires,
+        from: ["spiffe://example.org/ns/ops/sa/oncall"],
+      },
+      {
+        reason: "as text",
+        approvedBy: "bob@example.org",
+        expires: new Date("2026-11-25T00:00:00Z"),
+        from: ["*"],
+      },
+    ]);
+    t.same(overridesOf({ default: "deny", rules: [] }), [], "a policy without the key has none");
+  },
+);

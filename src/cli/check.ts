@@ -10,6 +10,7 @@ import {
 } from "../config/index.ts";
 import { loadCredentials, readCredentialMaterial } from "../credentials/index.ts";
 import { MtlsdError } from "../errors.ts";
+import { classifyVerifyError, type HandshakeFailureReason } from "../identity/index.ts";
 import { formatExplanation, Policy } from "../policy/index.ts";
 import {
   type CertFacts,
@@ -25,6 +26,16 @@ import { type PeerProbe, type Problem, probePeer } from "./peer-probe.ts";
 import { describeValidity, formatSpan, isoSeconds, type Style, styleFor } from "./text.ts";
 
 const DEFAULT_TIMEOUT_MS = 5000;
+
+/** The names `check` gives the handshake failure reasons of DESIGN.md. */
+const PROBLEM_KIND: Partial<Record<HandshakeFailureReason, string>> = {
+  cert_expired: "expired",
+  cert_not_yet_valid: "not yet valid (clock skew)",
+  unknown_ca: "unknown CA",
+  wrong_trust_domain: "wrong trust domain",
+  bad_svid: "bad SVID",
+  revoked: "revoked",
+};
 
 /** Credential error codes (see run.ts) turned into the names `check` reports. */
 function credentialProblem(error: MtlsdError, leaf: CertFacts | undefined, now: Date): Problem {
@@ -46,12 +57,15 @@ function credentialProblem(error: MtlsdError, leaf: CertFacts | undefined, now: 
     case "KEY_PARSE":
     case "BUNDLE_INVALID":
       return { kind: "bad PEM", detail: message };
-    case "CHAIN_UNTRUSTED":
-      // The handshake test reports OpenSSL's verdict in words: name the cause it found.
-      if (/has expired/.test(message)) return { kind: "expired", detail: message };
-      if (/not yet valid/.test(message)) return { kind: "not yet valid (clock skew)", detail: message };
-      if (/does not chain to a trusted root/.test(message)) return { kind: "unknown CA", detail: message };
-      return { kind: "chain untrusted", detail: message };
+    case "CHAIN_UNTRUSTED": {
+      // The handshake test quotes OpenSSL's verify code, e.g. "(UNABLE_TO_GET_ISSUER_CERT_LOCALLY)": name its cause.
+      const verifyCode = /\(([A-Z0-9_]+)\)/.exec(message)?.[1];
+      const reason = verifyCode ? classifyVerifyError(verifyCode).reason : undefined;
+      return {
+        kind: reason ? (PROBLEM_KIND[reason] ?? "chain untrusted") : "chain untrusted",
+        detail: message,
+      };
+    }
     default:
       if (code.startsWith("CRL_")) return { kind: "bad CRL", detail: message };
       return { kind: code.toLowerCase().replaceAll("_", " "), detail: message };
@@ -64,28 +78,36 @@ function withSkew(message: string, leaf: CertFacts | undefined, now: Date): stri
 }
 
 /** An override as `check` prints it, read defensively: `inbound.policy.overrides` is not in every config schema. */
-interface OverrideView {
+export interface OverrideView {
   reason: string;
   approvedBy: string;
   expires: Date;
   from: string[];
 }
 
-function isOverrideView(value: unknown): value is OverrideView {
-  if (typeof value !== "object" || value === null) return false;
-  const o = value as Record<string, unknown>;
-  return (
-    typeof o.reason === "string" &&
-    typeof o.approvedBy === "string" &&
-    o.expires instanceof Date &&
-    Array.isArray(o.from) &&
-    o.from.every((entry) => typeof entry === "string")
-  );
+function overrideView(value: unknown): OverrideView | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const { reason, approvedBy, expires, from } = value as Record<string, unknown>;
+  // The config module gives a Date; a string or epoch milliseconds are read the same way rather than dropped.
+  const when =
+    expires instanceof Date
+      ? expires
+      : typeof expires === "string" || typeof expires === "number"
+        ? new Date(expires)
+        : undefined;
+  if (typeof reason !== "string" || typeof approvedBy !== "string" || !when || Number.isNaN(when.getTime())) {
+    return undefined;
+  }
+  const sources = Array.isArray(from)
+    ? from.filter((entry): entry is string => typeof entry === "string")
+    : [];
+  return { reason, approvedBy, expires: when, from: sources };
 }
 
-function overridesOf(policy: object): OverrideView[] {
+export function overridesOf(policy: object): OverrideView[] {
   const overrides = "overrides" in policy ? policy.overrides : undefined;
-  return Array.isArray(overrides) ? overrides.filter(isOverrideView) : [];
+  if (!Array.isArray(overrides)) return [];
+  return overrides.map(overrideView).filter((o): o is OverrideView => o !== undefined);
 }
 
 class Report {
