@@ -49,6 +49,8 @@ function credentialProblem(error: MtlsdError, leaf: CertFacts | undefined, now: 
       return { kind: "wrong trust domain", detail: message };
     case "SVID_INVALID":
       return { kind: "bad SVID", detail: message };
+    case "CERT_REVOKED":
+      return { kind: "revoked", detail: message };
     case "CERT_KEY_MISMATCH":
       return { kind: "key mismatch", detail: message };
     case "CREDENTIAL_UNREADABLE":
