@@ -1,11 +1,14 @@
 // `mtlsd run`: start the sidecar from a config file and keep it running until a signal stops it.
 import { once } from "node:events";
-import path from "node:path";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfigFile } from "../config/index.ts";
 import { MtlsdError } from "../errors.ts";
 import { Sidecar } from "../sidecar.ts";
+import { configPath } from "./config-path.ts";
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./io.ts";
+
+// Re-exported for commands that import it from here; it lives in config-path.ts so they need not load the sidecar.
+export { configPath };
 
 // Codes that mean "what you gave me is wrong" (exit 2) rather than "something failed while running" (exit 1).
 const CONFIG_CODES = new Set([
@@ -27,10 +30,6 @@ const CONFIG_CODES = new Set([
   "CRL_NOT_YET_VALID",
   "CRL_EXPIRED",
 ]);
-
-export function configPath(value: string | undefined, io: CliIo): string {
-  return path.resolve(io.cwd, value ?? io.env.MTLSD_CONFIG ?? "mtlsd.yaml");
-}
 
 export function exitCodeFor(error: unknown): number {
   return error instanceof ConfigError || (error instanceof MtlsdError && CONFIG_CODES.has(error.code))

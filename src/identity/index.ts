@@ -8,4 +8,12 @@ export {
 export { identifyPeer, type PeerCheck, type PeerIdentity, PeerIdentityCache } from "./peer.ts";
 export { isValidTrustDomain, parseSpiffeId, type SpiffeId, type SpiffeIdResult } from "./spiffe-id.ts";
 export { formatSubjectRfc2253, subjectDerOfCertificate } from "./subject.ts";
-export { checkLeafSvid, type SvidCheck, type SvidRole } from "./svid.ts";
+export {
+  checkLeafSvid,
+  type SvidCheck,
+  type SvidProblem,
+  type SvidReport,
+  type SvidRole,
+  signingCertProblems,
+  svidProblems,
+} from "./svid.ts";
