@@ -244,8 +244,9 @@ export function parseDuration(text: string): number | undefined {
 }
 
 export function formatDuration(ms: number): string {
+  // A day reads better as 24h (as DESIGN.md writes overridesMaxLifetime); days start at 48h.
   for (const [unit, size] of [
-    ["d", 86_400_000],
+    ["d", ms >= 2 * 86_400_000 ? 86_400_000 : Number.POSITIVE_INFINITY],
     ["h", 3_600_000],
     ["m", 60_000],
     ["s", 1000],
