@@ -4,6 +4,7 @@ import type { DestinationStream } from "pino";
 import { ConfigError, type LoadedConfig } from "./config/index.ts";
 import { CredentialStore, loadCredentials } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
+import { DenyList } from "./identity/index.ts";
 import { InboundListener } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import { Policy } from "./policy/index.ts";
@@ -58,6 +59,7 @@ export class Sidecar {
       { maxIdentityLabels: config.metrics.maxIdentityLabels },
     );
     this.observer = new TrafficFanout([new TrafficLog(logger), this.metrics]);
+    const denyList = new DenyList(config.identity.deny);
     if (config.inbound && policy) {
       this.#inbound = new InboundListener({
         config: config.inbound,
@@ -65,6 +67,7 @@ export class Sidecar {
         store,
         policy,
         trustDomain: config.identity.trustDomain,
+        denyList,
         logger,
         observer: this.observer,
       });
@@ -75,6 +78,7 @@ export class Sidecar {
         limits: config.limits,
         store,
         trustDomain: config.identity.trustDomain,
+        denyList,
         observer: this.observer,
       });
     }

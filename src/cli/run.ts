@@ -22,6 +22,8 @@ const CONFIG_CODES = new Set([
   "SVID_INVALID",
   "WRONG_TRUST_DOMAIN",
   "CHAIN_UNTRUSTED",
+  "CRL_INVALID",
+  "CERT_REVOKED",
 ]);
 
 export function configPath(value: string | undefined, io: CliIo): string {

@@ -1,4 +1,5 @@
 // The credentials module's public face: load and validate PEM material, and the store that swaps it.
+export { crlOption } from "./crl.ts";
 export {
   type CertSummary,
   type CredentialFiles,

@@ -8,11 +8,14 @@ import tls from "node:tls";
 import { MtlsdError } from "../errors.ts";
 import { checkLeafSvid, classifyVerifyError } from "../identity/index.ts";
 import { x509 } from "../x509.ts";
+import { checkCrls, crlOption } from "./crl.ts";
 
 export interface CredentialFiles {
   cert: string;
   key: string;
   trustBundle: string;
+  /** Optional PEM CRLs (`identity.crl`). */
+  crl?: string;
 }
 
 export interface CertSummary {
@@ -38,6 +41,8 @@ export interface Credentials {
   /** PEM of the private key; not enumerable, so no logger or JSON dump can ever print it. */
   readonly keyPem: string;
   readonly bundlePem: string;
+  /** `identity.crl` as loaded, when configured; TLS contexts check peers against it (see crlOption). */
+  readonly crlPem?: string;
   readonly loadedAt: Date;
 }
 
@@ -50,12 +55,13 @@ const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE
 
 /** Reads the three files named in `identity` and validates them; throws MtlsdError naming file and reason. */
 export async function loadCredentials(files: CredentialFiles, options: LoadOptions): Promise<Credentials> {
-  const [chainPem, keyPem, bundlePem] = await Promise.all([
+  const [chainPem, keyPem, bundlePem, crlPem] = await Promise.all([
     readPem("identity.cert", files.cert),
     readPem("identity.key", files.key),
     readPem("identity.trustBundle", files.trustBundle),
+    files.crl === undefined ? undefined : readPem("identity.crl", files.crl),
   ]);
-  return validateCredentials({ chainPem, keyPem, bundlePem }, files, options);
+  return validateCredentials({ chainPem, keyPem, bundlePem, crlPem }, files, options);
 }
 
 async function readPem(field: string, file: string): Promise<string> {
@@ -76,7 +82,7 @@ async function readPem(field: string, file: string): Promise<string> {
  * handshake of the chain against the bundle in both roles, so OpenSSL itself says whether peers will accept it.
  */
 export async function validateCredentials(
-  material: { chainPem: string; keyPem: string; bundlePem: string },
+  material: { chainPem: string; keyPem: string; bundlePem: string; crlPem?: string | undefined },
   files: CredentialFiles,
   options: LoadOptions,
 ): Promise<Credentials> {
@@ -118,7 +124,13 @@ export async function validateCredentials(
     const code = svid.reason === "wrong_trust_domain" ? "WRONG_TRUST_DOMAIN" : "SVID_INVALID";
     throw new MtlsdError(code, `identity.cert (${files.cert}) is not a usable X509-SVID: ${svid.detail}`);
   }
-  await verifyChain(material.chainPem, material.keyPem, material.bundlePem, files);
+  const crlPem = material.crlPem;
+  if (crlPem !== undefined) {
+    // Our own chain minus the root (a trust anchor is never checked for revocation).
+    const issued = chain.filter((cert) => cert.issuer !== cert.subject).map((cert) => cert.raw);
+    checkCrls(crlPem, files.crl ?? "identity.crl", issued, now);
+  }
+  await verifyChain(material.chainPem, material.keyPem, material.bundlePem, crlPem, files);
   const bundleSummaries = bundle.map(summarize);
   const credentials = {
     spiffeId: svid.spiffeId,
@@ -136,6 +148,7 @@ export async function validateCredentials(
       .digest("hex"),
     chainPem: material.chainPem,
     bundlePem: material.bundlePem,
+    ...(crlPem === undefined ? {} : { crlPem }),
     loadedAt: now,
   };
   Object.defineProperty(credentials, "keyPem", { value: material.keyPem, enumerable: false });
@@ -196,10 +209,17 @@ async function verifyChain(
   chainPem: string,
   key: string,
   bundlePem: string,
+  crlPem: string | undefined,
   files: CredentialFiles,
 ): Promise<void> {
   const [serverEnd, clientEnd] = duplexPair();
-  const context = { cert: chainPem, key, ca: bundlePem, minVersion: "TLSv1.2" as const };
+  const context = {
+    cert: chainPem,
+    key,
+    ca: bundlePem,
+    minVersion: "TLSv1.2" as const,
+    ...crlOption(crlPem),
+  };
   const server = tls.createServer({ ...context, requestCert: true, rejectUnauthorized: false });
   const serverVerdict = once(server, "secureConnection").then(
     ([socket]) => (socket as tls.TLSSocket).authorizationError,
@@ -222,7 +242,16 @@ async function verifyChain(
     const error = serverError ?? clientError;
     if (error) {
       const code = typeof error === "string" ? error : String(error);
-      const { detail } = classifyVerifyError(code);
+      const { reason, detail } = classifyVerifyError(code);
+      if (reason === "revoked") {
+        // Peers that load the same CRL would refuse us, or (a CRL problem) every peer would be refused.
+        throw new MtlsdError(
+          code === "CERT_REVOKED" ? "CERT_REVOKED" : "CRL_INVALID",
+          code === "CERT_REVOKED"
+            ? `identity.cert (${files.cert}) is revoked by a CRL in identity.crl (${files.crl}); install a new certificate`
+            : `identity.crl (${files.crl}): ${detail}`,
+        );
+      }
       // The usual cause in practice: a cert file written with the leaf alone.
       const hint =
         (chainPem.match(PEM_CERTIFICATE) ?? []).length === 1

@@ -1,7 +1,7 @@
 // Opens mTLS connections to one upstream: our current client certificate, its SPIFFE ID checked, sessions resumed.
 import tls from "node:tls";
 import type { buildConnector } from "undici";
-import { classifyTlsError, type PeerIdentityCache } from "../identity/index.ts";
+import { classifyTlsError, type DenyList, type PeerIdentityCache } from "../identity/index.ts";
 import { IDENTITY_MISMATCH_CODE, UPSTREAM_TLS_CODE } from "../proxy/index.ts";
 
 export interface ConnectorOptions {
@@ -11,6 +11,8 @@ export interface ConnectorOptions {
   /** Built once per credential version: our chain and key, the trust bundle, TLS 1.3. */
   context: tls.SecureContext;
   peers: PeerIdentityCache;
+  /** `identity.deny`: a listed server certificate fails the handshake as revoked, like a CRL hit does. */
+  denyList: DenyList;
   /** TCP connect plus TLS handshake must finish within this many ms. */
   timeoutMs: number;
   /** Called after every successful handshake, to count how many were resumed. */
@@ -87,6 +89,19 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
             new UpstreamError(
               IDENTITY_MISMATCH_CODE,
               `${options.upstream} presented ${presented}, expected ${options.identity}`,
+            ),
+            socket,
+          );
+          return;
+        }
+        // A revoked upstream is a TLS failure (what a CRL hit gives), not a mismatch: it is the expected identity.
+        const denied = options.denyList.check(check.peer);
+        if (denied.denied) {
+          session = undefined;
+          finish(
+            new UpstreamError(
+              UPSTREAM_TLS_CODE,
+              `TLS with ${options.upstream} failed: revoked: ${denied.detail}`,
             ),
             socket,
           );

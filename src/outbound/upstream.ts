@@ -2,7 +2,7 @@
 import type tls from "node:tls";
 import { Pool } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
-import type { PeerIdentityCache } from "../identity/index.ts";
+import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
 import { mtlsConnector } from "./connector.ts";
 
 export interface UpstreamStats {
@@ -25,6 +25,7 @@ export class Upstream {
   readonly handshakes = { full: 0, resumed: 0 };
   #pool: Pool;
   readonly #peers: PeerIdentityCache;
+  readonly #denyList: DenyList;
   readonly #connectTimeoutMs: number;
 
   constructor(
@@ -32,12 +33,14 @@ export class Upstream {
     config: UpstreamConfig,
     context: tls.SecureContext,
     peers: PeerIdentityCache,
+    denyList: DenyList,
     connectTimeoutMs: number,
   ) {
     this.name = name;
     this.config = config;
     this.origin = `https://${config.address}`;
     this.#peers = peers;
+    this.#denyList = denyList;
     this.#connectTimeoutMs = connectTimeoutMs;
     this.#pool = this.#createPool(context);
   }
@@ -85,6 +88,7 @@ export class Upstream {
         identity: this.config.identity,
         context,
         peers: this.#peers,
+        denyList: this.#denyList,
         timeoutMs: this.#connectTimeoutMs,
         onHandshake: (resumed) => {
           if (resumed) this.handshakes.resumed++;
