@@ -1,13 +1,19 @@
 // Composition root: builds every part from a Config, and starts and stops them in order.
 import type { AddressInfo } from "node:net";
 import type { DestinationStream } from "pino";
-import { ConfigError, type LoadedConfig } from "./config/index.ts";
+import type { LoadedConfig } from "./config/index.ts";
 import { CredentialStore, loadCredentials } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { DenyList } from "./identity/index.ts";
 import { InboundListener } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
-import { Policy } from "./policy/index.ts";
+import type { Policy } from "./policy/index.ts";
+import {
+  compileConfigPolicy,
+  PolicyReloader,
+  type ReloadOutcome,
+  type ReloadTrigger,
+} from "./policy-reload.ts";
 import {
   createLogger,
   type Logger,
@@ -20,7 +26,14 @@ import {
 export interface SidecarOptions {
   /** Log destination; stdout by default. Tests pass a stream to read the lines. */
   logStream?: DestinationStream;
+  /** Reload the policy when the config file changes (`mtlsd run` does); SIGHUP works either way. */
+  watchConfig?: boolean;
+  /** Milliseconds since the epoch, for override expiry; Date.now by default. */
+  now?: () => number;
 }
+
+/** How the config file is watched for policy changes (see PolicyReloader.watch). */
+const CONFIG_WATCH = { debounceMs: 250, pollMs: 30_000 };
 
 export interface SidecarAddresses {
   inbound?: AddressInfo;
@@ -38,6 +51,7 @@ export class Sidecar {
   readonly observer: TrafficObserver;
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
+  readonly #policyReloader: PolicyReloader | undefined;
   #outboundAddresses: Record<string, AddressInfo> = {};
   #stopped = false;
 
@@ -46,6 +60,7 @@ export class Sidecar {
     logger: Logger,
     store: CredentialStore,
     policy: Policy | undefined,
+    now: (() => number) | undefined,
   ) {
     this.loaded = loaded;
     this.logger = logger;
@@ -61,7 +76,7 @@ export class Sidecar {
     this.observer = new TrafficFanout([new TrafficLog(logger), this.metrics]);
     const denyList = new DenyList(config.identity.deny);
     if (config.inbound && policy) {
-      this.#inbound = new InboundListener({
+      const inbound = new InboundListener({
         config: config.inbound,
         limits: config.limits,
         store,
@@ -70,6 +85,14 @@ export class Sidecar {
         denyList,
         logger,
         observer: this.observer,
+      });
+      this.#inbound = inbound;
+      this.#policyReloader = new PolicyReloader({
+        running: loaded,
+        policy,
+        apply: (next) => inbound.setPolicy(next),
+        logger,
+        ...(now ? { now } : {}),
       });
     }
     if (config.outbound) {
@@ -90,20 +113,37 @@ export class Sidecar {
    */
   static async start(loaded: LoadedConfig, options: SidecarOptions = {}): Promise<Sidecar> {
     const { config } = loaded;
-    const policy = config.inbound ? compilePolicy(loaded) : undefined;
+    const policy = config.inbound ? compileConfigPolicy(loaded, options.now) : undefined;
     const credentials = await loadCredentials(config.identity, { trustDomain: config.identity.trustDomain });
     const logger = createLogger({
       level: config.log.level,
       ...(options.logStream ? { stream: options.logStream } : {}),
     });
-    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy);
+    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options.now);
     try {
-      await sidecar.#listen();
+      await sidecar.#listen(options.watchConfig === true);
     } catch (error) {
       await sidecar.stop();
       throw error;
     }
     return sidecar;
+  }
+
+  /** The policy requests are decided by now; undefined without an inbound section. */
+  get policy(): Policy | undefined {
+    return this.#policyReloader?.policy;
+  }
+
+  /**
+   * Re-reads the config file and, if it validates, swaps in its `inbound.policy`; other settings need a
+   * restart (the log line names any that changed). A bad config keeps the current policy. Never throws.
+   */
+  reloadPolicy(trigger: ReloadTrigger): ReloadOutcome | undefined {
+    if (!this.#policyReloader) {
+      this.logger.info({ trigger }, "no inbound policy to reload; config changes need a restart");
+      return undefined;
+    }
+    return this.#policyReloader.reload(trigger);
   }
 
   addresses(): SidecarAddresses {
@@ -124,7 +164,7 @@ export class Sidecar {
     return this.#outbound?.stats() ?? {};
   }
 
-  async #listen(): Promise<void> {
+  async #listen(watchConfig: boolean): Promise<void> {
     const addresses: Record<string, string> = {};
     if (this.#inbound) {
       const address = await listenOrExplain("inbound.listen", () => this.#inbound!.listen());
@@ -137,6 +177,9 @@ export class Sidecar {
           `${address.address}:${address.port}`;
       }
     }
+    // Before "mtlsd started": whoever waits for that line may change the config file right after it.
+    this.#policyReloader?.start();
+    if (watchConfig) this.#policyReloader?.watch(CONFIG_WATCH);
     const credentials = this.store.current;
     this.logger.info(
       {
@@ -154,23 +197,10 @@ export class Sidecar {
   async stop(graceMs = 0): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    this.#policyReloader?.close();
     await Promise.all([this.#inbound?.close(graceMs), this.#outbound?.close(graceMs)]);
     this.logger.info("mtlsd stopped");
     this.logger.flush();
-  }
-}
-
-function compilePolicy(loaded: LoadedConfig): Policy {
-  try {
-    return new Policy(loaded.config.inbound!.policy);
-  } catch (error) {
-    if (error instanceof MtlsdError && error.code === "POLICY_INVALID") {
-      const [path, ...rest] = error.message.split(": ");
-      throw new ConfigError(loaded.file, [
-        { path: path ?? "inbound.policy", expected: "a valid policy", found: rest.join(": ") },
-      ]);
-    }
-    throw error;
   }
 }
 

@@ -4,7 +4,7 @@ export interface CliIo {
   stderr: NodeJS.WritableStream;
   env: NodeJS.ProcessEnv;
   cwd: string;
-  /** Resolves when the process is asked to stop (SIGTERM/SIGINT); `again` fires on a second signal. */
+  /** Where SIGTERM/SIGINT (stop) and SIGHUP (reload the policy) arrive; `process` when absent. */
   signals?: NodeJS.EventEmitter;
 }
 

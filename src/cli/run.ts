@@ -43,16 +43,45 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
     strict: true,
   });
   const file = configPath(values.config, io);
+  const signals = io.signals ?? process;
+  // Listening before the sidecar exists: SIGHUP's default action would end a process still starting up.
+  const sighup = reloadPolicyOnSighup(signals);
   let sidecar: Sidecar;
   try {
-    sidecar = await Sidecar.start(loadConfigFile(file));
+    sidecar = await Sidecar.start(loadConfigFile(file), { watchConfig: true });
   } catch (error) {
+    sighup.stop();
     io.stderr.write(`mtlsd: ${(error as Error).message}\n`);
     return exitCodeFor(error);
   }
-  const signals = io.signals ?? process;
+  sighup.ready(sidecar);
   const [signal] = await Promise.race([once(signals, "SIGTERM"), once(signals, "SIGINT")]);
+  sighup.stop();
   sidecar.logger.info({ signal }, "stopping");
   await sidecar.stop();
   return EXIT_OK;
+}
+
+/**
+ * SIGHUP re-reads the config file and swaps in its policy (validated first). A SIGHUP that arrives while the
+ * sidecar is still starting is applied as soon as it runs, since the file may have changed after it was read.
+ */
+function reloadPolicyOnSighup(signals: NodeJS.EventEmitter): { ready(sidecar: Sidecar): void; stop(): void } {
+  let running: Sidecar | undefined;
+  let pending = false;
+  const onSighup = () => {
+    if (running) running.reloadPolicy("SIGHUP");
+    else pending = true;
+  };
+  signals.on("SIGHUP", onSighup);
+  return {
+    ready(sidecar) {
+      running = sidecar;
+      if (pending) {
+        pending = false;
+        sidecar.reloadPolicy("SIGHUP");
+      }
+    },
+    stop: () => signals.off("SIGHUP", onSighup),
+  };
 }
