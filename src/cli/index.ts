@@ -1,6 +1,7 @@
 // The `mtlsd` command: parses the subcommand, dispatches, and turns outcomes into exit codes.
 import { readFileSync } from "node:fs";
 import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
+import { policyCommand } from "./policy.ts";
 import { runCommand } from "./run.ts";
 
 export type { CliIo } from "./io.ts";
@@ -8,7 +9,12 @@ export type { CliIo } from "./io.ts";
 const HELP = `mtlsd: a sidecar that wraps plain HTTP in mutual TLS with SPIFFE identities
 
 Usage:
-  mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml)
+  mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml);
+                          SIGHUP or a change of FILE reloads the policy
+  mtlsd policy explain [-c FILE] [--from ID] [--method M] --path P
+                          the decision for one request, the rule that made it, why the others did not match
+  mtlsd policy test [-c FILE] CASES.yaml
+                          check a table of expected decisions; exit 1 on any difference
   mtlsd --version         print the version
   mtlsd --help            print this help
 
@@ -18,6 +24,7 @@ Docs: README.md; config reference: config/mtlsd.example.yaml and config/mtlsd.sc
 
 const COMMANDS: Record<string, (args: string[], io: CliIo) => Promise<number>> = {
   run: runCommand,
+  policy: policyCommand,
 };
 
 export function version(): string {
