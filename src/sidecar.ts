@@ -187,6 +187,9 @@ export class Sidecar {
         trust_domain: credentials.trustDomain,
         cert_not_after: credentials.leaf.notAfter.toISOString(),
         listeners: addresses,
+        // Permissive serves plaintext: the one line every operator reads at startup should say so.
+        ...(this.loaded.config.inbound ? { inbound_mode: this.loaded.config.inbound.mode } : {}),
+        ...(this.loaded.config.identity.crl ? { crl: this.loaded.config.identity.crl } : {}),
         config: this.loaded.file,
       },
       "mtlsd started",

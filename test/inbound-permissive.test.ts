@@ -98,6 +98,17 @@ t.test(
   },
 );
 
+t.test("the startup line says which mode the inbound listener runs in", async (t) => {
+  t.match(
+    strict.logs.find((l) => l.msg === "mtlsd started"),
+    { inbound_mode: "strict" },
+  );
+  t.match(
+    permissive.logs.find((l) => l.msg === "mtlsd started"),
+    { inbound_mode: "permissive" },
+  );
+});
+
 t.test("permissive: plaintext and mTLS clients are served on the same port", async (t) => {
   const plainPath = `/healthz/${randomUUID()}`;
   const tlsPath = `/healthz/${randomUUID()}`;

@@ -232,7 +232,7 @@ export class InboundListener {
       return;
     }
     const peer = check.peer;
-    // Checked here rather than cached with the identity: the certificate is the same, the list may not be.
+    // On every connection, resumed ones too: a resumed session skips chain verification, not this check.
     const denied = this.#options.denyList.check(peer);
     if (denied.denied) {
       this.#refuse(socket, "revoked", denied.detail, peer.spiffeId);
