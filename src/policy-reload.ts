@@ -2,7 +2,7 @@
 // first, and reports break-glass overrides when they are installed and when they expire.
 import { type FSWatcher, readFileSync, watch } from "node:fs";
 import path from "node:path";
-import { type Config, ConfigError, type LoadedConfig, loadConfigFile } from "./config/index.ts";
+import { type Config, ConfigError, type LoadedConfig, parseConfig } from "./config/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { Policy, type PolicyOverride } from "./policy/index.ts";
 import type { Logger } from "./telemetry/index.ts";
@@ -79,6 +79,18 @@ export function changesNeedingRestart(running: Config, next: Config): string[] {
   return changed;
 }
 
+function readConfigText(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch (error) {
+    const reason =
+      (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : (error as Error).message;
+    throw new MtlsdError("CONFIG_UNREADABLE", `${file}: cannot read the config file: ${reason}`, {
+      cause: error,
+    });
+  }
+}
+
 function isMapping(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
@@ -133,8 +145,10 @@ export class PolicyReloader {
     let next: LoadedConfig;
     let policy: Policy;
     try {
-      next = loadConfigFile(file, { now: this.#now() });
-      this.#lastText = next.text;
+      const text = readConfigText(file);
+      // Remembered before validation: a bad file is reported once, not again at every event or poll.
+      this.#lastText = text;
+      next = parseConfig(text, file, { now: this.#now() });
       if (!next.config.inbound) {
         throw new ConfigError(file, [
           {
@@ -221,7 +235,7 @@ export class PolicyReloader {
     if (this.#closed) return;
     let text: string;
     try {
-      text = readFileSync(this.#options.running.file, "utf8");
+      text = readConfigText(this.#options.running.file);
     } catch {
       // Mid-rename, or deleted: the reload that follows the next event (or SIGHUP) will say what is wrong.
       return;

@@ -103,6 +103,11 @@ t.test("a broken policy is refused: the running policy stays, and the log says w
   t.equal(await status(running, frontend), 200, "the old policy still serves frontend");
   t.equal(await status(running, reporting), 403, "and still denies reporting");
   t.equal(running.child.exitCode, null, "the sidecar keeps running");
+
+  // Another file changing in the same directory (a rotated certificate, say) does not repeat the complaint.
+  await writeFile(path.join(pki.dir, "unrelated.txt"), "x");
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  t.equal(running.logs.slice(before).filter(isReload).length, 1, "the bad file was reported once");
 });
 
 t.test("an override expiring too far ahead is refused on reload, naming the field", async (t) => {
