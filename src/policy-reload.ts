@@ -7,9 +7,10 @@ import { MtlsdError } from "./errors.ts";
 import { Policy, type PolicyOverride } from "./policy/index.ts";
 import type { Logger } from "./telemetry/index.ts";
 
-export type ReloadTrigger = "SIGHUP" | "file_change";
+/** What asked for a policy reload; the same words the credential reloader logs, so one SIGHUP reads as one. */
+export type PolicyReloadTrigger = "watch" | "poll" | "signal" | "request";
 
-export type ReloadOutcome =
+export type PolicyReloadOutcome =
   | { result: "applied"; sha256: string; changed: boolean; restartRequired: string[] }
   | { result: "rejected"; error: string };
 
@@ -139,7 +140,7 @@ export class PolicyReloader {
    * Reads, validates (schema, cross-field rules, override lifetime, policy compile) and, only if all pass,
    * installs the new policy. A bad config keeps the running policy and logs why. Never throws.
    */
-  reload(trigger: ReloadTrigger): ReloadOutcome {
+  reload(trigger: PolicyReloadTrigger): PolicyReloadOutcome {
     const { running, logger } = this.#options;
     const file = running.file;
     let next: LoadedConfig;
@@ -201,7 +202,7 @@ export class PolicyReloader {
     const schedule = () => {
       if (this.#closed) return;
       clearTimeout(this.#debounce);
-      this.#debounce = setTimeout(() => this.#reloadIfChanged(), options.debounceMs);
+      this.#debounce = setTimeout(() => this.#reloadIfChanged("watch"), options.debounceMs);
       this.#debounce.unref();
     };
     try {
@@ -219,7 +220,7 @@ export class PolicyReloader {
         "cannot watch the config directory; relying on SIGHUP and polling",
       );
     }
-    this.#poll = setInterval(() => this.#reloadIfChanged(), options.pollMs);
+    this.#poll = setInterval(() => this.#reloadIfChanged("poll"), options.pollMs);
     this.#poll.unref();
   }
 
@@ -231,7 +232,7 @@ export class PolicyReloader {
     this.#watcher?.close();
   }
 
-  #reloadIfChanged(): void {
+  #reloadIfChanged(trigger: PolicyReloadTrigger): void {
     if (this.#closed) return;
     let text: string;
     try {
@@ -241,7 +242,7 @@ export class PolicyReloader {
       return;
     }
     if (text === this.#lastText) return;
-    this.reload("file_change");
+    this.reload(trigger);
   }
 
   /**

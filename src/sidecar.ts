@@ -1,18 +1,27 @@
 // Composition root: builds every part from a Config, and starts and stops them in order.
+import type { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
 import type { DestinationStream } from "pino";
 import type { LoadedConfig } from "./config/index.ts";
-import { CredentialStore, loadCredentials } from "./credentials/index.ts";
+import {
+  CredentialReloader,
+  CredentialStore,
+  ExpiryMonitor,
+  loadCredentials,
+  RELOAD_TIMING,
+  type ReloadOutcome,
+  type ReloadStatus,
+} from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { DenyList } from "./identity/index.ts";
-import { InboundListener } from "./inbound/index.ts";
+import { InboundListener, type InboundStats } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import type { Policy } from "./policy/index.ts";
 import {
   compileConfigPolicy,
   PolicyReloader,
-  type ReloadOutcome,
-  type ReloadTrigger,
+  type PolicyReloadOutcome,
+  type PolicyReloadTrigger,
 } from "./policy-reload.ts";
 import {
   createLogger,
@@ -26,14 +35,16 @@ import {
 export interface SidecarOptions {
   /** Log destination; stdout by default. Tests pass a stream to read the lines. */
   logStream?: DestinationStream;
+  /**
+   * Where SIGHUP comes from (the process, for `mtlsd run`); each one reloads the credentials and the policy.
+   * Subscribed from the start, so a SIGHUP during startup is served once running instead of ending the process.
+   */
+  signals?: EventEmitter;
   /** Reload the policy when the config file changes (`mtlsd run` does); SIGHUP works either way. */
   watchConfig?: boolean;
-  /** Milliseconds since the epoch, for override expiry; Date.now by default. */
-  now?: () => number;
+  /** The clock the certificate expiry warnings and override expiries read; tests move it. */
+  now?: () => Date;
 }
-
-/** How the config file is watched for policy changes (see PolicyReloader.watch). */
-const CONFIG_WATCH = { debounceMs: 250, pollMs: 30_000 };
 
 export interface SidecarAddresses {
   inbound?: AddressInfo;
@@ -52,6 +63,9 @@ export class Sidecar {
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
   readonly #policyReloader: PolicyReloader | undefined;
+  readonly #reloader: CredentialReloader;
+  readonly #expiry: ExpiryMonitor;
+  readonly #signals: EventEmitter | undefined;
   #outboundAddresses: Record<string, AddressInfo> = {};
   #stopped = false;
 
@@ -60,12 +74,30 @@ export class Sidecar {
     logger: Logger,
     store: CredentialStore,
     policy: Policy | undefined,
-    now: (() => number) | undefined,
+    options: SidecarOptions,
   ) {
     this.loaded = loaded;
     this.logger = logger;
     this.store = store;
     const { config } = loaded;
+    const { reload } = config.identity;
+    this.#reloader = new CredentialReloader({
+      files: config.identity,
+      trustDomain: config.identity.trustDomain,
+      store,
+      logger,
+      watch: reload.watch,
+      intervalMs: reload.interval,
+      onResult: (result) => this.metrics.credentialReloads.inc({ result }),
+    });
+    this.#expiry = new ExpiryMonitor({
+      store,
+      logger,
+      intervalMs: reload.interval,
+      ...(options.now ? { now: options.now } : {}),
+      lastReload: () => this.#reloader.status(),
+    });
+    this.#signals = options.signals;
     this.metrics = new Metrics(
       {
         certNotAfter: () => this.store.current.leaf.notAfter,
@@ -92,7 +124,7 @@ export class Sidecar {
         policy,
         apply: (next) => inbound.setPolicy(next),
         logger,
-        ...(now ? { now } : {}),
+        ...(options.now ? { now: millisecondsOf(options.now) } : {}),
       });
     }
     if (config.outbound) {
@@ -112,20 +144,37 @@ export class Sidecar {
    * bad config starts nothing; then listens. Throws MtlsdError; `code` tells config problems from runtime ones.
    */
   static async start(loaded: LoadedConfig, options: SidecarOptions = {}): Promise<Sidecar> {
-    const { config } = loaded;
-    const policy = config.inbound ? compileConfigPolicy(loaded, options.now) : undefined;
-    const credentials = await loadCredentials(config.identity, { trustDomain: config.identity.trustDomain });
-    const logger = createLogger({
-      level: config.log.level,
-      ...(options.logStream ? { stream: options.logStream } : {}),
-    });
-    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options.now);
+    // SIGHUP's default action ends the process: one that arrives while starting is held and served once
+    // running, since the files may have changed after they were read.
+    let heldSighup = false;
+    const hold = (): void => {
+      heldSighup = true;
+    };
+    options.signals?.on("SIGHUP", hold);
+    let sidecar: Sidecar;
     try {
-      await sidecar.#listen(options.watchConfig === true);
-    } catch (error) {
-      await sidecar.stop();
-      throw error;
+      const { config } = loaded;
+      const now = options.now ? millisecondsOf(options.now) : undefined;
+      const policy = config.inbound ? compileConfigPolicy(loaded, now) : undefined;
+      const credentials = await loadCredentials(config.identity, {
+        trustDomain: config.identity.trustDomain,
+      });
+      const logger = createLogger({
+        level: config.log.level,
+        ...(options.logStream ? { stream: options.logStream } : {}),
+      });
+      sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options);
+      try {
+        await sidecar.#listen(options.watchConfig === true);
+      } catch (error) {
+        await sidecar.stop();
+        throw error;
+      }
+    } finally {
+      options.signals?.off("SIGHUP", hold);
     }
+    options.signals?.on("SIGHUP", sidecar.#onSighup);
+    if (heldSighup) sidecar.#onSighup();
     return sidecar;
   }
 
@@ -138,7 +187,7 @@ export class Sidecar {
    * Re-reads the config file and, if it validates, swaps in its `inbound.policy`; other settings need a
    * restart (the log line names any that changed). A bad config keeps the current policy. Never throws.
    */
-  reloadPolicy(trigger: ReloadTrigger): ReloadOutcome | undefined {
+  reloadPolicy(trigger: PolicyReloadTrigger = "request"): PolicyReloadOutcome | undefined {
     if (!this.#policyReloader) {
       this.logger.info({ trigger }, "no inbound policy to reload; config changes need a restart");
       return undefined;
@@ -160,9 +209,34 @@ export class Sidecar {
     return addresses;
   }
 
+  /** Accepted TLS connections on the inbound listener; undefined without one. */
+  inboundStats(): InboundStats | undefined {
+    return this.#inbound?.stats();
+  }
+
   upstreamStats(): Record<string, UpstreamStats> {
     return this.#outbound?.stats() ?? {};
   }
+
+  /** The last credential reload that did something (startup counts), for /status. */
+  reloadStatus(): ReloadStatus {
+    return this.#reloader.status();
+  }
+
+  /** Re-reads the credential files now, as SIGHUP does; resolves once the new version is in use or refused. */
+  reloadCredentials(): Promise<ReloadOutcome> {
+    return this.#reloader.reload("request");
+  }
+
+  /** SIGHUP, as nginx and ghostunnel treat it: re-read everything that can change without a restart. */
+  readonly #onSighup = (): void => {
+    this.logger.info(
+      { signal: "SIGHUP" },
+      this.#policyReloader ? "reloading credentials and policy" : "reloading credentials",
+    );
+    void this.#reloader.reload("signal");
+    this.#policyReloader?.reload("signal");
+  };
 
   async #listen(watchConfig: boolean): Promise<void> {
     const addresses: Record<string, string> = {};
@@ -179,7 +253,13 @@ export class Sidecar {
     }
     // Before "mtlsd started": whoever waits for that line may change the config file right after it.
     this.#policyReloader?.start();
-    if (watchConfig) this.#policyReloader?.watch(CONFIG_WATCH);
+    // The config file is watched like the credential files: same debounce, same polling backstop.
+    if (watchConfig) {
+      this.#policyReloader?.watch({
+        debounceMs: RELOAD_TIMING.debounceMs,
+        pollMs: this.loaded.config.identity.reload.interval,
+      });
+    }
     const credentials = this.store.current;
     this.logger.info(
       {
@@ -194,17 +274,27 @@ export class Sidecar {
       },
       "mtlsd started",
     );
+    this.#reloader.start();
+    this.#expiry.start();
   }
 
   /** Stops listening and closes connections, giving in-flight requests up to `graceMs`. */
   async stop(graceMs = 0): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
+    this.#signals?.off("SIGHUP", this.#onSighup);
     this.#policyReloader?.close();
+    this.#reloader.close();
+    this.#expiry.close();
     await Promise.all([this.#inbound?.close(graceMs), this.#outbound?.close(graceMs)]);
     this.logger.info("mtlsd stopped");
     this.logger.flush();
   }
+}
+
+/** The policy counts override lifetimes in epoch milliseconds; the sidecar's one clock speaks Date. */
+function millisecondsOf(now: () => Date): () => number {
+  return () => now().getTime();
 }
 
 async function listenOrExplain<T>(field: string, listen: () => Promise<T>): Promise<T> {

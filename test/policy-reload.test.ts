@@ -1,12 +1,16 @@
 // Changing the policy of a running `mtlsd run`: on a config file change or SIGHUP, validated first, bad ones kept out.
+import { EventEmitter } from "node:events";
 import { mkdir, symlink, writeFile } from "node:fs/promises";
 import path from "node:path";
 import t from "tap";
 import { stringify } from "yaml";
+import { loadConfigFile } from "../src/config/index.ts";
+import { Sidecar } from "../src/sidecar.ts";
 import { startApp } from "./helpers/app.ts";
 import { curlRequest } from "./helpers/clients.ts";
 import { createTestPki, type IdentityFiles } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
+import { captureLogs, waitForLog } from "./helpers/sidecar.ts";
 
 const pki = await createTestPki();
 t.teardown(() => pki.cleanup());
@@ -80,7 +84,7 @@ t.test("a policy changed in the config file applies without a restart", async (t
   const before = running.logs.length;
   await writeFile(file, configText([FRONTEND_RULE, REPORTING_RULE]));
   const line = await waitForLine(running, before, isReload);
-  t.match(line, { level: "info", msg: "policy reloaded", trigger: "file_change", changed: true, rules: 2 });
+  t.match(line, { level: "info", msg: "policy reloaded", trigger: "watch", changed: true, rules: 2 });
   t.equal(await status(running, reporting), 200, "reporting is allowed now");
   t.equal(await status(running, frontend), 200, "frontend still is");
 });
@@ -97,7 +101,7 @@ t.test("a broken policy is refused: the running policy stays, and the log says w
   t.match(line, {
     level: "warn",
     msg: "policy reload failed; keeping the current policy",
-    trigger: "file_change",
+    trigger: "watch",
     error: /inbound\.policy\.rules\[1\]\.from\[0\] \(line \d+\): expected a SPIFFE ID/,
   });
   t.equal(await status(running, frontend), 200, "the old policy still serves frontend");
@@ -151,7 +155,7 @@ t.test("SIGHUP reloads the policy when no file event announces the change", asyn
   const before = running.logs.length;
   running.child.kill("SIGHUP");
   const line = await waitForLine(running, before, isReload);
-  t.match(line, { msg: "policy reloaded", trigger: "SIGHUP", changed: true });
+  t.match(line, { msg: "policy reloaded", trigger: "signal", changed: true });
   t.equal(await status(running, reporting), 200);
   t.equal(running.child.exitCode, null, "SIGHUP does not stop the process");
 });
@@ -163,7 +167,7 @@ t.test("SIGHUP with an unchanged file confirms the running policy", async (t) =>
   const before = running.logs.length;
   running.child.kill("SIGHUP");
   const line = await waitForLine(running, before, isReload);
-  t.match(line, { level: "info", msg: "policy reloaded; unchanged", trigger: "SIGHUP", changed: false });
+  t.match(line, { level: "info", msg: "policy reloaded; unchanged", trigger: "signal", changed: false });
 });
 
 t.test("changes outside the policy are named in the reload line as needing a restart", async (t) => {
@@ -184,4 +188,91 @@ t.test("changes outside the policy are named in the reload line as needing a res
     restart_required: ["inbound.appTimeout", "inbound.mode"],
   });
   t.equal(await status(running, reporting), 200, "the policy part applied");
+});
+
+t.test("one SIGHUP reloads both the credentials and the policy", async (t) => {
+  // Config and credentials live in a directory the sidecar does not watch (the config is reached through a
+  // symlink, the credential watch is off and its poll an hour away), so only the signal can pick them up.
+  const realDir = path.join(pki.dir, "both-real");
+  const linkDir = path.join(pki.dir, "both-link");
+  await mkdir(realDir, { recursive: true });
+  await mkdir(linkDir, { recursive: true });
+  const cert = path.join(realDir, "tls.crt");
+  const key = path.join(realDir, "tls.key");
+  await writeFile(cert, orders.chainPem);
+  await writeFile(key, orders.keyPem);
+  const text = (rules: Rule[]) =>
+    stringify({
+      identity: {
+        cert,
+        key,
+        trustBundle: pki.bundlePath,
+        trustDomain: pki.trustDomain,
+        reload: { watch: false, interval: "1h" },
+      },
+      inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules } },
+    });
+  const real = path.join(realDir, "mtlsd.yaml");
+  const link = path.join(linkDir, "mtlsd.yaml");
+  await writeFile(real, text([FRONTEND_RULE]));
+  await symlink(real, link);
+  const running = await startWith(t, link);
+
+  const renewed = await pki.identity("orders-renewed", { spiffeId: orders.spiffeId });
+  await writeFile(cert, renewed.chainPem);
+  await writeFile(key, renewed.keyPem);
+  await writeFile(real, text([FRONTEND_RULE, REPORTING_RULE]));
+  const before = running.logs.length;
+  running.child.kill("SIGHUP");
+  const credentials = await waitForLine(running, before, (line) => line.msg === "credentials reloaded");
+  const policy = await waitForLine(running, before, isReload);
+  t.match(credentials, { trigger: "signal", new_serial: renewed.issued.serialHex.toLowerCase() });
+  t.match(policy, { msg: "policy reloaded", trigger: "signal", changed: true, rules: 2 });
+  t.equal(
+    running.logs.slice(before).filter((line) => line.msg === "reloading credentials and policy").length,
+    1,
+    "one signal, one announcement",
+  );
+  t.equal(await status(running, reporting), 200, "the new policy serves");
+});
+
+t.test("a SIGHUP that arrives while the sidecar starts is served once it runs", async (t) => {
+  const file = path.join(pki.dir, "early-sighup.yaml");
+  await writeFile(file, configText([FRONTEND_RULE]));
+  const signals = new EventEmitter();
+  const { lines, stream } = captureLogs();
+  const starting = Sidecar.start(loadConfigFile(file), { signals, logStream: stream });
+  // Still reading and validating the credentials: no listener would mean the process's default action, exit.
+  signals.emit("SIGHUP");
+  const sidecar = await starting;
+  t.teardown(() => sidecar.stop());
+  const announced = await waitForLog(lines, (line) => line.msg === "reloading credentials and policy");
+  const started = lines.findIndex((line) => line.msg === "mtlsd started");
+  t.ok(started >= 0 && lines.indexOf(announced) > started, "served after startup, not lost");
+  await waitForLog(lines, (line) => line.msg === "policy reloaded; unchanged" && line.trigger === "signal");
+  await waitForLog(lines, (line) => line.msg === "credential files unchanged; nothing to reload");
+  t.equal(signals.listenerCount("SIGHUP"), 1, "only the running sidecar listens now");
+  await sidecar.stop();
+  t.equal(signals.listenerCount("SIGHUP"), 0, "and stopping removes it");
+});
+
+t.test("a sidecar that fails to start leaves no SIGHUP listener behind", async (t) => {
+  const file = path.join(pki.dir, "missing-cert.yaml");
+  await writeFile(
+    file,
+    stringify({
+      identity: {
+        cert: path.join(pki.dir, "no-such.crt"),
+        key: orders.keyPath,
+        trustBundle: pki.bundlePath,
+        trustDomain: pki.trustDomain,
+      },
+      inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules: [FRONTEND_RULE] } },
+    }),
+  );
+  const signals = new EventEmitter();
+  await t.rejects(Sidecar.start(loadConfigFile(file), { signals, logStream: captureLogs().stream }), {
+    code: "CREDENTIAL_UNREADABLE",
+  });
+  t.equal(signals.listenerCount("SIGHUP"), 0);
 });

@@ -6,7 +6,6 @@ import path from "node:path";
 import tls from "node:tls";
 import t from "tap";
 import { ConfigError, parseConfig } from "../src/config/index.ts";
-import { loadCredentials } from "../src/credentials/index.ts";
 import { normalizeSerial } from "../src/identity/index.ts";
 import { issueCrl } from "../src/pki/index.ts";
 import { startApp } from "./helpers/app.ts";
@@ -223,22 +222,24 @@ t.test("a deny-listed peer is refused again when it resumes a TLS session", asyn
 });
 
 t.test(
-  "a new CRL invalidates session tickets, so a newly revoked peer cannot resume its way in",
+  "a reloaded CRL invalidates session tickets, so a newly revoked peer cannot resume its way in",
   async (t) => {
+    // Starts with CRLs that revoke nothing; the watch is off so only the explicit reload below picks up the new file.
+    const emptyCrls = await crlFile("reload-crl.pem", [
+      (await issueCrl(pki.intermediate)).crlPem,
+      rootCrl.crlPem,
+    ]);
     const open = await start(orders, {
+      ...identityBlock(orders, { crl: emptyCrls, reload: { watch: false, interval: "1h" } }),
       inbound: { listen: "127.0.0.1:0", app: app.url, policy: allowAll },
     });
     const first = await exchange(open.inboundPort, stolen);
-    t.equal(first.status, 200, "served while no CRL is loaded");
+    t.equal(first.status, 200, "served while no CRL lists it");
     const resumed = await exchange(open.inboundPort, stolen, first.session);
     t.ok(resumed.resumed, "resumption works while trust is unchanged");
 
-    // What a CRL reload does: the store swaps in credentials that carry the CRL.
-    const withCrl = await loadCredentials(
-      { cert: orders.certPath, key: orders.keyPath, trustBundle: pki.bundlePath, crl: crlPath },
-      { trustDomain: pki.trustDomain },
-    );
-    open.sidecar.store.replace(withCrl);
+    await writeFile(emptyCrls, await readFile(crlPath, "utf8"));
+    t.match(await open.sidecar.reloadCredentials(), { result: "success" });
     const after = await exchange(open.inboundPort, stolen, resumed.session ?? first.session);
     t.notOk(after.resumed, "the old ticket no longer resumes");
     t.equal(after.reason, "revoked", "the full handshake checks the new CRL");
@@ -262,10 +263,26 @@ async function outbound(
   return { status: response?.status, reason: response?.headers["x-mtlsd-reason"] };
 }
 
+/** The outbound handshake-failure line for `upstream` logged after index `from`. */
+function outboundRefusal(from: number, upstream: string) {
+  return waitForLog(
+    caller.logs,
+    (l) => l.msg === "handshake failed" && l.upstream === upstream && caller.logs.indexOf(l) >= from,
+  );
+}
+
+/** mtlsd_handshake_failures_total{direction="outbound",reason="revoked"} as a scrape reads it. */
+async function outboundRevokedCount(): Promise<number> {
+  const text = await caller.sidecar.metrics.metrics();
+  const match = /^mtlsd_handshake_failures_total\{direction="outbound",reason="revoked"\} (\d+)$/m.exec(text);
+  return match ? Number(match[1]) : 0;
+}
+
 t.test(
-  "an upstream whose certificate is on the CRL gets 502 upstream_tls_error, logged as revoked",
+  "an upstream whose certificate is on the CRL gets 502 upstream_tls_error, logged and counted as revoked",
   async (t) => {
     const before = caller.logs.length;
+    const counted = await outboundRevokedCount();
     t.same(await outbound("payments"), { status: 502, reason: "upstream_tls_error" });
     const line = await waitForLog(
       caller.logs,
@@ -277,71 +294,41 @@ t.test(
       reason: "upstream_tls_error",
       error: /revoked/,
     });
+    t.match(await outboundRefusal(before, "payments"), {
+      level: "warn",
+      direction: "outbound",
+      reason: "revoked",
+      destination_identity: payments.spiffeId,
+      detail: /CERT_REVOKED/,
+    });
+    t.equal(await outboundRevokedCount(), counted + 1, "one refused handshake");
   },
 );
 
-t.test("an upstream on identity.deny gets 502 upstream_tls_error, logged as revoked", async (t) => {
-  const before = caller.logs.length;
-  t.same(await outbound("billing"), { status: 502, reason: "upstream_tls_error" });
-  const line = await waitForLog(caller.logs, (l) => l.msg === "request" && caller.logs.indexOf(l) >= before);
-  t.match(line, { upstream: "billing", reason: "upstream_tls_error", error: /revoked: .*spiffeIds/ });
-});
+t.test(
+  "an upstream on identity.deny gets 502 upstream_tls_error, logged and counted as revoked",
+  async (t) => {
+    const before = caller.logs.length;
+    const counted = await outboundRevokedCount();
+    t.same(await outbound("billing"), { status: 502, reason: "upstream_tls_error" });
+    const line = await waitForLog(
+      caller.logs,
+      (l) => l.msg === "request" && caller.logs.indexOf(l) >= before,
+    );
+    t.match(line, { upstream: "billing", reason: "upstream_tls_error", error: /revoked: .*spiffeIds/ });
+    t.match(await outboundRefusal(before, "billing"), {
+      level: "warn",
+      direction: "outbound",
+      reason: "revoked",
+      destination_identity: billing.spiffeId,
+      detail: /spiffeIds/,
+    });
+    t.equal(await outboundRevokedCount(), counted + 1, "one refused handshake");
+  },
+);
 
 t.test("an upstream that nothing revokes is reached through the same CRL", async (t) => {
   t.same(await outbound("orders"), { status: 200, reason: undefined });
-});
-
-t.test(
-  "a CRL file with only the intermediate's CRL is refused at load, naming the missing root CRL",
-  async (t) => {
-    const file = await crlFile("intermediate-only.pem", [intermediateCrl.crlPem]);
-    await t.rejects(
-      loadCredentials(
-        { cert: frontend.certPath, key: frontend.keyPath, trustBundle: pki.bundlePath, crl: file },
-        { trustDomain: pki.trustDomain },
-      ),
-      {
-        code: "CRL_INVALID",
-        message: /identity\.crl .*no CRL from CN=example\.org root CA.*the root's included/,
-      },
-    );
-  },
-);
-
-t.test("a CRL past its nextUpdate is refused at load, since it would refuse every peer", async (t) => {
-  const stale = await issueCrl(pki.intermediate, {
-    thisUpdate: new Date(Date.now() - 3 * 86_400_000),
-    nextUpdate: new Date(Date.now() - 86_400_000),
-  });
-  const file = await crlFile("stale.pem", [stale.crlPem, rootCrl.crlPem]);
-  await t.rejects(
-    loadCredentials(
-      { cert: frontend.certPath, key: frontend.keyPath, trustBundle: pki.bundlePath, crl: file },
-      { trustDomain: pki.trustDomain },
-    ),
-    { code: "CRL_INVALID", message: /was due for renewal at .*install a fresh CRL/ },
-  );
-});
-
-t.test("our own certificate on the CRL is refused at load as CERT_REVOKED", async (t) => {
-  await t.rejects(
-    loadCredentials(
-      { cert: stolen.certPath, key: stolen.keyPath, trustBundle: pki.bundlePath, crl: crlPath },
-      { trustDomain: pki.trustDomain },
-    ),
-    { code: "CERT_REVOKED", message: /identity\.cert .* is revoked by a CRL in identity\.crl/ },
-  );
-});
-
-t.test("a CRL file without a CRL in it is refused at load", async (t) => {
-  const file = await crlFile("empty.pem", [pki.bundlePem]);
-  await t.rejects(
-    loadCredentials(
-      { cert: frontend.certPath, key: frontend.keyPath, trustBundle: pki.bundlePath, crl: file },
-      { trustDomain: pki.trustDomain },
-    ),
-    { code: "CRL_INVALID", message: /no PEM "BEGIN X509 CRL" block/ },
-  );
 });
 
 /** A CRL made by `openssl ca -gencrl` for one of the test CAs, revoking the given certificates. */

@@ -22,7 +22,11 @@ const CONFIG_CODES = new Set([
   "SVID_INVALID",
   "WRONG_TRUST_DOMAIN",
   "CHAIN_UNTRUSTED",
-  "CRL_INVALID",
+  "CRL_PARSE",
+  "CRL_UNTRUSTED",
+  "CRL_NOT_YET_VALID",
+  "CRL_EXPIRED",
+  "CRL_INCOMPLETE",
   "CERT_REVOKED",
 ]);
 
@@ -44,44 +48,17 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
   });
   const file = configPath(values.config, io);
   const signals = io.signals ?? process;
-  // Listening before the sidecar exists: SIGHUP's default action would end a process still starting up.
-  const sighup = reloadPolicyOnSighup(signals);
   let sidecar: Sidecar;
   try {
-    sidecar = await Sidecar.start(loadConfigFile(file), { watchConfig: true });
+    // SIGHUP reloads the credentials and the policy (as nginx and ghostunnel reload) instead of ending the
+    // process; the config file is watched for policy changes too.
+    sidecar = await Sidecar.start(loadConfigFile(file), { signals, watchConfig: true });
   } catch (error) {
-    sighup.stop();
     io.stderr.write(`mtlsd: ${(error as Error).message}\n`);
     return exitCodeFor(error);
   }
-  sighup.ready(sidecar);
   const [signal] = await Promise.race([once(signals, "SIGTERM"), once(signals, "SIGINT")]);
-  sighup.stop();
   sidecar.logger.info({ signal }, "stopping");
   await sidecar.stop();
   return EXIT_OK;
-}
-
-/**
- * SIGHUP re-reads the config file and swaps in its policy (validated first). A SIGHUP that arrives while the
- * sidecar is still starting is applied as soon as it runs, since the file may have changed after it was read.
- */
-function reloadPolicyOnSighup(signals: NodeJS.EventEmitter): { ready(sidecar: Sidecar): void; stop(): void } {
-  let running: Sidecar | undefined;
-  let pending = false;
-  const onSighup = () => {
-    if (running) running.reloadPolicy("SIGHUP");
-    else pending = true;
-  };
-  signals.on("SIGHUP", onSighup);
-  return {
-    ready(sidecar) {
-      running = sidecar;
-      if (pending) {
-        pending = false;
-        sidecar.reloadPolicy("SIGHUP");
-      }
-    },
-    stop: () => signals.off("SIGHUP", onSighup),
-  };
 }

@@ -169,10 +169,10 @@ export const configSchema = s.object({
       cert: file("this workload's certificate: PEM leaf, then intermediates"),
       key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)"),
       trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)"),
-      crl: file("certificate revocation lists (PEM, one per CA)")
+      crl: file("certificate revocation lists (PEM X509 CRL blocks, one per CA)")
         .optional()
         .describe(
-          "PEM CRLs, checked for every certificate in a peer's chain: include one from each CA, the root's too (it may be empty).",
+          "PEM CRLs, checked for every certificate in a peer's chain: one from each CA, the root's too (it may be empty); each signed by a CA in the trust bundle (or an intermediate in cert) and current. Reloaded like the rest.",
         ),
       deny: s
         .object({
@@ -193,6 +193,23 @@ export const configSchema = s.object({
           check: (value) => (isValidTrustDomain(value) ? undefined : "not a valid trust domain"),
         })
         .describe("Peers and this workload must have SPIFFE IDs in this trust domain."),
+      reload: s
+        .object({
+          watch: s
+            .boolean()
+            .default(true)
+            .describe(
+              "Watch the directories holding these files (Kubernetes secret volumes, in-place rewrites); SIGHUP always reloads.",
+            ),
+          interval: s
+            .duration(100, 86_400_000)
+            .default(30_000)
+            .describe(
+              "Polling backstop: the files are re-read (and the certificate's expiry checked) this often.",
+            ),
+        })
+        .default({ watch: true, interval: 30_000 })
+        .describe("How rotated credentials are picked up; each version is validated before it is used."),
     })
     .describe(
       "This workload's credentials. Relative paths are resolved against the config file's directory.",
@@ -280,7 +297,7 @@ export const configSchema = s.object({
       keepAliveTimeout: s
         .duration()
         .default(60_000)
-        .describe("Idle client connections are closed after this."),
+        .describe("Idle connections are closed after this: client connections and pooled upstream ones."),
     })
     .default({
       maxConnections: 10_000,

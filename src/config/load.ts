@@ -138,6 +138,17 @@ function crossFieldIssues(config: Config, now: number): Issue[] {
     } else seen.set(rule.name, index);
   });
   if (config.inbound) issues.push(...overrideLifetimeIssues(config.inbound.policy, now));
+  for (const [name, upstream] of Object.entries(config.outbound?.upstreams ?? {})) {
+    // The schema already checked the SPIFFE ID's syntax: its trust domain is what follows the scheme.
+    const domain = upstream.identity.slice("spiffe://".length).split("/")[0];
+    if (domain !== config.identity.trustDomain) {
+      issues.push({
+        path: `outbound.upstreams.${name}.identity`,
+        expected: `a SPIFFE ID in identity.trustDomain (spiffe://${config.identity.trustDomain}/...): servers outside it are always refused`,
+        found: `"${upstream.identity}"`,
+      });
+    }
+  }
   const listeners: [string, string][] = [];
   if (config.inbound) listeners.push(["inbound.listen", config.inbound.listen]);
   if (config.outbound) {

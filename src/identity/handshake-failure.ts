@@ -1,15 +1,18 @@
 // Turns the ways a peer can fail certificate checks into the stable reasons logs and metrics use.
 
 /** Reasons a peer's TLS connection is refused (DESIGN.md: log `reason`, metric label). */
-export type HandshakeFailureReason =
-  | "no_client_cert"
-  | "cert_expired"
-  | "cert_not_yet_valid"
-  | "unknown_ca"
-  | "bad_svid"
-  | "revoked"
-  | "wrong_trust_domain"
-  | "tls_protocol";
+export const HANDSHAKE_FAILURE_REASONS = [
+  "no_client_cert",
+  "cert_expired",
+  "cert_not_yet_valid",
+  "unknown_ca",
+  "bad_svid",
+  "revoked",
+  "wrong_trust_domain",
+  "tls_protocol",
+] as const;
+
+export type HandshakeFailureReason = (typeof HANDSHAKE_FAILURE_REASONS)[number];
 
 // OpenSSL X509_V_ERR_* names, as Node reports them in `authorizationError` / `err.code`.
 const VERIFY_ERROR_REASONS: Record<string, HandshakeFailureReason> = {

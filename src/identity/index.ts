@@ -3,6 +3,7 @@ export { DenyList, type DenyListConfig, type DenyVerdict, normalizeSerial } from
 export {
   classifyTlsError,
   classifyVerifyError,
+  HANDSHAKE_FAILURE_REASONS,
   type HandshakeFailureReason,
 } from "./handshake-failure.ts";
 export { identifyPeer, type PeerCheck, type PeerIdentity, PeerIdentityCache } from "./peer.ts";

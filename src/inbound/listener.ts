@@ -28,6 +28,12 @@ const REFUSAL_LINGER_MS = 2000;
 /** Permissive mode: a plaintext connection has no peer, so the policy sees it as unauthenticated. */
 const PLAINTEXT_CONNECTION: InboundConnection = Object.freeze({ peer: null, xfcc: null, plaintext: true });
 
+/** TLS connections whose handshake completed (refused peers included), and how many resumed a session. */
+export interface InboundStats {
+  connections: number;
+  resumed: number;
+}
+
 export interface InboundOptions {
   config: InboundConfig;
   limits: LimitsConfig;
@@ -55,6 +61,7 @@ export class InboundListener {
   readonly #app: Pool;
   readonly #handler: InboundHandler;
   readonly #sockets = new Set<net.Socket>();
+  readonly #stats: InboundStats = { connections: 0, resumed: 0 };
   #peers: PeerIdentityCache;
   #bundleSha256: string;
   #crlPem: string | undefined;
@@ -127,6 +134,10 @@ export class InboundListener {
     return this.#net.address() as AddressInfo | null;
   }
 
+  stats(): InboundStats {
+    return { ...this.#stats };
+  }
+
   setPolicy(policy: Policy): void {
     this.#handler.policy = policy;
   }
@@ -153,8 +164,8 @@ export class InboundListener {
       cert: credentials.chainPem,
       key: credentials.keyPem,
       ca: credentials.bundlePem,
-      // With a CRL, OpenSSL checks every certificate of the peer's chain (see credentials/crl.ts).
-      ...crlOption(credentials.crlPem),
+      // With CRLs, OpenSSL checks every certificate of the peer's chain (see checkCrl in credentials/load.ts).
+      ...crlOption(credentials),
       minVersion: this.#options.config.minTLSVersion,
       // Session resumption with client certificates requires a session ID context.
       sessionIdContext: "mtlsd-inbound",
@@ -216,6 +227,8 @@ export class InboundListener {
   }
 
   readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
+    this.#stats.connections++;
+    if (socket.isSessionReused()) this.#stats.resumed++;
     const certificate = socket.getPeerX509Certificate();
     if (!certificate) {
       this.#refuse(socket, "no_client_cert", "peer sent no client certificate");

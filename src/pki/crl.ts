@@ -3,7 +3,7 @@
 import { MtlsdError } from "../errors.ts";
 import { x509 } from "../x509.ts";
 import type { Issuer } from "./ca.ts";
-import { checkSerialHex } from "./certificate.ts";
+import { checkSerialHex, pkiDefaults } from "./certificate.ts";
 import { pemEncode } from "./pem.ts";
 
 const DAY_MS = 24 * 60 * 60 * 1000;
@@ -11,10 +11,15 @@ const DAY_MS = 24 * 60 * 60 * 1000;
 export interface CrlOptions {
   /** Hex serials of the certificates this CA revokes; an empty list is a valid CRL ("nothing revoked"). */
   revokedSerials?: readonly string[];
-  /** Default: now. */
+  /** Default: now minus the clock-skew allowance, as for certificates, so a peer a little behind accepts it. */
   thisUpdate?: Date;
   /** Default: thisUpdate + 7 days. OpenSSL refuses every peer once this has passed (CRL_HAS_EXPIRED). */
   nextUpdate?: Date;
+  /**
+   * Signs with this CA's key while still naming `issuer`: a forged CRL, for testing that validation checks the
+   * signature and not just the name. Default: `issuer` itself.
+   */
+  signer?: Issuer;
 }
 
 export interface IssuedCrl {
@@ -25,7 +30,7 @@ export interface IssuedCrl {
 
 /** Issues a v2 CRL signed by `issuer`, naming it as the issuer so OpenSSL matches it to the certs it signed. */
 export async function issueCrl(issuer: Issuer, opts: CrlOptions = {}): Promise<IssuedCrl> {
-  const thisUpdate = opts.thisUpdate ?? new Date();
+  const thisUpdate = opts.thisUpdate ?? new Date(Date.now() - pkiDefaults.clockSkewMs);
   const nextUpdate = opts.nextUpdate ?? new Date(thisUpdate.getTime() + 7 * DAY_MS);
   if (nextUpdate.getTime() <= thisUpdate.getTime()) {
     throw new MtlsdError(
@@ -33,12 +38,13 @@ export async function issueCrl(issuer: Issuer, opts: CrlOptions = {}): Promise<I
       `nextUpdate (${nextUpdate.toISOString()}) must be later than thisUpdate (${thisUpdate.toISOString()})`,
     );
   }
+  const signingKey = (opts.signer ?? issuer).keys.privateKey;
   const crl = await x509.X509CrlGenerator.create({
     issuer: issuer.cert.subjectName,
     thisUpdate,
     nextUpdate,
-    signingKey: issuer.keys.privateKey,
-    signingAlgorithm: { name: issuer.keys.privateKey.algorithm.name, hash: "SHA-256" },
+    signingKey,
+    signingAlgorithm: { name: signingKey.algorithm.name, hash: "SHA-256" },
     entries: (opts.revokedSerials ?? []).map((serial) => ({
       serialNumber: checkSerialHex(serial),
       revocationDate: thisUpdate,

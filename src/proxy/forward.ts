@@ -20,6 +20,19 @@ export interface ForwardRequest {
   headersTimeout: number;
   /** Longest gap between response body chunks, in ms. */
   bodyTimeout: number;
+  /** What a direction knows better than the generic rules about how an exchange failed. */
+  failures?: FailureInterpreter;
+}
+
+/**
+ * Lets a direction put its own meaning on failures. Outbound uses it for TLS causes and for a peer sidecar
+ * that refused our certificate: that refusal arrives as an HTTP response, but for the app it is a TLS failure.
+ */
+export interface FailureInterpreter {
+  /** A response head that is really a failure: the client gets the sidecar's error response instead. */
+  response?(statusCode: number, headers: ResponseHeaders): ForwardFailure | undefined;
+  /** An error the generic classification would describe less exactly. */
+  error?(error: Error & { code?: string }): ForwardFailure | undefined;
 }
 
 /** How a forwarded request ended, for the request log. */
@@ -32,6 +45,10 @@ class ClientClosedError extends Error {
   readonly code = "MTLSD_CLIENT_CLOSED";
 }
 
+class ReplacedResponseError extends Error {
+  readonly code = "MTLSD_RESPONSE_REPLACED";
+}
+
 /**
  * One in-flight forward, as an undici dispatch handler: a single object per request instead of closures,
  * with backpressure both ways (a slow client pauses the upstream; undici pulls the request body as it sends).
@@ -41,6 +58,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
   readonly #upstream: string;
   readonly #done: (outcome: ForwardOutcome) => void;
   readonly #hasBody: boolean;
+  readonly #failures: FailureInterpreter | undefined;
   #controller: Dispatcher.DispatchController | undefined;
   #status = 0;
   #finished = false;
@@ -49,11 +67,13 @@ class Forwarding implements Dispatcher.DispatchHandler {
     res: ServerResponse,
     upstream: string,
     hasBody: boolean,
+    failures: FailureInterpreter | undefined,
     done: (outcome: ForwardOutcome) => void,
   ) {
     this.#res = res;
     this.#upstream = upstream;
     this.#hasBody = hasBody;
+    this.#failures = failures;
     this.#done = done;
     res.once("close", this.#onClientClose);
   }
@@ -64,13 +84,19 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(
-    _controller: Dispatcher.DispatchController,
+    controller: Dispatcher.DispatchController,
     statusCode: number,
     headers: ResponseHeaders,
     statusMessage?: string,
   ): void {
     // 1xx heads are informational; Node answers `Expect: 100-continue` to the client itself.
     if (statusCode < 200) return;
+    const failure = this.#failures?.response?.(statusCode, headers);
+    if (failure) {
+      this.#fail(failure);
+      controller.abort(new ReplacedResponseError(failure.message));
+      return;
+    }
     this.#status = statusCode;
     const forwarded = forwardableResponseHeaders(headers);
     if (statusMessage) this.#res.writeHead(statusCode, statusMessage, forwarded);
@@ -78,6 +104,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#finished) return;
     if (!this.#res.write(chunk)) {
       controller.pause();
       this.#res.once("drain", () => controller.resume());
@@ -85,12 +112,14 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
+    if (this.#finished) return;
     this.#res.end();
     this.#finish({ status: this.#status });
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
-    const failure = classifyForwardError(error, this.#upstream);
+    if (this.#finished) return;
+    const failure = this.#failures?.error?.(error) ?? classifyForwardError(error, this.#upstream);
     if (failure.reason === "client_closed") {
       this.#finish({ status: 499, failure });
       return;
@@ -104,6 +133,10 @@ class Forwarding implements Dispatcher.DispatchHandler {
       });
       return;
     }
+    this.#fail(failure);
+  }
+
+  #fail(failure: ForwardFailure): void {
     // A request body may be half consumed by the failed attempt: close rather than guess where it ends.
     sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, this.#hasBody);
     this.#finish({ status: failure.status, failure });
@@ -129,7 +162,7 @@ export function forward(
   request: ForwardRequest,
   done: (outcome: ForwardOutcome) => void,
 ): void {
-  const handler = new Forwarding(res, request.upstream, request.hasBody, done);
+  const handler = new Forwarding(res, request.upstream, request.hasBody, request.failures, done);
   request.dispatcher.dispatch(
     {
       method: request.method,

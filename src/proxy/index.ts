@@ -5,7 +5,7 @@ export {
   IDENTITY_MISMATCH_CODE,
   UPSTREAM_TLS_CODE,
 } from "./errors.ts";
-export { type ForwardOutcome, type ForwardRequest, forward } from "./forward.ts";
+export { type FailureInterpreter, type ForwardOutcome, type ForwardRequest, forward } from "./forward.ts";
 export {
   filterRequestHeaders,
   forwardableResponseHeaders,

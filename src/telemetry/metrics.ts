@@ -58,6 +58,8 @@ export class Metrics implements TrafficObserver {
       labelNames: ["result"],
       registers,
     });
+    // Both series exist from the start, so `increase(...{result="failure"}[5m]) > 0` can fire on the first one.
+    for (const result of ["success", "failure"]) this.credentialReloads.inc({ result }, 0);
     this.policyShadow = new Counter({
       name: "mtlsd_policy_shadow_total",
       help: "Dry-run policy rules that matched, by rule and shadow result.",

@@ -34,6 +34,9 @@ export interface HandshakeFailureRecord {
   remote_address?: string;
   source_identity?: string;
   destination_identity?: string;
+  /** Outbound: the upstream's name, and the SPIFFE ID its server presented when it was not the expected one. */
+  upstream?: string;
+  presented_identity?: string;
 }
 
 /** Where the data path reports what happened; the log and the metrics both implement it. */
@@ -51,7 +54,14 @@ export class TrafficLog implements TrafficObserver {
   }
 
   request(record: RequestRecord): void {
-    if (record.decision === "deny" || record.status >= 500 || record.override)
+    // A response cut short after its head went out still carries the 2xx the client saw: a failure all the same.
+    // A break-glass override's use is news too, whatever the status.
+    if (
+      record.decision === "deny" ||
+      record.status >= 500 ||
+      record.reason === "upstream_reset" ||
+      record.override
+    )
       this.#logger.warn(record, "request");
     else this.#logger.info(record, "request");
   }
