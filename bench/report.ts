@@ -109,12 +109,12 @@ export function renderChart(results: ScenarioResult[]): string {
   const top = 40;
   const max = Math.max(1, ...results.map((result) => result.max.result.rps));
   const color = { baseline: "#888888", mtlsd: "#2b7bb9", peer: "#d9822b" };
-  const escape = (text: string) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+  const escapeXml = (text: string) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;");
   const rows = results.map((result, index) => {
     const y = top + index * rowHeight;
     const width = Math.max(1, (result.max.result.rps / max) * barWidth);
     return [
-      `<text x="${labelWidth - 8}" y="${y + 17}" text-anchor="end">${escape(result.label)}</text>`,
+      `<text x="${labelWidth - 8}" y="${y + 17}" text-anchor="end">${escapeXml(result.label)}</text>`,
       `<rect x="${labelWidth}" y="${y + 4}" width="${width.toFixed(1)}" height="${rowHeight - 8}" fill="${color[result.family]}"/>`,
       `<text x="${labelWidth + width + 6}" y="${y + 17}">${Math.round(result.max.result.rps)} req/s</text>`,
     ].join("");
