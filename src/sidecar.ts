@@ -2,19 +2,27 @@
 import type { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
 import type { DestinationStream } from "pino";
-import { ConfigError, type LoadedConfig } from "./config/index.ts";
+import type { LoadedConfig } from "./config/index.ts";
 import {
   CredentialReloader,
   CredentialStore,
   ExpiryMonitor,
   loadCredentials,
+  RELOAD_TIMING,
   type ReloadOutcome,
   type ReloadStatus,
 } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
+import { DenyList } from "./identity/index.ts";
 import { InboundListener, type InboundStats } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
-import { Policy } from "./policy/index.ts";
+import type { Policy } from "./policy/index.ts";
+import {
+  compileConfigPolicy,
+  PolicyReloader,
+  type PolicyReloadOutcome,
+  type PolicyReloadTrigger,
+} from "./policy-reload.ts";
 import {
   createLogger,
   type Logger,
@@ -27,9 +35,14 @@ import {
 export interface SidecarOptions {
   /** Log destination; stdout by default. Tests pass a stream to read the lines. */
   logStream?: DestinationStream;
-  /** Where SIGHUP comes from (the process, for `mtlsd run`); each one reloads the credentials. */
+  /**
+   * Where SIGHUP comes from (the process, for `mtlsd run`); each one reloads the credentials and the policy.
+   * Subscribed from the start, so a SIGHUP during startup is served once running instead of ending the process.
+   */
   signals?: EventEmitter;
-  /** The clock the certificate expiry warnings read; tests move it. */
+  /** Reload the policy when the config file changes (`mtlsd run` does); SIGHUP works either way. */
+  watchConfig?: boolean;
+  /** The clock the certificate expiry warnings and override expiries read; tests move it. */
   now?: () => Date;
 }
 
@@ -49,6 +62,7 @@ export class Sidecar {
   readonly observer: TrafficObserver;
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
+  readonly #policyReloader: PolicyReloader | undefined;
   readonly #reloader: CredentialReloader;
   readonly #expiry: ExpiryMonitor;
   readonly #signals: EventEmitter | undefined;
@@ -92,15 +106,25 @@ export class Sidecar {
       { maxIdentityLabels: config.metrics.maxIdentityLabels },
     );
     this.observer = new TrafficFanout([new TrafficLog(logger), this.metrics]);
+    const denyList = new DenyList(config.identity.deny);
     if (config.inbound && policy) {
-      this.#inbound = new InboundListener({
+      const inbound = new InboundListener({
         config: config.inbound,
         limits: config.limits,
         store,
         policy,
         trustDomain: config.identity.trustDomain,
+        denyList,
         logger,
         observer: this.observer,
+      });
+      this.#inbound = inbound;
+      this.#policyReloader = new PolicyReloader({
+        running: loaded,
+        policy,
+        apply: (next) => inbound.setPolicy(next),
+        logger,
+        ...(options.now ? { now: millisecondsOf(options.now) } : {}),
       });
     }
     if (config.outbound) {
@@ -109,6 +133,7 @@ export class Sidecar {
         limits: config.limits,
         store,
         trustDomain: config.identity.trustDomain,
+        denyList,
         observer: this.observer,
       });
     }
@@ -119,21 +144,55 @@ export class Sidecar {
    * bad config starts nothing; then listens. Throws MtlsdError; `code` tells config problems from runtime ones.
    */
   static async start(loaded: LoadedConfig, options: SidecarOptions = {}): Promise<Sidecar> {
-    const { config } = loaded;
-    const policy = config.inbound ? compilePolicy(loaded) : undefined;
-    const credentials = await loadCredentials(config.identity, { trustDomain: config.identity.trustDomain });
-    const logger = createLogger({
-      level: config.log.level,
-      ...(options.logStream ? { stream: options.logStream } : {}),
-    });
-    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options);
+    // SIGHUP's default action ends the process: one that arrives while starting is held and served once
+    // running, since the files may have changed after they were read.
+    let heldSighup = false;
+    const hold = (): void => {
+      heldSighup = true;
+    };
+    options.signals?.on("SIGHUP", hold);
+    let sidecar: Sidecar;
     try {
-      await sidecar.#listen();
-    } catch (error) {
-      await sidecar.stop();
-      throw error;
+      const { config } = loaded;
+      const now = options.now ? millisecondsOf(options.now) : undefined;
+      const policy = config.inbound ? compileConfigPolicy(loaded, now) : undefined;
+      const credentials = await loadCredentials(config.identity, {
+        trustDomain: config.identity.trustDomain,
+      });
+      const logger = createLogger({
+        level: config.log.level,
+        ...(options.logStream ? { stream: options.logStream } : {}),
+      });
+      sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options);
+      try {
+        await sidecar.#listen(options.watchConfig === true);
+      } catch (error) {
+        await sidecar.stop();
+        throw error;
+      }
+    } finally {
+      options.signals?.off("SIGHUP", hold);
     }
+    options.signals?.on("SIGHUP", sidecar.#onSighup);
+    if (heldSighup) sidecar.#onSighup();
     return sidecar;
+  }
+
+  /** The policy requests are decided by now; undefined without an inbound section. */
+  get policy(): Policy | undefined {
+    return this.#policyReloader?.policy;
+  }
+
+  /**
+   * Re-reads the config file and, if it validates, swaps in its `inbound.policy`; other settings need a
+   * restart (the log line names any that changed). A bad config keeps the current policy. Never throws.
+   */
+  reloadPolicy(trigger: PolicyReloadTrigger = "request"): PolicyReloadOutcome | undefined {
+    if (!this.#policyReloader) {
+      this.logger.info({ trigger }, "no inbound policy to reload; config changes need a restart");
+      return undefined;
+    }
+    return this.#policyReloader.reload(trigger);
   }
 
   addresses(): SidecarAddresses {
@@ -169,12 +228,17 @@ export class Sidecar {
     return this.#reloader.reload("request");
   }
 
+  /** SIGHUP, as nginx and ghostunnel treat it: re-read everything that can change without a restart. */
   readonly #onSighup = (): void => {
-    this.logger.info({ signal: "SIGHUP" }, "reloading credentials");
+    this.logger.info(
+      { signal: "SIGHUP" },
+      this.#policyReloader ? "reloading credentials and policy" : "reloading credentials",
+    );
     void this.#reloader.reload("signal");
+    this.#policyReloader?.reload("signal");
   };
 
-  async #listen(): Promise<void> {
+  async #listen(watchConfig: boolean): Promise<void> {
     const addresses: Record<string, string> = {};
     if (this.#inbound) {
       const address = await listenOrExplain("inbound.listen", () => this.#inbound!.listen());
@@ -187,6 +251,15 @@ export class Sidecar {
           `${address.address}:${address.port}`;
       }
     }
+    // Before "mtlsd started": whoever waits for that line may change the config file right after it.
+    this.#policyReloader?.start();
+    // The config file is watched like the credential files: same debounce, same polling backstop.
+    if (watchConfig) {
+      this.#policyReloader?.watch({
+        debounceMs: RELOAD_TIMING.debounceMs,
+        pollMs: this.loaded.config.identity.reload.interval,
+      });
+    }
     const credentials = this.store.current;
     this.logger.info(
       {
@@ -194,13 +267,15 @@ export class Sidecar {
         trust_domain: credentials.trustDomain,
         cert_not_after: credentials.leaf.notAfter.toISOString(),
         listeners: addresses,
+        // Permissive serves plaintext: the one line every operator reads at startup should say so.
+        ...(this.loaded.config.inbound ? { inbound_mode: this.loaded.config.inbound.mode } : {}),
+        ...(this.loaded.config.identity.crl ? { crl: this.loaded.config.identity.crl } : {}),
         config: this.loaded.file,
       },
       "mtlsd started",
     );
     this.#reloader.start();
     this.#expiry.start();
-    this.#signals?.on("SIGHUP", this.#onSighup);
   }
 
   /** Stops listening and closes connections, giving in-flight requests up to `graceMs`. */
@@ -208,6 +283,7 @@ export class Sidecar {
     if (this.#stopped) return;
     this.#stopped = true;
     this.#signals?.off("SIGHUP", this.#onSighup);
+    this.#policyReloader?.close();
     this.#reloader.close();
     this.#expiry.close();
     await Promise.all([this.#inbound?.close(graceMs), this.#outbound?.close(graceMs)]);
@@ -216,18 +292,9 @@ export class Sidecar {
   }
 }
 
-function compilePolicy(loaded: LoadedConfig): Policy {
-  try {
-    return new Policy(loaded.config.inbound!.policy);
-  } catch (error) {
-    if (error instanceof MtlsdError && error.code === "POLICY_INVALID") {
-      const [path, ...rest] = error.message.split(": ");
-      throw new ConfigError(loaded.file, [
-        { path: path ?? "inbound.policy", expected: "a valid policy", found: rest.join(": ") },
-      ]);
-    }
-    throw error;
-  }
+/** The policy counts override lifetimes in epoch milliseconds; the sidecar's one clock speaks Date. */
+function millisecondsOf(now: () => Date): () => number {
+  return () => now().getTime();
 }
 
 async function listenOrExplain<T>(field: string, listen: () => Promise<T>): Promise<T> {

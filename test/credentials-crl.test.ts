@@ -1,14 +1,23 @@
-// identity.crl: a CRL file is read and checked (issuer trusted, signature, freshness) before it is handed on.
+// identity.crl: a CRL file is read and checked (issuer trusted, signature, freshness, covers our chain) before use.
+import { once } from "node:events";
 import { writeFile } from "node:fs/promises";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
+import tls from "node:tls";
 import t from "tap";
 import { parseConfig } from "../src/config/index.ts";
 import { type Credentials, loadCredentials } from "../src/credentials/index.ts";
 import { MtlsdError } from "../src/errors.ts";
-import { type CryptoKeyPair, createIntermediateCA, createRootCA } from "../src/pki/index.ts";
+import {
+  type CrlOptions,
+  type CryptoKeyPair,
+  createIntermediateCA,
+  createRootCA,
+  type Issuer,
+  issueCrl,
+} from "../src/pki/index.ts";
 import { x509 } from "../src/x509.ts";
 import { createTestPki } from "./helpers/pki.ts";
-import { issueCrl } from "./helpers/rotation.ts";
 
 const HOUR_MS = 3600_000;
 
@@ -16,6 +25,13 @@ const pki = await createTestPki("example.org");
 t.teardown(() => pki.cleanup());
 const orders = await pki.identity("orders");
 const otherRoot = await createRootCA({ trustDomain: "example.org", commonName: "other root CA" });
+/** The root's CRL, revoking nothing: with CRLs enforced, the root must vouch for our intermediate. */
+const rootCrl = await crl(pki.root);
+
+/** One CRL's PEM. */
+async function crl(issuer: Issuer, options: CrlOptions = {}): Promise<string> {
+  return (await issueCrl(issuer, options)).crlPem;
+}
 
 async function crlFile(name: string, content: string): Promise<string> {
   const file = path.join(pki.dir, name);
@@ -39,27 +55,101 @@ async function refusal(promise: Promise<unknown>): Promise<MtlsdError> {
   return error;
 }
 
-t.test("a CRL signed by the bundle's root loads and travels with the credentials", async (t) => {
-  const pem = await issueCrl(pki.root, { revokedSerials: ["0a0b0c", "0d0e0f"] });
-  const credentials = await load(await crlFile("root.crl", pem));
-  t.equal(credentials.crlPem, pem, "the file as read, for the TLS contexts");
-  t.same(credentials.crlBlocks, [pem.trim()], "one string per CRL, as Node's crl option wants them");
-  t.equal(credentials.crl?.length, 1);
-  t.equal(credentials.crl?.[0]?.issuer, pki.root.cert.subject);
-  t.equal(credentials.crl?.[0]?.revoked, 2);
+t.test("the root's and the intermediate's CRLs load and travel with the credentials", async (t) => {
+  const root = await crl(pki.root, { revokedSerials: ["0a0b0c", "0d0e0f"] });
+  const intermediate = await crl(pki.intermediate, { revokedSerials: ["01"] });
+  const credentials = await load(await crlFile("both.crl", root + intermediate));
+  t.equal(credentials.crlPem, root + intermediate, "the file as read");
+  t.same(
+    credentials.crlBlocks,
+    [root.trim(), intermediate.trim()],
+    "one string per CRL, as Node's crl option wants them",
+  );
+  t.same(
+    credentials.crl?.map((crl) => [crl.issuer, crl.revoked]),
+    [
+      [pki.root.cert.subject, 2],
+      [pki.intermediate.cert.subject, 1],
+    ],
+  );
   t.ok(credentials.crl?.[0]?.nextUpdate instanceof Date);
 });
 
-t.test("a file holding the root's and the intermediate's CRLs yields both", async (t) => {
-  const root = await issueCrl(pki.root);
-  const intermediate = await issueCrl(pki.intermediate, { revokedSerials: ["01"] });
-  const credentials = await load(await crlFile("both.crl", root + intermediate));
-  t.equal(credentials.crlBlocks?.length, 2);
-  t.same(
-    credentials.crl?.map((crl) => crl.issuer),
-    [pki.root.cert.subject, pki.intermediate.cert.subject],
+t.test("a file without the root's CRL is refused as incomplete, naming the missing CA", async (t) => {
+  const file = await crlFile("intermediate-only.crl", await crl(pki.intermediate));
+  const error = await refusal(load(file));
+  t.equal(error.code, "CRL_INCOMPLETE");
+  t.match(error.message, `identity.crl (${file}): no CRL from CN=example.org root CA, which issued`);
+  t.match(error.message, /the root's included \(an empty CRL will do\)/);
+});
+
+t.test("a file without the intermediate's CRL is refused as incomplete", async (t) => {
+  const error = await refusal(load(await crlFile("root-only.crl", rootCrl)));
+  t.equal(error.code, "CRL_INCOMPLETE");
+  t.match(
+    error.message,
+    `no CRL from ${pki.intermediate.cert.subject}, which issued ${orders.issued.cert.subject}`,
   );
 });
+
+t.test(
+  "a CRL that revokes our own certificate is refused, as peers loading it would refuse us",
+  async (t) => {
+    const revoking = await crl(pki.intermediate, { revokedSerials: [orders.issued.serialHex] });
+    const file = await crlFile("revokes-us.crl", revoking + rootCrl);
+    const error = await refusal(load(file));
+    t.equal(error.code, "CERT_REVOKED");
+    t.match(
+      error.message,
+      `identity.cert (${orders.certPath}) is revoked by a CRL in identity.crl (${file})`,
+    );
+    t.match(error.message, /install a new certificate/);
+  },
+);
+
+t.test("a CRL that revokes the intermediate in our chain is refused, naming it", async (t) => {
+  const revoking = await crl(pki.root, { revokedSerials: [pki.intermediate.cert.serialNumber] });
+  const error = await refusal(
+    load(await crlFile("revokes-intermediate.crl", (await crl(pki.intermediate)) + revoking)),
+  );
+  t.equal(error.code, "CERT_REVOKED");
+  t.match(error.message, `the intermediate CA ${pki.intermediate.cert.subject} in it`);
+});
+
+t.test(
+  "OpenSSL refuses every peer whose chain has a CA without a CRL, which is why the file must cover the chain",
+  async (t) => {
+    // What the contexts would do with an intermediate-only file, if loading let it through.
+    const frontend = await pki.identity("frontend-openssl");
+    const server = tls.createServer({
+      cert: orders.chainPem,
+      key: orders.keyPem,
+      ca: pki.bundlePem,
+      crl: [await crl(pki.intermediate)],
+      requestCert: true,
+      rejectUnauthorized: false,
+    });
+    const verdicts: (string | null)[] = [];
+    server.on("secureConnection", (socket: tls.TLSSocket) => {
+      verdicts.push(socket.authorizationError ? String(socket.authorizationError) : null);
+      socket.end();
+    });
+    server.listen(0, "127.0.0.1");
+    await once(server, "listening");
+    t.teardown(() => server.close());
+    const client = tls.connect({
+      port: (server.address() as AddressInfo).port,
+      host: "127.0.0.1",
+      ca: pki.bundlePem,
+      cert: frontend.chainPem,
+      key: frontend.keyPem,
+      checkServerIdentity: () => undefined,
+    });
+    client.on("data", () => {});
+    await once(client, "close");
+    t.same(verdicts, ["UNABLE_TO_GET_CRL"], "a valid, unrevoked peer is refused");
+  },
+);
 
 t.test("without identity.crl the credentials carry no CRL", async (t) => {
   const credentials = await load(undefined);
@@ -68,7 +158,7 @@ t.test("without identity.crl the credentials carry no CRL", async (t) => {
 });
 
 t.test("a CRL from a CA we do not trust is refused", async (t) => {
-  const file = await crlFile("stranger.crl", await issueCrl(otherRoot));
+  const file = await crlFile("stranger.crl", await crl(otherRoot));
   const error = await refusal(load(file));
   t.equal(error.code, "CRL_UNTRUSTED");
   t.match(error.message, `identity.crl (${file})`);
@@ -76,7 +166,7 @@ t.test("a CRL from a CA we do not trust is refused", async (t) => {
 });
 
 t.test("a CRL that names our root but is signed by another key is refused as forged", async (t) => {
-  const file = await crlFile("forged.crl", await issueCrl(pki.root, { signer: otherRoot }));
+  const file = await crlFile("forged.crl", await crl(pki.root, { signer: otherRoot }));
   const error = await refusal(load(file));
   t.equal(error.code, "CRL_UNTRUSTED");
   t.match(error.message, /signature does not verify with that CA's key/);
@@ -84,7 +174,7 @@ t.test("a CRL that names our root but is signed by another key is refused as for
 
 t.test("a CRL past its nextUpdate is refused, since it would refuse every peer once enforced", async (t) => {
   const nextUpdate = new Date(Date.now() - HOUR_MS);
-  const stale = await issueCrl(pki.root, { thisUpdate: new Date(Date.now() - 2 * HOUR_MS), nextUpdate });
+  const stale = await crl(pki.root, { thisUpdate: new Date(Date.now() - 2 * HOUR_MS), nextUpdate });
   const error = await refusal(load(await crlFile("stale.crl", stale)));
   t.equal(error.code, "CRL_EXPIRED");
   t.match(error.message, `expired at ${nextUpdate.toISOString().slice(0, 19)}`);
@@ -92,7 +182,7 @@ t.test("a CRL past its nextUpdate is refused, since it would refuse every peer o
 });
 
 t.test("a CRL issued in the future is refused with a hint about the clock", async (t) => {
-  const future = await issueCrl(pki.root, { thisUpdate: new Date(Date.now() + HOUR_MS) });
+  const future = await crl(pki.root, { thisUpdate: new Date(Date.now() + HOUR_MS) });
   const error = await refusal(load(await crlFile("future.crl", future)));
   t.equal(error.code, "CRL_NOT_YET_VALID");
   t.match(error.message, /check this host's clock/);
@@ -116,8 +206,8 @@ t.test("a CRL from a CA whose key usage lacks cRLSign is refused", async (t) => 
   });
   const rootPem = noCrlSign.toString("pem");
   const bundle = await crlFile("with-certs-only-root.pem", pki.root.certPem + rootPem);
-  const crl = await issueCrl({ ...pki.root, cert: noCrlSign, keys, certPem: rootPem });
-  const error = await refusal(load(await crlFile("no-crlsign.crl", crl), bundle));
+  const pem = await crl({ ...pki.root, cert: noCrlSign, keys, certPem: rootPem });
+  const error = await refusal(load(await crlFile("no-crlsign.crl", pem), bundle));
   t.equal(error.code, "CRL_UNTRUSTED");
   t.match(error.message, /key usage lacks cRLSign/);
 });
@@ -129,7 +219,7 @@ t.test("a CRL file without an X509 CRL block is refused as unparseable", async (
 });
 
 t.test('a CRL labelled "BEGIN CRL" is refused with how to relabel it', async (t) => {
-  const pem = (await issueCrl(pki.root)).replaceAll("X509 CRL", "CRL");
+  const pem = rootCrl.replaceAll("X509 CRL", "CRL");
   const error = await refusal(load(await crlFile("relabel.crl", pem)));
   t.equal(error.code, "CRL_PARSE");
   t.match(error.message, /relabel them "X509 CRL"/);
@@ -145,7 +235,7 @@ t.test("a CRL whose contents are broken is refused as unparseable", async (t) =>
 t.test("a CRL issued by the intermediate in our chain is accepted, as OpenSSL would", async (t) => {
   const intermediate = await createIntermediateCA(pki.root, { commonName: "second intermediate" });
   const leaf = await pki.identity("via-second", {}, intermediate);
-  const file = await crlFile("second.crl", await issueCrl(intermediate));
+  const file = await crlFile("second.crl", (await crl(intermediate)) + rootCrl);
   const credentials = await loadCredentials(
     { cert: leaf.certPath, key: leaf.keyPath, trustBundle: pki.bundlePath, crl: file },
     { trustDomain: "example.org" },

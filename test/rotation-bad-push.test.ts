@@ -1,12 +1,17 @@
 // A bad push keeps the old credentials serving, says why, counts a failure, and a later good push recovers.
 import path from "node:path";
 import t from "tap";
-import { createIntermediateCA, createRootCA, type IssuedCert, issueLeaf } from "../src/pki/index.ts";
+import {
+  createIntermediateCA,
+  createRootCA,
+  type IssuedCert,
+  issueCrl,
+  issueLeaf,
+} from "../src/pki/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import {
   type CredentialPems,
-  issueCrl,
   probe,
   reloadCount,
   SecretVolume,
@@ -33,7 +38,10 @@ const strangerIntermediate = await createIntermediateCA(strangerRoot);
 
 const issueOrders = (options = {}, issuer = pki.intermediate) =>
   issueLeaf(issuer, { spiffeId: ORDERS, dnsNames: ["localhost"], ...options });
-const freshCrl = (revokedSerials: string[] = []) => issueCrl(pki.intermediate, { revokedSerials });
+/** The intermediate's CRL, then the root's: once CRLs are enforced, every CA of the chain needs one. */
+const rootCrl = (await issueCrl(pki.root)).crlPem;
+const freshCrl = async (revokedSerials: string[] = []) =>
+  (await issueCrl(pki.intermediate, { revokedSerials })).crlPem + rootCrl;
 
 async function good(leaf: IssuedCert): Promise<CredentialPems> {
   return { cert: leaf.chainPem, key: leaf.keyPem, bundle: pki.bundlePem, crl: await freshCrl() };
@@ -161,7 +169,23 @@ t.test("a stale CRL is refused with the rest of the push", async (t) => {
     thisUpdate: new Date(Date.now() - 2 * HOUR_MS),
     nextUpdate: new Date(Date.now() - HOUR_MS),
   });
-  await refusedPush(t, { ...(await good(next)), crl: stale }, "CRL_EXPIRED", /publish a fresh one/);
+  await refusedPush(
+    t,
+    { ...(await good(next)), crl: stale.crlPem + rootCrl },
+    "CRL_EXPIRED",
+    /publish a fresh one/,
+  );
+});
+
+t.test("a CRL file without the root's CRL is refused with the rest of the push", async (t) => {
+  const next = await issueOrders();
+  const intermediateOnly = (await issueCrl(pki.intermediate)).crlPem;
+  await refusedPush(
+    t,
+    { ...(await good(next)), crl: intermediateOnly },
+    "CRL_INCOMPLETE",
+    /no CRL from CN=example\.org root CA/,
+  );
 });
 
 t.test("a refused push is counted once, not again at every poll", async (t) => {

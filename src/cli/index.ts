@@ -9,9 +9,14 @@ const HELP = `mtlsd: a sidecar that wraps plain HTTP in mutual TLS with SPIFFE i
 Usage:
   mtlsd demo [--keep]     a tour with nothing to set up: two apps, their sidecars, allowed and denied
                           calls, connection reuse, a certificate rotation
-  mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml)
+  mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml);
+                          SIGHUP reloads credentials and policy, a change of FILE reloads the policy
   mtlsd check [-c FILE] [--peer HOST:PORT [--method M] [--path P]]
                           validate config and credentials; with --peer, a live mTLS handshake
+  mtlsd policy explain [-c FILE] [--from ID] [--method M] --path P
+                          the decision for one request, the rule that made it, why the others did not match
+  mtlsd policy test [-c FILE] CASES.yaml
+                          check a table of expected decisions; exit 1 on any difference
   mtlsd certs init|issue|inspect   a dev PKI, and a verdict on any certificate file (certs --help)
   mtlsd --version         print the version
   mtlsd --help            print this help
@@ -27,6 +32,7 @@ const COMMANDS: Record<string, (args: string[], io: CliIo) => Promise<number>> =
   certs: async (args, io) => (await import("./certs.ts")).certsCommand(args, io),
   check: async (args, io) => (await import("./check.ts")).checkCommand(args, io),
   demo: async (args, io) => (await import("./demo.ts")).demoCommand(args, io),
+  policy: async (args, io) => (await import("./policy.ts")).policyCommand(args, io),
 };
 
 export function version(): string {

@@ -29,6 +29,8 @@ const CONFIG_CODES = new Set([
   "CRL_UNTRUSTED",
   "CRL_NOT_YET_VALID",
   "CRL_EXPIRED",
+  "CRL_INCOMPLETE",
+  "CERT_REVOKED",
 ]);
 
 export function exitCodeFor(error: unknown): number {
@@ -47,8 +49,9 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
   const signals = io.signals ?? process;
   let sidecar: Sidecar;
   try {
-    // SIGHUP reloads the credentials (as nginx and ghostunnel do) instead of ending the process.
-    sidecar = await Sidecar.start(loadConfigFile(file), { signals });
+    // SIGHUP reloads the credentials and the policy (as nginx and ghostunnel reload) instead of ending the
+    // process; the config file is watched for policy changes too.
+    sidecar = await Sidecar.start(loadConfigFile(file), { signals, watchConfig: true });
   } catch (error) {
     io.stderr.write(`mtlsd: ${(error as Error).message}\n`);
     return exitCodeFor(error);

@@ -7,6 +7,7 @@ export {
   type CredentialMaterial,
   type Credentials,
   type CrlSummary,
+  crlOption,
   type LoadOptions,
   loadCredentials,
   materialSha256,

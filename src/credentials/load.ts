@@ -58,9 +58,10 @@ export interface Credentials {
   readonly bundlePem: string;
   /**
    * The `identity.crl` file as read (absent when not configured): one or more `X509 CRL` PEM blocks, each
-   * already checked to be signed by a CA in the bundle or an intermediate of our chain and to be current.
-   * Not enforced here. Node's `createSecureContext({ crl })` reads only the first CRL of a string, so pass
-   * `crlBlocks` (one string per CRL) to reach every CA's list.
+   * already checked to be signed by a CA in the bundle or an intermediate of our chain and to be current, and
+   * together covering every CA of our own chain. The TLS contexts enforce them: Node's
+   * `createSecureContext({ crl })` reads only the first CRL of a string, so contexts get `crlBlocks` (one
+   * string per CRL, see crlOption) to reach every CA's list.
    */
   readonly crlPem?: string;
   readonly crlBlocks?: readonly string[];
@@ -164,9 +165,7 @@ export async function validateCredentials(
   }
   await verifyChain(material.chainPem, material.keyPem, material.bundlePem, files);
   const crl =
-    material.crlPem === undefined
-      ? undefined
-      : await checkCrl(material.crlPem, [...bundle, ...chain.slice(1)], files, now);
+    material.crlPem === undefined ? undefined : await checkCrl(material.crlPem, bundle, chain, files, now);
   const bundleSummaries = bundle.map(summarize);
   const credentials = {
     spiffeId: svid.spiffeId,
@@ -212,12 +211,28 @@ function parseCertificates(field: string, file: string, pem: string): X509Certif
 }
 
 /**
+ * The `crl` option for tls.createSecureContext: one PEM string per CRL (Node reads only the first CRL of a
+ * string), nothing without `identity.crl`. Built once per credential version, never per connection.
+ */
+export function crlOption(credentials: Pick<Credentials, "crlBlocks">): { crl?: string[] } {
+  return credentials.crlBlocks ? { crl: [...credentials.crlBlocks] } : {};
+}
+
+/**
  * A CRL must come from a CA whose certificates we accept (a bundle root, or an intermediate we present),
  * be signed by it, and be current: OpenSSL refuses every peer of a CA whose CRL is stale once CRLs are enforced.
+ *
+ * And the file must cover our own chain. Node turns on X509_V_FLAG_CRL_CHECK and X509_V_FLAG_CRL_CHECK_ALL as
+ * soon as a context gets a CRL, so OpenSSL then wants a CRL from the issuer of every certificate in a peer's
+ * chain: the intermediate's (for leaves) and the root's (for intermediates). A file with only the
+ * intermediate's CRL would refuse every peer with UNABLE_TO_GET_CRL. Peers of the same trust domain normally
+ * share our chain's CAs, so checking that our own chain is covered catches that mistake at load instead of as
+ * an outage. Our own certificates must not be on those CRLs either: peers that load them would refuse us.
  */
 async function checkCrl(
   pem: string,
-  authorities: readonly X509Certificate[],
+  bundle: readonly X509Certificate[],
+  chain: readonly X509Certificate[],
   files: CredentialFiles,
   now: Date,
 ): Promise<{ blocks: string[]; summaries: CrlSummary[] }> {
@@ -230,8 +245,11 @@ async function checkCrl(
       : "";
     throw new MtlsdError("CRL_PARSE", `${where}: no PEM "BEGIN X509 CRL" block found${hint}`);
   }
-  const cas = authorities.filter((cert) => cert.ca).map((cert) => new x509.X509Certificate(cert.raw));
+  const cas = [...bundle, ...chain.slice(1)]
+    .filter((cert) => cert.ca)
+    .map((node) => ({ node, cert: new x509.X509Certificate(node.raw) }));
   const summaries: CrlSummary[] = [];
+  const signed: { crl: x509.X509Crl; signer: X509Certificate }[] = [];
   for (const [index, block] of blocks.entries()) {
     let crl: x509.X509Crl;
     try {
@@ -244,10 +262,10 @@ async function checkCrl(
       );
     }
     const label = `CRL ${index + 1} (issuer ${crl.issuer})`;
-    const named = cas.filter((ca) => ca.subject === crl.issuer);
-    let signer: x509.X509Certificate | undefined;
+    const named = cas.filter((ca) => ca.cert.subject === crl.issuer);
+    let signer: (typeof cas)[number] | undefined;
     for (const ca of named) {
-      if (await crl.verify({ publicKey: ca }).catch(() => false)) {
+      if (await crl.verify({ publicKey: ca.cert }).catch(() => false)) {
         signer = ca;
         break;
       }
@@ -260,7 +278,7 @@ async function checkCrl(
           : `${where}: ${label} names a trusted CA as issuer but its signature does not verify with that CA's key; the file is corrupt or forged`,
       );
     }
-    const keyUsage = signer.getExtension(x509.KeyUsagesExtension);
+    const keyUsage = signer.cert.getExtension(x509.KeyUsagesExtension);
     if (keyUsage && (keyUsage.usages & x509.KeyUsageFlags.cRLSign) === 0) {
       throw new MtlsdError(
         "CRL_UNTRUSTED",
@@ -279,12 +297,32 @@ async function checkCrl(
         `${where}: ${label} expired at ${crl.nextUpdate.toISOString()} (this host's clock says ${now.toISOString()}); a stale CRL would refuse every peer of that CA: publish a fresh one`,
       );
     }
+    signed.push({ crl, signer: signer.node });
     summaries.push({
       issuer: crl.issuer,
       thisUpdate: crl.thisUpdate,
       nextUpdate: crl.nextUpdate,
       revoked: crl.entries.length,
     });
+  }
+  // A self-signed root in the chain is a trust anchor: the root's own CRL covers it along with what it issued.
+  for (const [index, cert] of chain.entries()) {
+    if (cert.issuer === cert.subject) continue;
+    const parsed = new x509.X509Certificate(cert.raw);
+    const covering = signed.filter(({ signer }) => cert.checkIssued(signer) && cert.verify(signer.publicKey));
+    if (covering.length === 0) {
+      throw new MtlsdError(
+        "CRL_INCOMPLETE",
+        `${where}: no CRL from ${parsed.issuer}, which issued ${parsed.subject}; revocation is checked for every certificate in a chain, so the file needs a CRL from each CA, the root's included (an empty CRL will do)`,
+      );
+    }
+    if (covering.some(({ crl }) => crl.findRevoked(parsed))) {
+      const which = index === 0 ? "the certificate" : `the intermediate CA ${parsed.subject} in it`;
+      throw new MtlsdError(
+        "CERT_REVOKED",
+        `identity.cert (${files.cert}) is revoked by a CRL in identity.crl (${files.crl}): ${which} (serial ${parsed.serialNumber}) is listed by ${parsed.issuer}; peers that load this CRL refuse it, so install a new certificate`,
+      );
+    }
   }
   return { blocks, summaries };
 }

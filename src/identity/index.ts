@@ -1,4 +1,5 @@
 // The identity module's public face: SPIFFE IDs, X509-SVID checks, peer identities, refusal reasons.
+export { DenyList, type DenyListConfig, type DenyVerdict, normalizeSerial } from "./deny-list.ts";
 export {
   classifyTlsError,
   classifyVerifyError,

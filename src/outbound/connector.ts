@@ -3,6 +3,7 @@ import tls from "node:tls";
 import type { buildConnector } from "undici";
 import {
   classifyTlsError,
+  type DenyList,
   type HandshakeFailureReason,
   type PeerCheck,
   type PeerIdentityCache,
@@ -25,6 +26,8 @@ export interface ConnectorOptions {
   /** Built once per credential version: our chain and key, the trust bundle, TLS 1.3. */
   context: tls.SecureContext;
   peers: PeerIdentityCache;
+  /** `identity.deny`: a listed server certificate fails the handshake as revoked, like a CRL hit does. */
+  denyList: DenyList;
   /** TCP connect plus TLS handshake must finish within this many ms. */
   timeoutMs: number;
   /** Called after every successful handshake, to count how many were resumed. */
@@ -105,6 +108,21 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
               : { reason: check.reason, detail, ...(check.spiffeId ? { presented: check.spiffeId } : {}) },
           );
           finish(new UpstreamError(IDENTITY_MISMATCH_CODE, detail), socket);
+          return;
+        }
+        // A revoked upstream is a TLS failure (what a CRL hit gives), not a mismatch: it is the expected identity.
+        // Counted and logged like any other outbound handshake failure, with reason revoked.
+        const denied = options.denyList.check(check.peer);
+        if (denied.denied) {
+          session = undefined;
+          options.onFailure?.({ reason: "revoked", detail: denied.detail });
+          finish(
+            new UpstreamError(
+              UPSTREAM_TLS_CODE,
+              `TLS with ${options.upstream} failed: revoked: ${denied.detail}`,
+            ),
+            socket,
+          );
           return;
         }
       }

@@ -6,8 +6,8 @@ import { performance } from "node:perf_hooks";
 import tls from "node:tls";
 import type { LimitsConfig, OutboundConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
-import type { CredentialStore, Credentials } from "../credentials/index.ts";
-import { PeerIdentityCache } from "../identity/index.ts";
+import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
+import { type DenyList, PeerIdentityCache } from "../identity/index.ts";
 import { filterRequestHeaders, forward, rawErrorResponse, sendError } from "../proxy/index.ts";
 import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
@@ -19,6 +19,8 @@ export interface OutboundOptions {
   limits: LimitsConfig;
   store: CredentialStore;
   trustDomain: string;
+  /** `identity.deny`: an upstream presenting a listed certificate is refused (502 upstream_tls_error, revoked). */
+  denyList: DenyList;
   observer: TrafficObserver;
 }
 
@@ -28,6 +30,8 @@ export function clientContext(credentials: Credentials): tls.SecureContext {
     cert: credentials.chainPem,
     key: credentials.keyPem,
     ca: credentials.bundlePem,
+    // An upstream's certificate is checked against identity.crl exactly as a peer's is inbound.
+    ...crlOption(credentials),
     minVersion: "TLSv1.3",
   });
 }
@@ -52,6 +56,7 @@ export class OutboundListener {
           config: upstream,
           context,
           peers,
+          denyList: options.denyList,
           connectTimeoutMs: limits.handshakeTimeout,
           idleTimeoutMs: limits.keepAliveTimeout,
           onFailure: this.#onHandshakeFailure,

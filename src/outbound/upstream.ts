@@ -2,7 +2,7 @@
 import type tls from "node:tls";
 import { Pool } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
-import type { PeerIdentityCache } from "../identity/index.ts";
+import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
 import type { FailureInterpreter } from "../proxy/index.ts";
 import { mtlsConnector, type UpstreamHandshakeFailure } from "./connector.ts";
 import { upstreamFailures } from "./failures.ts";
@@ -21,6 +21,8 @@ export interface UpstreamOptions {
   /** Our client SecureContext for the current credential version. */
   context: tls.SecureContext;
   peers: PeerIdentityCache;
+  /** `identity.deny`: a listed server certificate is refused as revoked. */
+  denyList: DenyList;
   /** TCP connect plus TLS handshake must finish within this many ms. */
   connectTimeoutMs: number;
   /** Idle pooled connections close after this many ms (sooner when the upstream announces a shorter one). */
@@ -109,6 +111,7 @@ export class Upstream {
         identity: config.identity,
         context,
         peers: this.#options.peers,
+        denyList: this.#options.denyList,
         timeoutMs: this.#options.connectTimeoutMs,
         onHandshake: (resumed) => {
           if (resumed) this.handshakes.resumed++;

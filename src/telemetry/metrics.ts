@@ -16,6 +16,8 @@ const DURATION_BUCKETS = [
 ];
 
 const OTHER = "other";
+/** Permissive-mode plaintext callers: always their own label, so they can never hide in `other`. */
+const UNAUTHENTICATED = "unauthenticated";
 
 export class Metrics implements TrafficObserver {
   readonly registry = new Registry();
@@ -109,7 +111,7 @@ export class Metrics implements TrafficObserver {
 
   /** Caps distinct identity label values: the first N seen keep their name, later ones read `other`. */
   identityLabel(identity: string): string {
-    if (this.#identities.has(identity)) return identity;
+    if (identity === UNAUTHENTICATED || this.#identities.has(identity)) return identity;
     if (this.#identities.size >= this.#maxIdentityLabels) return OTHER;
     this.#identities.add(identity);
     return identity;

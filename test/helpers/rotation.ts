@@ -3,9 +3,7 @@ import { mkdir, mkdtemp, readdir, readlink, rename, rm, symlink, writeFile } fro
 import path from "node:path";
 import tls from "node:tls";
 import { Pool } from "undici";
-import type { Issuer } from "../../src/pki/index.ts";
 import type { Sidecar } from "../../src/sidecar.ts";
-import { x509 } from "../../src/x509.ts";
 import { type HttpResponse, parseHttpResponse } from "./clients.ts";
 
 /** One version of a workload's files: leaf chain, key, trust bundle, and optionally CRLs. */
@@ -241,24 +239,4 @@ export function startLoad(
       return { total, failures };
     },
   };
-}
-
-/** A CRL signed by `issuer` (or by `signer`, to forge one), PEM-labelled "X509 CRL" as OpenSSL reads it. */
-export async function issueCrl(
-  issuer: Issuer,
-  options: { revokedSerials?: string[]; thisUpdate?: Date; nextUpdate?: Date; signer?: Issuer } = {},
-): Promise<string> {
-  const crl = await x509.X509CrlGenerator.create({
-    issuer: issuer.cert.subject,
-    thisUpdate: options.thisUpdate ?? new Date(Date.now() - 60_000),
-    nextUpdate: options.nextUpdate ?? new Date(Date.now() + 24 * 3600_000),
-    entries: (options.revokedSerials ?? []).map((serialNumber) => ({
-      serialNumber,
-      revocationDate: new Date(),
-    })),
-    signingKey: (options.signer ?? issuer).keys.privateKey,
-    signingAlgorithm: { name: "ECDSA", hash: "SHA-256" },
-  });
-  const base64 = Buffer.from(crl.rawData).toString("base64");
-  return `-----BEGIN X509 CRL-----\n${base64.match(/.{1,64}/g)!.join("\n")}\n-----END X509 CRL-----\n`;
 }
