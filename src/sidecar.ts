@@ -1,13 +1,29 @@
 // Composition root: builds every part from a Config, and starts and stops them in order.
+import type { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { DestinationStream } from "pino";
-import { ConfigError, type LoadedConfig } from "./config/index.ts";
-import { CredentialStore, loadCredentials } from "./credentials/index.ts";
+import type { LoadedConfig } from "./config/index.ts";
+import {
+  CredentialReloader,
+  CredentialStore,
+  ExpiryMonitor,
+  loadCredentials,
+  RELOAD_TIMING,
+  type ReloadOutcome,
+  type ReloadStatus,
+} from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
-import { InboundListener } from "./inbound/index.ts";
+import { DenyList } from "./identity/index.ts";
+import { InboundListener, type InboundStats } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
-import { Policy } from "./policy/index.ts";
+import type { Policy } from "./policy/index.ts";
+import {
+  compileConfigPolicy,
+  PolicyReloader,
+  type PolicyReloadOutcome,
+  type PolicyReloadTrigger,
+} from "./policy-reload.ts";
 import { Deadline, httpLimits } from "./proxy/index.ts";
 import {
   AdminServer,
@@ -15,7 +31,6 @@ import {
   type Logger,
   Metrics,
   Readiness,
-  type ReloadStatus,
   TrafficFanout,
   TrafficLog,
   type TrafficObserver,
@@ -24,6 +39,15 @@ import {
 export interface SidecarOptions {
   /** Log destination; stdout by default. Tests pass a stream to read the lines. */
   logStream?: DestinationStream;
+  /**
+   * Where SIGHUP comes from (the process, for `mtlsd run`); each one reloads the credentials and the policy.
+   * Subscribed from the start, so a SIGHUP during startup is served once running instead of ending the process.
+   */
+  signals?: EventEmitter;
+  /** Reload the policy when the config file changes (`mtlsd run` does); SIGHUP works either way. */
+  watchConfig?: boolean;
+  /** The clock the certificate expiry warnings and override expiries read; tests move it. */
+  now?: () => Date;
 }
 
 export interface SidecarAddresses {
@@ -44,10 +68,11 @@ export class Sidecar {
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
   readonly #admin: AdminServer;
-  readonly #policy: Policy | undefined;
+  readonly #policyReloader: PolicyReloader | undefined;
+  readonly #reloader: CredentialReloader;
+  readonly #expiry: ExpiryMonitor;
+  readonly #signals: EventEmitter | undefined;
   #outboundAddresses: Record<string, AddressInfo> = {};
-  /** What /status reports as the last credential load; a credential reload overwrites it with its own outcome. */
-  #lastReload: ReloadStatus;
   /** Set by the first stop request; a later one can only bring it forward. */
   #deadline: Deadline | undefined;
   #stopping: Promise<void> | undefined;
@@ -57,11 +82,30 @@ export class Sidecar {
     logger: Logger,
     store: CredentialStore,
     policy: Policy | undefined,
+    options: SidecarOptions,
   ) {
     this.loaded = loaded;
     this.logger = logger;
     this.store = store;
     const { config } = loaded;
+    const { reload } = config.identity;
+    this.#reloader = new CredentialReloader({
+      files: config.identity,
+      trustDomain: config.identity.trustDomain,
+      store,
+      logger,
+      watch: reload.watch,
+      intervalMs: reload.interval,
+      onResult: (result) => this.metrics.credentialReloads.inc({ result }),
+    });
+    this.#expiry = new ExpiryMonitor({
+      store,
+      logger,
+      intervalMs: reload.interval,
+      ...(options.now ? { now: options.now } : {}),
+      lastReload: () => this.#reloader.status(),
+    });
+    this.#signals = options.signals;
     this.metrics = new Metrics(
       {
         certNotAfter: () => this.store.current.leaf.notAfter,
@@ -70,17 +114,25 @@ export class Sidecar {
       { maxIdentityLabels: config.metrics.maxIdentityLabels },
     );
     this.observer = new TrafficFanout([new TrafficLog(logger), this.metrics]);
-    this.#policy = policy;
-    this.#lastReload = { at: store.current.loadedAt.toISOString(), result: "success", error: null };
+    const denyList = new DenyList(config.identity.deny);
     if (config.inbound && policy) {
-      this.#inbound = new InboundListener({
+      const inbound = new InboundListener({
         config: config.inbound,
         limits: config.limits,
         store,
         policy,
         trustDomain: config.identity.trustDomain,
+        denyList,
         logger,
         observer: this.observer,
+      });
+      this.#inbound = inbound;
+      this.#policyReloader = new PolicyReloader({
+        running: loaded,
+        policy,
+        apply: (next) => inbound.setPolicy(next),
+        logger,
+        ...(options.now ? { now: millisecondsOf(options.now) } : {}),
       });
     }
     if (config.outbound) {
@@ -89,6 +141,7 @@ export class Sidecar {
         limits: config.limits,
         store,
         trustDomain: config.identity.trustDomain,
+        denyList,
         observer: this.observer,
         logger,
       });
@@ -97,6 +150,7 @@ export class Sidecar {
       certificate: () => this.store.current.leaf,
       listeners: () => this.#listening(),
       app: config.inbound ? appAddress(config.inbound.app) : undefined,
+      ...(options.now ? { now: options.now } : {}),
     });
     this.#admin = new AdminServer({
       listen: config.admin.listen,
@@ -107,8 +161,9 @@ export class Sidecar {
       draining: () => this.draining,
       status: {
         credentials: () => this.store.current,
-        policy: () => this.#policy,
-        reload: () => this.#lastReload,
+        // Read at request time: the policy in force after any reload, the last credential reload's outcome.
+        policy: () => this.policy,
+        reload: () => this.#reloader.status(),
         upstreams: () => this.upstreamStats(),
       },
     });
@@ -119,21 +174,55 @@ export class Sidecar {
    * bad config starts nothing; then listens. Throws MtlsdError; `code` tells config problems from runtime ones.
    */
   static async start(loaded: LoadedConfig, options: SidecarOptions = {}): Promise<Sidecar> {
-    const { config } = loaded;
-    const policy = config.inbound ? compilePolicy(loaded) : undefined;
-    const credentials = await loadCredentials(config.identity, { trustDomain: config.identity.trustDomain });
-    const logger = createLogger({
-      level: config.log.level,
-      ...(options.logStream ? { stream: options.logStream } : {}),
-    });
-    const sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy);
+    // SIGHUP's default action ends the process: one that arrives while starting is held and served once
+    // running, since the files may have changed after they were read.
+    let heldSighup = false;
+    const hold = (): void => {
+      heldSighup = true;
+    };
+    options.signals?.on("SIGHUP", hold);
+    let sidecar: Sidecar;
     try {
-      await sidecar.#listen();
-    } catch (error) {
-      await sidecar.stop();
-      throw error;
+      const { config } = loaded;
+      const now = options.now ? millisecondsOf(options.now) : undefined;
+      const policy = config.inbound ? compileConfigPolicy(loaded, now) : undefined;
+      const credentials = await loadCredentials(config.identity, {
+        trustDomain: config.identity.trustDomain,
+      });
+      const logger = createLogger({
+        level: config.log.level,
+        ...(options.logStream ? { stream: options.logStream } : {}),
+      });
+      sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options);
+      try {
+        await sidecar.#listen(options.watchConfig === true);
+      } catch (error) {
+        await sidecar.stop();
+        throw error;
+      }
+    } finally {
+      options.signals?.off("SIGHUP", hold);
     }
+    options.signals?.on("SIGHUP", sidecar.#onSighup);
+    if (heldSighup) sidecar.#onSighup();
     return sidecar;
+  }
+
+  /** The policy requests are decided by now; undefined without an inbound section. */
+  get policy(): Policy | undefined {
+    return this.#policyReloader?.policy;
+  }
+
+  /**
+   * Re-reads the config file and, if it validates, swaps in its `inbound.policy`; other settings need a
+   * restart (the log line names any that changed). A bad config keeps the current policy. Never throws.
+   */
+  reloadPolicy(trigger: PolicyReloadTrigger = "request"): PolicyReloadOutcome | undefined {
+    if (!this.#policyReloader) {
+      this.logger.info({ trigger }, "no inbound policy to reload; config changes need a restart");
+      return undefined;
+    }
+    return this.#policyReloader.reload(trigger);
   }
 
   addresses(): SidecarAddresses {
@@ -152,6 +241,11 @@ export class Sidecar {
     return addresses;
   }
 
+  /** Accepted TLS connections on the inbound listener; undefined without one. */
+  inboundStats(): InboundStats | undefined {
+    return this.#inbound?.stats();
+  }
+
   upstreamStats(): Record<string, UpstreamStats> {
     return this.#outbound?.stats() ?? {};
   }
@@ -168,7 +262,32 @@ export class Sidecar {
     return listening;
   }
 
-  async #listen(): Promise<void> {
+  /** The last credential reload that did something (startup counts), for /status. */
+  reloadStatus(): ReloadStatus {
+    return this.#reloader.status();
+  }
+
+  /** Re-reads the credential files now, as SIGHUP does; resolves once the new version is in use or refused. */
+  reloadCredentials(): Promise<ReloadOutcome> {
+    return this.#reloader.reload("request");
+  }
+
+  /** SIGHUP, as nginx and ghostunnel treat it: re-read everything that can change without a restart. */
+  readonly #onSighup = (): void => {
+    if (this.draining) {
+      // Still subscribed so that a SIGHUP during the drain cannot end the process; there is nothing to reload.
+      this.logger.info({ signal: "SIGHUP" }, "draining: reload ignored");
+      return;
+    }
+    this.logger.info(
+      { signal: "SIGHUP" },
+      this.#policyReloader ? "reloading credentials and policy" : "reloading credentials",
+    );
+    void this.#reloader.reload("signal");
+    this.#policyReloader?.reload("signal");
+  };
+
+  async #listen(watchConfig: boolean): Promise<void> {
     const addresses: Record<string, string> = {};
     if (this.#inbound) {
       const address = await listenOrExplain("inbound.listen", () => this.#inbound!.listen());
@@ -183,6 +302,15 @@ export class Sidecar {
     }
     const admin = await listenOrExplain("admin.listen", () => this.#admin.listen());
     addresses.admin = `${admin.address}:${admin.port}`;
+    // Before "mtlsd started": whoever waits for that line may change the config file right after it.
+    this.#policyReloader?.start();
+    // The config file is watched like the credential files: same debounce, same polling backstop.
+    if (watchConfig) {
+      this.#policyReloader?.watch({
+        debounceMs: RELOAD_TIMING.debounceMs,
+        pollMs: this.loaded.config.identity.reload.interval,
+      });
+    }
     const credentials = this.store.current;
     this.logger.info(
       {
@@ -190,10 +318,15 @@ export class Sidecar {
         trust_domain: credentials.trustDomain,
         cert_not_after: credentials.leaf.notAfter.toISOString(),
         listeners: addresses,
+        // Permissive serves plaintext: the one line every operator reads at startup should say so.
+        ...(this.loaded.config.inbound ? { inbound_mode: this.loaded.config.inbound.mode } : {}),
+        ...(this.loaded.config.identity.crl ? { crl: this.loaded.config.identity.crl } : {}),
         config: this.loaded.file,
       },
       "mtlsd started",
     );
+    this.#reloader.start();
+    this.#expiry.start();
   }
 
   /**
@@ -216,6 +349,11 @@ export class Sidecar {
 
   async #drainAndStop(deadline: Deadline, drainTimeoutMs: number): Promise<void> {
     const started = performance.now();
+    // Nothing is reloaded during a drain: the watchers, the polling and expiry timers stop now, so none of
+    // them keeps the process alive once the drain is over.
+    this.#policyReloader?.close();
+    this.#reloader.close();
+    this.#expiry.close();
     if (drainTimeoutMs > 0) {
       this.logger.info(
         {
@@ -236,6 +374,8 @@ export class Sidecar {
     if (drainTimeoutMs > 0 && summary.cut > 0) {
       this.logger.warn(summary, "drain deadline reached: connections still open were cut");
     }
+    // Last: until now a SIGHUP during the drain was answered (ignored) instead of ending the process.
+    this.#signals?.off("SIGHUP", this.#onSighup);
     this.logger.info(summary, "mtlsd stopped");
     this.logger.flush();
   }
@@ -247,18 +387,9 @@ function appAddress(app: string): { host: string; port: number } {
   return { host: url.hostname.replace(/^\[(.*)\]$/, "$1"), port: Number(url.port || 80) };
 }
 
-function compilePolicy(loaded: LoadedConfig): Policy {
-  try {
-    return new Policy(loaded.config.inbound!.policy);
-  } catch (error) {
-    if (error instanceof MtlsdError && error.code === "POLICY_INVALID") {
-      const [path, ...rest] = error.message.split(": ");
-      throw new ConfigError(loaded.file, [
-        { path: path ?? "inbound.policy", expected: "a valid policy", found: rest.join(": ") },
-      ]);
-    }
-    throw error;
-  }
+/** The policy counts override lifetimes in epoch milliseconds; the sidecar's one clock speaks Date. */
+function millisecondsOf(now: () => Date): () => number {
+  return () => now().getTime();
 }
 
 async function listenOrExplain<T>(field: string, listen: () => Promise<T>): Promise<T> {

@@ -165,8 +165,8 @@ t.test(
     t.equal(status.policy.rules, 2, "dry-run rules count as rules");
     t.match(status.policy.sha256, /^[0-9a-f]{64}$/);
     t.equal(status.policy.sha256, new Policy(sidecar.sidecar.loaded.config.inbound!.policy).sha256);
-    t.same(Object.keys(status.reload).sort(), ["at", "error", "result"]);
-    t.match(status.reload, { result: "success", error: null });
+    t.same(Object.keys(status.reload).sort(), ["at", "error", "result", "trigger"]);
+    t.match(status.reload, { result: "success", trigger: "startup", error: null });
     t.ok(Date.parse(status.reload.at) <= Date.now(), "the startup load, in the past");
     t.same(status.upstreams, {
       payments: {
@@ -244,7 +244,7 @@ t.test("the credentials check fails once the certificate has expired, and before
     new Readiness({
       certificate: () => ({ notBefore, notAfter }),
       listeners: () => ({ "inbound.listen": true }),
-      now: () => Date.parse(at),
+      now: () => new Date(at),
     });
   const [during] = await readiness("2026-01-15T00:00:00Z").check();
   t.match(during, { name: "credentials", ok: true });

@@ -146,10 +146,13 @@ t.test("defaults fill in what the file leaves out, durations in ms and sizes in 
     listen: "0.0.0.0:15006",
     app: "http://127.0.0.1:8080",
     appTimeout: 30_000,
+    mode: "strict",
     minTLSVersion: "TLSv1.3",
     xfcc: "sanitize_set",
-    policy: { default: "deny", rules: [] },
+    policy: { default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 },
   });
+  t.same(config.identity.deny, { serials: [], spiffeIds: [] });
+  t.equal(config.identity.crl, undefined, "no CRL unless one is named");
   t.same(config.limits, {
     maxConnections: 10_000,
     maxHeaderSize: 16_384,

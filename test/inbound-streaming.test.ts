@@ -11,10 +11,12 @@ import { memoryOf, spawnSidecar } from "./helpers/process.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 100 * MiB;
-// Streaming means memory does not follow body size: after the first 100 MiB each way (buffers, GC slack),
-// three times as much more must leave the peak nearly where it was.
-const MAX_FIRST_GROWTH = 96 * MiB;
-const MAX_FURTHER_GROWTH = 24 * MiB;
+// Streaming means memory does not follow body size: the first 100 MiB each way may grow the peak (buffers, GC
+// slack), and four times as much in all must keep it under the same bound. When V8 grows its heap is its own
+// choice: measured on main and here, the peak settles about 70-80 MiB above the baseline, reached either
+// within the first 200 MiB or only during the next 600 MiB (48 + 30 MiB). So the bound is on the total, not
+// on what the later phase adds; a sidecar that buffered bodies would pass it by hundreds of MiB.
+const MAX_GROWTH = 96 * MiB;
 
 t.test("large bodies stream through the inbound sidecar in both directions", async (t) => {
   const pki = await createTestPki();
@@ -89,16 +91,17 @@ t.test("large bodies stream through the inbound sidecar in both directions", asy
 
   t.test("the sidecar's peak memory grew by much less than the bodies", async (t) => {
     const growth = afterFirst.peak - baseline.peak;
-    t.ok(growth < MAX_FIRST_GROWTH, `peak RSS grew by ${(growth / MiB).toFixed(1)} MiB for 200 MiB moved`);
+    t.ok(growth < MAX_GROWTH, `peak RSS grew by ${(growth / MiB).toFixed(1)} MiB for 200 MiB moved`);
   });
 
-  t.test("three times more data leaves the sidecar's peak memory flat", async (t) => {
+  t.test("three times more data keeps the sidecar's peak memory under the same bound", async (t) => {
     t.equal((await upload(3 * SIZE)).echoed.bodyBytes, 3 * SIZE);
     t.equal((await download(3 * SIZE)).received, 3 * SIZE);
-    const growth = (await memoryOf(sidecar.child.pid!)).peak - afterFirst.peak;
+    const peak = (await memoryOf(sidecar.child.pid!)).peak;
+    const growth = peak - baseline.peak;
     t.ok(
-      growth < MAX_FURTHER_GROWTH,
-      `peak RSS grew by a further ${(growth / MiB).toFixed(1)} MiB for 600 MiB more`,
+      growth < MAX_GROWTH,
+      `peak RSS grew by ${(growth / MiB).toFixed(1)} MiB in all for 800 MiB moved (${((peak - afterFirst.peak) / MiB).toFixed(1)} MiB of it in the last 600 MiB)`,
     );
   });
 });

@@ -1,14 +1,23 @@
 // The `mtlsd` command: parses the subcommand, dispatches, and turns outcomes into exit codes.
 import { readFileSync } from "node:fs";
 import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
-import { runCommand } from "./run.ts";
 
 export type { CliIo } from "./io.ts";
 
 const HELP = `mtlsd: a sidecar that wraps plain HTTP in mutual TLS with SPIFFE identities
 
 Usage:
-  mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml)
+  mtlsd demo [--keep]     a tour with nothing to set up: two apps, their sidecars, allowed and denied
+                          calls, connection reuse, a certificate rotation
+  mtlsd run [-c FILE]     run the sidecar (FILE defaults to $MTLSD_CONFIG, then ./mtlsd.yaml);
+                          SIGHUP reloads credentials and policy, a change of FILE reloads the policy
+  mtlsd check [-c FILE] [--peer HOST:PORT [--method M] [--path P]]
+                          validate config and credentials; with --peer, a live mTLS handshake
+  mtlsd policy explain [-c FILE] [--from ID] [--method M] --path P
+                          the decision for one request, the rule that made it, why the others did not match
+  mtlsd policy test [-c FILE] CASES.yaml
+                          check a table of expected decisions; exit 1 on any difference
+  mtlsd certs init|issue|inspect   a dev PKI, and a verdict on any certificate file (certs --help)
   mtlsd --version         print the version
   mtlsd --help            print this help
 
@@ -17,8 +26,14 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
 Docs: README.md; config reference: config/mtlsd.example.yaml and config/mtlsd.schema.json
 `;
 
+// Each command is loaded on use: `certs`, `check` and `--version` need neither the data path nor its
+// dependencies, and start in about half the time.
 const COMMANDS: Record<string, (args: string[], io: CliIo) => Promise<number>> = {
-  run: runCommand,
+  run: async (args, io) => (await import("./run.ts")).runCommand(args, io),
+  certs: async (args, io) => (await import("./certs.ts")).certsCommand(args, io),
+  check: async (args, io) => (await import("./check.ts")).checkCommand(args, io),
+  demo: async (args, io) => (await import("./demo.ts")).demoCommand(args, io),
+  policy: async (args, io) => (await import("./policy.ts")).policyCommand(args, io),
 };
 
 export function version(): string {

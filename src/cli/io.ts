@@ -4,7 +4,7 @@ export interface CliIo {
   stderr: NodeJS.WritableStream;
   env: NodeJS.ProcessEnv;
   cwd: string;
-  /** Where SIGTERM and SIGINT are emitted (the process by default): the first drains, a second exits at once. */
+  /** Where SIGTERM/SIGINT (drain and stop; a second one exits at once) and SIGHUP (reload credentials and policy) come from; the process by default. */
   signals?: NodeJS.EventEmitter;
 }
 

@@ -123,10 +123,45 @@ const policyRule = s.object({
   dryRun: s.boolean().default(false).describe("Evaluate and log a shadow decision, never enforce."),
 });
 
+const policyOverride = s.object({
+  from: s
+    .array(spiffeIdPattern(), 1)
+    .describe('Who the exception is for: SPIFFE IDs, "prefix*", "*suffix" or "*"; required.'),
+  to: s.array(policyTo, 1).optional().describe("Operations it allows; absent = every request."),
+  reason: s
+    .string({ expected: "why the exception exists, like an incident ticket", minLength: 1 })
+    .describe("Logged with every request the override allows."),
+  approvedBy: s
+    .string({ expected: "who approved the exception, like alice@example.org", minLength: 1 })
+    .describe("Logged with every request the override allows."),
+  expires: s
+    .timestamp()
+    .describe(
+      "Required; at most overridesMaxLifetime ahead. Once passed, the override is ignored (and logged once).",
+    ),
+});
+
 const policy = s.object({
   default: s.enum("deny", "allow").default("deny").describe("Decision when no rule matches."),
   rules: s.array(policyRule).default([]),
+  overrides: s
+    .array(policyOverride)
+    .default([])
+    .describe(
+      "Break-glass allows for an outage: time-boxed, each use logged at warn with the approver. A deny rule still wins.",
+    ),
+  overridesMaxLifetime: s
+    .duration(60_000, 30 * 86_400_000)
+    .default(86_400_000)
+    .describe("A config whose override expires further ahead than this is refused."),
 });
+
+/** A certificate serial number in hex, with or without colons, as `openssl x509 -serial` or browsers print it. */
+const certificateSerial = () =>
+  s.string({
+    expected: "a certificate serial number in hex, like 5c1867faaa7baa80 or 5C:18:67:FA:AA:7B:AA:80",
+    pattern: /^(?:[0-9a-fA-F]+|[0-9a-fA-F]{1,2}(?::[0-9a-fA-F]{1,2})*)$/,
+  });
 
 export const configSchema = s.object({
   identity: s
@@ -134,12 +169,47 @@ export const configSchema = s.object({
       cert: file("this workload's certificate: PEM leaf, then intermediates"),
       key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)"),
       trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)"),
+      crl: file("certificate revocation lists (PEM X509 CRL blocks, one per CA)")
+        .optional()
+        .describe(
+          "PEM CRLs, checked for every certificate in a peer's chain: one from each CA, the root's too (it may be empty); each signed by a CA in the trust bundle (or an intermediate in cert) and current. Reloaded like the rest.",
+        ),
+      deny: s
+        .object({
+          serials: s
+            .array(certificateSerial())
+            .default([])
+            .describe("Certificate serial numbers to refuse, from any issuer."),
+          spiffeIds: s
+            .array(spiffeId())
+            .default([])
+            .describe("SPIFFE IDs to refuse, whatever certificate they hold."),
+        })
+        .default({ serials: [], spiffeIds: [] })
+        .describe("Emergency revocation without a CRL: matching peers and upstreams are refused as revoked."),
       trustDomain: s
         .string({
           expected: "a SPIFFE trust domain like example.org (lowercase letters, digits, . _ -)",
           check: (value) => (isValidTrustDomain(value) ? undefined : "not a valid trust domain"),
         })
         .describe("Peers and this workload must have SPIFFE IDs in this trust domain."),
+      reload: s
+        .object({
+          watch: s
+            .boolean()
+            .default(true)
+            .describe(
+              "Watch the directories holding these files (Kubernetes secret volumes, in-place rewrites); SIGHUP always reloads.",
+            ),
+          interval: s
+            .duration(100, 86_400_000)
+            .default(30_000)
+            .describe(
+              "Polling backstop: the files are re-read (and the certificate's expiry checked) this often.",
+            ),
+        })
+        .default({ watch: true, interval: 30_000 })
+        .describe("How rotated credentials are picked up; each version is validated before it is used."),
     })
     .describe(
       "This workload's credentials. Relative paths are resolved against the config file's directory.",
@@ -154,12 +224,18 @@ export const configSchema = s.object({
         .duration()
         .default(30_000)
         .describe("No response head from the app within this time: 504 upstream_timeout."),
+      mode: s
+        .enum("strict", "permissive")
+        .default("strict")
+        .describe(
+          "strict: mTLS only, plaintext gets 400. permissive: plaintext too on the same port, as unauthenticated.",
+        ),
       minTLSVersion: s.enum("TLSv1.3", "TLSv1.2").default("TLSv1.3"),
       xfcc: s
         .enum("sanitize_set", "append_forward", "sanitize", "forward_only")
         .default("sanitize_set")
         .describe("How X-Forwarded-Client-Cert is set for the app (Envoy's modes)."),
-      policy: policy.default({ default: "deny", rules: [] }),
+      policy: policy.default({ default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 }),
     })
     .optional()
     .describe("Accept mTLS from peers, authorize, forward to the app."),
@@ -221,7 +297,7 @@ export const configSchema = s.object({
       keepAliveTimeout: s
         .duration()
         .default(60_000)
-        .describe("Idle client connections are closed after this."),
+        .describe("Idle connections are closed after this: client connections and pooled upstream ones."),
       drainTimeout: s
         .duration(0)
         .default(30_000)
@@ -263,6 +339,7 @@ export const configSchema = s.object({
 
 export type Config = Infer<typeof configSchema>;
 export type IdentityConfig = Config["identity"];
+export type DenyConfig = IdentityConfig["deny"];
 export type InboundConfig = NonNullable<Config["inbound"]>;
 export type LimitsConfig = Config["limits"];
 export type OutboundConfig = NonNullable<Config["outbound"]>;

@@ -3,6 +3,7 @@ export {
   type AdminConfig,
   type Config,
   configSchema,
+  type DenyConfig,
   type IdentityConfig,
   type InboundConfig,
   type LimitsConfig,
@@ -10,7 +11,7 @@ export {
   parseHostPort,
   type UpstreamConfig,
 } from "./config-schema.ts";
-export { ConfigError, type LoadedConfig, loadConfigFile, parseConfig } from "./load.ts";
+export { ConfigError, type LoadedConfig, loadConfigFile, type ParseOptions, parseConfig } from "./load.ts";
 export { formatByteSize, formatDuration, parseByteSize, parseDuration } from "./schema.ts";
 
 import { configSchema } from "./config-schema.ts";

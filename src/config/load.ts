@@ -35,7 +35,12 @@ export interface LoadedConfig {
   text: string;
 }
 
-export function loadConfigFile(file: string): LoadedConfig {
+export interface ParseOptions {
+  /** Milliseconds since the epoch that time-boxed settings (policy overrides) are checked against; default now. */
+  now?: number;
+}
+
+export function loadConfigFile(file: string, options: ParseOptions = {}): LoadedConfig {
   const absolute = path.resolve(file);
   let text: string;
   try {
@@ -47,14 +52,14 @@ export function loadConfigFile(file: string): LoadedConfig {
       cause: error,
     });
   }
-  return parseConfig(text, absolute);
+  return parseConfig(text, absolute, options);
 }
 
 /**
  * Parses config text. Relative file paths inside resolve against the directory of `file`,
  * so a config and its certificates can move together.
  */
-export function parseConfig(text: string, file: string): LoadedConfig {
+export function parseConfig(text: string, file: string, options: ParseOptions = {}): LoadedConfig {
   const lineCounter = new LineCounter();
   const document = parseDocument(text, {
     lineCounter,
@@ -95,7 +100,7 @@ export function parseConfig(text: string, file: string): LoadedConfig {
   }
   const issues: Issue[] = [];
   const parsed = configSchema.read(value, "", issues);
-  if (parsed !== INVALID) issues.push(...crossFieldIssues(parsed));
+  if (parsed !== INVALID) issues.push(...crossFieldIssues(parsed, options.now ?? Date.now()));
   if (issues.length > 0) {
     throw new ConfigError(
       file,
@@ -107,11 +112,12 @@ export function parseConfig(text: string, file: string): LoadedConfig {
   for (const key of ["cert", "key", "trustBundle"] as const) {
     config.identity[key] = path.resolve(base, config.identity[key]);
   }
+  if (config.identity.crl !== undefined) config.identity.crl = path.resolve(base, config.identity.crl);
   return { config, file, text };
 }
 
 /** Rules that involve more than one field. */
-function crossFieldIssues(config: Config): Issue[] {
+function crossFieldIssues(config: Config, now: number): Issue[] {
   const issues: Issue[] = [];
   if (!config.inbound && !config.outbound) {
     issues.push({
@@ -131,6 +137,18 @@ function crossFieldIssues(config: Config): Issue[] {
       });
     } else seen.set(rule.name, index);
   });
+  if (config.inbound) issues.push(...overrideLifetimeIssues(config.inbound.policy, now));
+  for (const [name, upstream] of Object.entries(config.outbound?.upstreams ?? {})) {
+    // The schema already checked the SPIFFE ID's syntax: its trust domain is what follows the scheme.
+    const domain = upstream.identity.slice("spiffe://".length).split("/")[0];
+    if (domain !== config.identity.trustDomain) {
+      issues.push({
+        path: `outbound.upstreams.${name}.identity`,
+        expected: `a SPIFFE ID in identity.trustDomain (spiffe://${config.identity.trustDomain}/...): servers outside it are always refused`,
+        found: `"${upstream.identity}"`,
+      });
+    }
+  }
   const listeners: [string, string][] = [];
   if (config.inbound) listeners.push(["inbound.listen", config.inbound.listen]);
   if (config.outbound) {
@@ -159,6 +177,31 @@ function crossFieldIssues(config: Config): Issue[] {
     });
   }
   return issues;
+}
+
+/**
+ * A break-glass override must end soon: one that expires further ahead than `overridesMaxLifetime` is refused,
+ * so a forgotten exception cannot quietly become policy. One already expired is accepted (the sidecar ignores
+ * it and says so), so that a config does not break on its own when the clock passes an override.
+ */
+function overrideLifetimeIssues(policy: NonNullable<Config["inbound"]>["policy"], now: number): Issue[] {
+  const max = policy.overridesMaxLifetime;
+  const issues: Issue[] = [];
+  policy.overrides.forEach((override, index) => {
+    const ahead = override.expires.getTime() - now;
+    if (ahead <= max) return;
+    issues.push({
+      path: `inbound.policy.overrides[${index}].expires`,
+      expected: `a time at most ${formatDuration(max)} from now (inbound.policy.overridesMaxLifetime), so no later than ${new Date(now + max).toISOString()}`,
+      found: `${override.expires.toISOString()}, ${describeAhead(ahead)} from now`,
+    });
+  });
+  return issues;
+}
+
+function describeAhead(ms: number): string {
+  const hours = ms / 3_600_000;
+  return hours >= 48 ? `${(hours / 24).toFixed(1)} days` : `${hours.toFixed(1)} hours`;
 }
 
 /** The field path (`inbound.listen`) of the deepest key or item whose source holds `offset`. */

@@ -244,8 +244,9 @@ export function parseDuration(text: string): number | undefined {
 }
 
 export function formatDuration(ms: number): string {
+  // A day reads better as 24h (as DESIGN.md writes overridesMaxLifetime); days start at 48h.
   for (const [unit, size] of [
-    ["d", 86_400_000],
+    ["d", ms >= 2 * 86_400_000 ? 86_400_000 : Number.POSITIVE_INFINITY],
     ["h", 3_600_000],
     ["m", 60_000],
     ["s", 1000],
@@ -330,10 +331,12 @@ export class ByteSizeSchema extends Schema<number> {
   }
 }
 
+const TIMESTAMP_EXPECTED = "an RFC 3339 timestamp with a time zone, like 2026-11-24T18:00:00Z";
+
 /** An ISO 8601 timestamp with a time zone (`2026-11-24T18:00:00Z`); read as a Date. */
 export class TimestampSchema extends Schema<Date> {
   read(value: unknown, path: string, issues: Issue[]): Date | Invalid {
-    const expected = "an RFC 3339 timestamp with a time zone, like 2026-11-24T18:00:00Z";
+    const expected = TIMESTAMP_EXPECTED;
     if (value instanceof Date && !Number.isNaN(value.getTime())) return value;
     if (
       typeof value === "string" &&
@@ -516,6 +519,7 @@ function describeExpected(schema: Schema<unknown>): string {
   if (schema instanceof ArraySchema) return "a list";
   if (schema instanceof RecordSchema) return "a mapping of names";
   if (schema instanceof EnumSchema) return `one of ${schema.values.join(" | ")}`;
+  if (schema instanceof TimestampSchema) return TIMESTAMP_EXPECTED;
   return "a value";
 }
 

@@ -1,15 +1,18 @@
 // Turns the ways a peer can fail certificate checks into the stable reasons logs and metrics use.
 
 /** Reasons a peer's TLS connection is refused (DESIGN.md: log `reason`, metric label). */
-export type HandshakeFailureReason =
-  | "no_client_cert"
-  | "cert_expired"
-  | "cert_not_yet_valid"
-  | "unknown_ca"
-  | "bad_svid"
-  | "revoked"
-  | "wrong_trust_domain"
-  | "tls_protocol";
+export const HANDSHAKE_FAILURE_REASONS = [
+  "no_client_cert",
+  "cert_expired",
+  "cert_not_yet_valid",
+  "unknown_ca",
+  "bad_svid",
+  "revoked",
+  "wrong_trust_domain",
+  "tls_protocol",
+] as const;
+
+export type HandshakeFailureReason = (typeof HANDSHAKE_FAILURE_REASONS)[number];
 
 // OpenSSL X509_V_ERR_* names, as Node reports them in `authorizationError` / `err.code`.
 const VERIFY_ERROR_REASONS: Record<string, HandshakeFailureReason> = {
@@ -43,10 +46,23 @@ const VERIFY_ERROR_TEXT: Partial<Record<HandshakeFailureReason, string>> = {
   revoked: "certificate is revoked",
 };
 
+// Revocation checking fails closed: when OpenSSL cannot tell whether a certificate is revoked, it is refused as
+// `revoked`, and the detail says which part of the CRL setup is missing, since that is ours to fix, not the peer's.
+const CRL_ERROR_TEXT: Record<string, string> = {
+  UNABLE_TO_GET_CRL:
+    "revocation status unknown: identity.crl has no CRL from an issuer in the chain (every CA needs one, the root's too)",
+  CRL_HAS_EXPIRED:
+    "revocation status unknown: a CRL in identity.crl is past its nextUpdate; install a fresh one",
+  CRL_NOT_YET_VALID: "revocation status unknown: a CRL in identity.crl is not valid yet (check the clock)",
+  CRL_SIGNATURE_FAILURE: "revocation status unknown: a CRL in identity.crl has a bad signature",
+  UNABLE_TO_GET_CRL_ISSUER: "revocation status unknown: the issuer of a CRL in identity.crl is not trusted",
+};
+
 /** Classifies an OpenSSL verification error code; unknown codes count as a bad certificate, never as success. */
 export function classifyVerifyError(code: string): { reason: HandshakeFailureReason; detail: string } {
   const reason = VERIFY_ERROR_REASONS[code] ?? (code.includes("CRL") ? "revoked" : "bad_svid");
-  return { reason, detail: `${VERIFY_ERROR_TEXT[reason] ?? "certificate rejected"} (${code})` };
+  const text = CRL_ERROR_TEXT[code] ?? VERIFY_ERROR_TEXT[reason] ?? "certificate rejected";
+  return { reason, detail: `${text} (${code})` };
 }
 
 /** Classifies an error thrown during the handshake itself (before any certificate decision). */

@@ -9,14 +9,25 @@ export type SvidCheck =
   | { ok: true; spiffeId: string; trustDomain: string; uris: string[]; dnsNames: string[] }
   | { ok: false; reason: "bad_svid" | "wrong_trust_domain"; detail: string; spiffeId?: string };
 
+/** One rule a certificate breaks, with the refusal reason it maps to. */
+export interface SvidProblem {
+  reason: "bad_svid" | "wrong_trust_domain";
+  detail: string;
+}
+
+/** Every rule a leaf breaks, in the order checkLeafSvid reports the first one; for `mtlsd certs inspect`. */
+export interface SvidReport {
+  /** The SPIFFE ID when the single URI SAN parses as one. */
+  spiffeId?: string;
+  uris: string[];
+  dnsNames: string[];
+  problems: SvidProblem[];
+}
+
 const SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
 const CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 
-/**
- * Checks a leaf against X509-SVID §4 and our trust domain. Identities are read only from URI-type SANs
- * parsed from ASN.1, never from a rendered string (the CVE-2021-44532 class of SAN-string injection).
- */
-export function checkLeafSvid(cert: x509.X509Certificate, role: SvidRole, trustDomain: string): SvidCheck {
+function sanNames(cert: x509.X509Certificate): { uris: string[]; dnsNames: string[] } {
   const uris: string[] = [];
   const dnsNames: string[] = [];
   const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
@@ -24,58 +35,47 @@ export function checkLeafSvid(cert: x509.X509Certificate, role: SvidRole, trustD
     if (name.type === "url") uris.push(name.value);
     else if (name.type === "dns") dnsNames.push(name.value);
   }
+  return { uris, dnsNames };
+}
+
+/**
+ * Checks a leaf against X509-SVID §4 and our trust domain and lists every problem. Identities are read only
+ * from URI-type SANs parsed from ASN.1, never from a rendered string (the CVE-2021-44532 class of SAN-string
+ * injection).
+ */
+export function svidProblems(cert: x509.X509Certificate, role: SvidRole, trustDomain: string): SvidReport {
+  const { uris, dnsNames } = sanNames(cert);
+  const problems: SvidProblem[] = [];
+  const bad = (detail: string) => problems.push({ reason: "bad_svid", detail });
+  let spiffeId: string | undefined;
+  let idTrustDomain: string | undefined;
   // §2: an X509-SVID MUST contain exactly one URI SAN.
   if (uris.length !== 1) {
-    return {
-      ok: false,
-      reason: "bad_svid",
-      detail: `has ${uris.length} URI SANs; an X509-SVID has exactly one (the SPIFFE ID)`,
-    };
-  }
-  const uri = uris[0]!;
-  const parsed = parseSpiffeId(uri);
-  if (!parsed.ok) {
-    return {
-      ok: false,
-      reason: "bad_svid",
-      detail: `URI SAN ${JSON.stringify(uri)} is not a SPIFFE ID: ${parsed.reason}`,
-    };
-  }
-  const spiffeId = parsed.id.uri;
-  if (parsed.id.path === "") {
-    return { ok: false, reason: "bad_svid", detail: `leaf SPIFFE ID ${spiffeId} has no path`, spiffeId };
+    bad(`has ${uris.length} URI SANs; an X509-SVID has exactly one (the SPIFFE ID)`);
+  } else {
+    const uri = uris[0]!;
+    const parsed = parseSpiffeId(uri);
+    if (!parsed.ok) bad(`URI SAN ${JSON.stringify(uri)} is not a SPIFFE ID: ${parsed.reason}`);
+    else {
+      spiffeId = parsed.id.uri;
+      idTrustDomain = parsed.id.trustDomain;
+      if (parsed.id.path === "") bad(`leaf SPIFFE ID ${spiffeId} has no path`);
+    }
   }
   // §4.1: a leaf MUST set cA to false.
   if (cert.getExtension(x509.BasicConstraintsExtension)?.ca) {
-    return {
-      ok: false,
-      reason: "bad_svid",
-      detail: "leaf has CA:TRUE; an X509-SVID leaf is not a CA",
-      spiffeId,
-    };
+    bad("leaf has CA:TRUE; an X509-SVID leaf is not a CA");
   }
   // §4.3: key usage MUST be present and critical, with digitalSignature and without keyCertSign or cRLSign.
   const keyUsage = cert.getExtension(x509.KeyUsagesExtension);
-  if (!keyUsage)
-    return { ok: false, reason: "bad_svid", detail: "leaf has no key usage extension", spiffeId };
-  if (!keyUsage.critical) {
-    return {
-      ok: false,
-      reason: "bad_svid",
-      detail: "leaf key usage extension is not marked critical",
-      spiffeId,
-    };
-  }
-  if (!(keyUsage.usages & x509.KeyUsageFlags.digitalSignature)) {
-    return { ok: false, reason: "bad_svid", detail: "leaf key usage lacks digitalSignature", spiffeId };
-  }
-  if (keyUsage.usages & (x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign)) {
-    return {
-      ok: false,
-      reason: "bad_svid",
-      detail: "leaf key usage allows keyCertSign or cRLSign",
-      spiffeId,
-    };
+  if (!keyUsage) bad("leaf has no key usage extension");
+  else {
+    if (!keyUsage.critical) bad("leaf key usage extension is not marked critical");
+    if (!(keyUsage.usages & x509.KeyUsageFlags.digitalSignature))
+      bad("leaf key usage lacks digitalSignature");
+    if (keyUsage.usages & (x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign)) {
+      bad("leaf key usage allows keyCertSign or cRLSign");
+    }
   }
   // §4.4: when present, extended key usage must allow the role the certificate plays here (CVE-2022-21657:
   // a proxy that skipped this accepted server-only certificates as client credentials).
@@ -85,19 +85,59 @@ export function checkLeafSvid(cert: x509.X509Certificate, role: SvidRole, trustD
     const needed =
       role === "own" ? [SERVER_AUTH, CLIENT_AUTH] : role === "client" ? [CLIENT_AUTH] : [SERVER_AUTH];
     for (const oid of needed) {
-      if (!usages.includes(oid)) {
-        const name = oid === SERVER_AUTH ? "serverAuth" : "clientAuth";
-        return { ok: false, reason: "bad_svid", detail: `extended key usage lacks ${name}`, spiffeId };
-      }
+      if (!usages.includes(oid))
+        bad(`extended key usage lacks ${oid === SERVER_AUTH ? "serverAuth" : "clientAuth"}`);
     }
   }
-  if (parsed.id.trustDomain !== trustDomain) {
-    return {
-      ok: false,
+  if (idTrustDomain !== undefined && idTrustDomain !== trustDomain) {
+    problems.push({
       reason: "wrong_trust_domain",
-      detail: `SPIFFE ID ${spiffeId} is in trust domain ${parsed.id.trustDomain}, expected ${trustDomain}`,
-      spiffeId,
-    };
+      detail: `SPIFFE ID ${spiffeId} is in trust domain ${idTrustDomain}, expected ${trustDomain}`,
+    });
   }
-  return { ok: true, spiffeId, trustDomain: parsed.id.trustDomain, uris, dnsNames };
+  return { ...(spiffeId === undefined ? {} : { spiffeId }), uris, dnsNames, problems };
+}
+
+/** Checks a leaf against X509-SVID §4 and our trust domain; the first problem decides, as a peer is refused for one. */
+export function checkLeafSvid(cert: x509.X509Certificate, role: SvidRole, trustDomain: string): SvidCheck {
+  const report = svidProblems(cert, role, trustDomain);
+  const first = report.problems[0];
+  if (first) {
+    return { ok: false, ...first, ...(report.spiffeId === undefined ? {} : { spiffeId: report.spiffeId }) };
+  }
+  return {
+    ok: true,
+    spiffeId: report.spiffeId!,
+    trustDomain,
+    uris: report.uris,
+    dnsNames: report.dnsNames,
+  };
+}
+
+/**
+ * The X509-SVID rules for a signing (CA) certificate (§3.2, §4.1, §4.3): cA true, key usage critical with
+ * keyCertSign, and a SPIFFE ID, when present, without a path. Returns every rule broken.
+ */
+export function signingCertProblems(cert: x509.X509Certificate): string[] {
+  const problems: string[] = [];
+  const constraints = cert.getExtension(x509.BasicConstraintsExtension);
+  if (!constraints?.ca)
+    problems.push("basic constraints do not say CA:TRUE, so it may not sign certificates");
+  else if (!constraints.critical)
+    problems.push("basic constraints extension is not marked critical (RFC 5280 §4.2.1.9)");
+  const keyUsage = cert.getExtension(x509.KeyUsagesExtension);
+  if (!keyUsage) problems.push("has no key usage extension");
+  else {
+    if (!keyUsage.critical) problems.push("key usage extension is not marked critical");
+    if (!(keyUsage.usages & x509.KeyUsageFlags.keyCertSign)) problems.push("key usage lacks keyCertSign");
+  }
+  for (const uri of sanNames(cert).uris) {
+    const parsed = parseSpiffeId(uri);
+    if (parsed.ok && parsed.id.path !== "") {
+      problems.push(
+        `SPIFFE ID ${uri} has a path; a signing certificate's SPIFFE ID is the trust domain alone`,
+      );
+    }
+  }
+  return problems;
 }

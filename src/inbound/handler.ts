@@ -113,6 +113,10 @@ function applyDecision(record: RequestRecord, decision: Decision): void {
   record.decision = decision.allow ? "allow" : "deny";
   record.rule = decision.rule;
   record.reason = decision.reason;
+  if (decision.override) {
+    const { reason, approvedBy, expires } = decision.override;
+    record.override = { reason, approvedBy, expires: expires.toISOString() };
+  }
   if (decision.shadow.length > 0) {
     record.shadow_hits = decision.shadow;
     record.shadow = decision.shadow.some((hit) => hit.result === "shadow_deny")

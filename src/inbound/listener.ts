@@ -7,10 +7,11 @@ import tls from "node:tls";
 import { Pool } from "undici";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
-import type { CredentialStore, Credentials } from "../credentials/index.ts";
+import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
 import {
   classifyTlsError,
   classifyVerifyError,
+  type DenyList,
   type HandshakeFailureReason,
   PeerIdentityCache,
 } from "../identity/index.ts";
@@ -33,6 +34,14 @@ import { formatXfccElement } from "./xfcc.ts";
 const TLS_HANDSHAKE_RECORD = 0x16;
 // How long a refused peer may keep the socket open to read our explanation before we cut it.
 const REFUSAL_LINGER_MS = 2000;
+/** Permissive mode: a plaintext connection has no peer, so the policy sees it as unauthenticated. */
+const PLAINTEXT_CONNECTION: InboundConnection = Object.freeze({ peer: null, xfcc: null, plaintext: true });
+
+/** TLS connections whose handshake completed (refused peers included), and how many resumed a session. */
+export interface InboundStats {
+  connections: number;
+  resumed: number;
+}
 
 export interface InboundOptions {
   config: InboundConfig;
@@ -40,13 +49,16 @@ export interface InboundOptions {
   store: CredentialStore;
   policy: Policy;
   trustDomain: string;
+  /** `identity.deny`: peers refused as revoked, checked on every connection (resumed ones too). */
+  denyList: DenyList;
   logger: Logger;
   observer: TrafficObserver;
 }
 
 /**
  * One TCP port, three layers: a net.Server that looks at the first byte (TLS or not), a tls.Server that is
- * fed connections and never listens itself, and an http.Server that is fed the verified TLS sockets.
+ * fed connections and never listens itself, and an http.Server that is fed the verified TLS sockets (and, in
+ * permissive mode, the plaintext ones).
  * Feeding the layers by hand lets us classify every refusal and explain it to the peer, which a plain
  * `https.Server` with `rejectUnauthorized` would turn into a silent disconnect.
  */
@@ -60,8 +72,10 @@ export class InboundListener {
   readonly #drain = new HttpDrain();
   /** Every accepted TCP connection, from accept to close. */
   readonly #sockets = new Set<net.Socket>();
+  readonly #stats: InboundStats = { connections: 0, resumed: 0 };
   #peers: PeerIdentityCache;
   #bundleSha256: string;
+  #crlPem: string | undefined;
   #ticketKeys: Buffer;
   #unsubscribe: () => void;
 
@@ -70,6 +84,7 @@ export class InboundListener {
     const { config, limits, store } = options;
     this.#peers = new PeerIdentityCache("client", options.trustDomain);
     this.#bundleSha256 = store.current.bundleSha256;
+    this.#crlPem = store.current.crlPem;
     this.#ticketKeys = randomBytes(48);
     this.#app = new Pool(config.app, { connections: null, pipelining: 1 });
     this.#handler = new InboundHandler({
@@ -145,6 +160,10 @@ export class InboundListener {
     return this.#net.address() as AddressInfo | null;
   }
 
+  stats(): InboundStats {
+    return { ...this.#stats };
+  }
+
   setPolicy(policy: Policy): void {
     this.#handler.policy = policy;
   }
@@ -171,6 +190,8 @@ export class InboundListener {
       cert: credentials.chainPem,
       key: credentials.keyPem,
       ca: credentials.bundlePem,
+      // With CRLs, OpenSSL checks every certificate of the peer's chain (see checkCrl in credentials/load.ts).
+      ...crlOption(credentials),
       minVersion: this.#options.config.minTLSVersion,
       // Session resumption with client certificates requires a session ID context.
       sessionIdContext: "mtlsd-inbound",
@@ -181,9 +202,11 @@ export class InboundListener {
   #onCredentials(next: Credentials): void {
     // A session ticket carries the old verification result: when trust changes, old tickets must not resume
     // (CVE-2022-21654), so the ticket keys change with the bundle; otherwise they stay and resumption survives.
-    if (next.bundleSha256 !== this.#bundleSha256) {
+    // A new CRL is a change of trust too: OpenSSL does not re-check revocation on a resumed session.
+    if (next.bundleSha256 !== this.#bundleSha256 || next.crlPem !== this.#crlPem) {
       this.#ticketKeys = randomBytes(48);
       this.#bundleSha256 = next.bundleSha256;
+      this.#crlPem = next.crlPem;
     }
     this.#tls.setSecureContext(this.#contextOptions(next));
   }
@@ -217,11 +240,22 @@ export class InboundListener {
       socket.unshift(chunk);
       if (chunk[0] === TLS_HANDSHAKE_RECORD) this.#tls.emit("connection", socket);
       else {
+        // Not TLS: the handshake deadline is over; a permissive plaintext connection is HTTP's to time from here.
         clearTimeout(pending.timer);
-        this.#refusePlaintext(socket);
+        if (this.#options.config.mode === "permissive") this.#acceptPlaintext(socket);
+        else this.#refusePlaintext(socket);
       }
     });
   };
+
+  /** Istio's PERMISSIVE: the first byte was not a TLS record, so serve HTTP without an identity. */
+  #acceptPlaintext(socket: net.Socket): void {
+    (socket as InboundSocket)[kConnection] = PLAINTEXT_CONNECTION;
+    this.#http.emit("connection", socket);
+    // The sniffed bytes wait in the socket's buffer, paused; the HTTP server reads new bytes straight from the
+    // handle, so let the buffered ones flow to it first (they are delivered before any later read).
+    socket.resume();
+  }
 
   #refusePlaintext(socket: net.Socket): void {
     this.#handshakeFailure(socket, "tls_protocol", "plaintext request on an mTLS port");
@@ -246,6 +280,8 @@ export class InboundListener {
         return;
       }
     }
+    this.#stats.connections++;
+    if (socket.isSessionReused()) this.#stats.resumed++;
     const certificate = socket.getPeerX509Certificate();
     if (!certificate) {
       this.#refuse(socket, "no_client_cert", "peer sent no client certificate");
@@ -262,6 +298,12 @@ export class InboundListener {
       return;
     }
     const peer = check.peer;
+    // On every connection, resumed ones too: a resumed session skips chain verification, not this check.
+    const denied = this.#options.denyList.check(peer);
+    if (denied.denied) {
+      this.#refuse(socket, "revoked", denied.detail, peer.spiffeId);
+      return;
+    }
     const connection: InboundConnection = {
       peer,
       xfcc: formatXfccElement({

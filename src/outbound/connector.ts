@@ -1,8 +1,23 @@
 // Opens mTLS connections to one upstream: our current client certificate, its SPIFFE ID checked, sessions resumed.
 import tls from "node:tls";
 import type { buildConnector } from "undici";
-import { classifyTlsError, type PeerIdentityCache } from "../identity/index.ts";
+import {
+  classifyTlsError,
+  type DenyList,
+  type HandshakeFailureReason,
+  type PeerCheck,
+  type PeerIdentityCache,
+} from "../identity/index.ts";
 import { IDENTITY_MISMATCH_CODE, UPSTREAM_TLS_CODE } from "../proxy/index.ts";
+
+/** Why a connection to an upstream was given up during or right after its handshake. */
+export interface UpstreamHandshakeFailure {
+  /** A handshake failure reason, or `upstream_identity_mismatch` for a valid SVID with another SPIFFE ID. */
+  reason: HandshakeFailureReason | "upstream_identity_mismatch";
+  detail: string;
+  /** The SPIFFE ID the server presented, when it presented a valid one. */
+  presented?: string;
+}
 
 export interface ConnectorOptions {
   upstream: string;
@@ -11,10 +26,14 @@ export interface ConnectorOptions {
   /** Built once per credential version: our chain and key, the trust bundle, TLS 1.3. */
   context: tls.SecureContext;
   peers: PeerIdentityCache;
+  /** `identity.deny`: a listed server certificate fails the handshake as revoked, like a CRL hit does. */
+  denyList: DenyList;
   /** TCP connect plus TLS handshake must finish within this many ms. */
   timeoutMs: number;
   /** Called after every successful handshake, to count how many were resumed. */
   onHandshake?: (resumed: boolean) => void;
+  /** Called once for each connection refused during or right after its handshake, by either side. */
+  onFailure?: (failure: UpstreamHandshakeFailure) => void;
 }
 
 /** An error whose `code` the forwarding engine maps to a reason. */
@@ -67,26 +86,40 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
     // Only tickets from a connection whose server passed the identity check are kept, so resuming one is
     // proof enough: a TLS 1.3 client sees no peer certificate on a resumed session, only the server that
     // holds the ticket key can complete it, and that server was verified when it issued the ticket.
+    // TLS 1.3 servers send tickets after the handshake, so they arrive after the check below has run.
     let verified = false;
-    let pendingTicket: Buffer | undefined;
     socket.on("session", (ticket: Buffer) => {
       if (verified) session = ticket;
-      else pendingTicket = ticket;
     });
     socket.once("secureConnect", () => {
       const resumed = socket.isSessionReused();
       if (!resumed) {
         const certificate = socket.getPeerX509Certificate();
-        const check = certificate
+        const check: PeerCheck = certificate
           ? options.peers.identify(certificate.raw)
-          : ({ ok: false, detail: "presented no certificate" } as const);
+          : { ok: false, reason: "bad_svid", detail: "presented no certificate" };
         if (!check.ok || check.peer.spiffeId !== options.identity) {
           session = undefined;
           const presented = check.ok ? check.peer.spiffeId : `no valid SPIFFE ID (${check.detail})`;
+          const detail = `${options.upstream} presented ${presented}, expected ${options.identity}`;
+          options.onFailure?.(
+            check.ok
+              ? { reason: "upstream_identity_mismatch", detail, presented }
+              : { reason: check.reason, detail, ...(check.spiffeId ? { presented: check.spiffeId } : {}) },
+          );
+          finish(new UpstreamError(IDENTITY_MISMATCH_CODE, detail), socket);
+          return;
+        }
+        // A revoked upstream is a TLS failure (what a CRL hit gives), not a mismatch: it is the expected identity.
+        // Counted and logged like any other outbound handshake failure, with reason revoked.
+        const denied = options.denyList.check(check.peer);
+        if (denied.denied) {
+          session = undefined;
+          options.onFailure?.({ reason: "revoked", detail: denied.detail });
           finish(
             new UpstreamError(
-              IDENTITY_MISMATCH_CODE,
-              `${options.upstream} presented ${presented}, expected ${options.identity}`,
+              UPSTREAM_TLS_CODE,
+              `TLS with ${options.upstream} failed: revoked: ${denied.detail}`,
             ),
             socket,
           );
@@ -94,28 +127,67 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
         }
       }
       verified = true;
-      if (pendingTicket) session = pendingTicket;
       options.onHandshake?.(resumed);
       finish(null, socket);
     });
+    let failed = false;
     socket.on("error", (error: Error & { code?: string }) => {
-      if (done) return;
-      if (isTlsFailure(error)) {
-        const { reason, detail } = classifyTlsError(error);
-        finish(
-          new UpstreamError(
-            UPSTREAM_TLS_CODE,
-            `TLS with ${options.upstream} failed: ${reason}: ${detail}`,
-            error,
-          ),
-          socket,
-        );
-      } else finish(error, socket);
+      if (!isTlsFailure(error)) {
+        if (!done) finish(error, socket);
+        return;
+      }
+      const failure = tlsFailure(options.upstream, error);
+      if (!failed) {
+        failed = true;
+        options.onFailure?.({ reason: failure.reason, detail: failure.detail });
+      }
+      if (!done) {
+        finish(new UpstreamError(UPSTREAM_TLS_CODE, failure.message, error), socket);
+        return;
+      }
+      // In TLS 1.3 the server judges our certificate after our side of the handshake is done, so its alert
+      // arrives once undici owns the socket. A fatal alert ends the connection: destroy it now, or the 'end'
+      // that follows makes undici fail the request as "other side closed" and the cause is lost.
+      socket.destroy();
     });
   };
 }
 
-function isTlsFailure(error: Error & { code?: string }): boolean {
+// An alert the server sent, as OpenSSL reports it: ERR_SSL_TLSV1_ALERT_UNKNOWN_CA, ERR_SSL_TLSV13_ALERT_….
+const RECEIVED_ALERT = /^ERR_SSL_(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)$/;
+const CERTIFICATE_REASONS = new Set<HandshakeFailureReason>(["unknown_ca", "cert_expired", "revoked"]);
+
+/**
+ * A TLS error, classified, told from our side: "TLS with orders failed: unknown_ca: orders sent the TLS alert
+ * "unknown ca" (it did not accept our certificate)", or "…: the server's certificate has expired (…)".
+ */
+export function tlsFailure(
+  upstream: string,
+  error: Error & { code?: string },
+): { reason: HandshakeFailureReason; detail: string; message: string } {
+  const { reason, detail: generic } = classifyTlsError(error);
+  const code = error.code ?? "";
+  const alert = RECEIVED_ALERT.exec(code)?.[1]?.toLowerCase().replaceAll("_", " ");
+  let detail: string;
+  if (alert) {
+    const hint = CERTIFICATE_REASONS.has(reason)
+      ? " (it did not accept our certificate)"
+      : alert === "protocol version"
+        ? " (mtlsd speaks only TLS 1.3 to upstreams)"
+        : "";
+    detail = `${upstream} sent the TLS alert "${alert}"${hint}`;
+  } else if (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS")) {
+    // OpenSSL's text is "…:SSL routines:<function>:<reason>:<file>:<line>…"; the reason is the useful part.
+    const openssl = /SSL routines:[^:]*:([^:]+):/.exec(error.message)?.[1];
+    detail = openssl ? `${openssl} (${code})` : generic;
+  } else {
+    // Our own verification of the server's chain (CERT_HAS_EXPIRED, UNABLE_TO_GET_ISSUER_CERT…).
+    detail = `the server's ${generic}`;
+  }
+  return { reason, detail, message: `TLS with ${upstream} failed: ${reason}: ${detail}` };
+}
+
+export function isTlsFailure(error: Error & { code?: string }): boolean {
   const code = error.code ?? "";
   return (
     code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS") || /CERT|ISSUER|SIGNATURE|VERIFY/.test(code)

@@ -6,8 +6,8 @@ import { performance } from "node:perf_hooks";
 import tls from "node:tls";
 import type { LimitsConfig, OutboundConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
-import type { CredentialStore, Credentials } from "../credentials/index.ts";
-import { PeerIdentityCache } from "../identity/index.ts";
+import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
+import { type DenyList, PeerIdentityCache } from "../identity/index.ts";
 import {
   type Deadline,
   type DrainResult,
@@ -23,6 +23,7 @@ import {
   stopAccepting,
 } from "../proxy/index.ts";
 import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
+import type { UpstreamHandshakeFailure } from "./connector.ts";
 import { Router } from "./router.ts";
 import { Upstream, type UpstreamStats } from "./upstream.ts";
 
@@ -31,6 +32,8 @@ export interface OutboundOptions {
   limits: LimitsConfig;
   store: CredentialStore;
   trustDomain: string;
+  /** `identity.deny`: an upstream presenting a listed certificate is refused (502 upstream_tls_error, revoked). */
+  denyList: DenyList;
   observer: TrafficObserver;
   logger: Logger;
 }
@@ -41,6 +44,8 @@ export function clientContext(credentials: Credentials): tls.SecureContext {
     cert: credentials.chainPem,
     key: credentials.keyPem,
     ca: credentials.bundlePem,
+    // An upstream's certificate is checked against identity.crl exactly as a peer's is inbound.
+    ...crlOption(credentials),
     minVersion: "TLSv1.3",
   });
 }
@@ -60,7 +65,17 @@ export class OutboundListener {
     const context = clientContext(store.current);
     const peers = new PeerIdentityCache("server", options.trustDomain);
     this.#upstreams = Object.entries(config.upstreams).map(
-      ([name, upstream]) => new Upstream(name, upstream, context, peers, limits.handshakeTimeout),
+      ([name, upstream]) =>
+        new Upstream({
+          name,
+          config: upstream,
+          context,
+          peers,
+          denyList: options.denyList,
+          connectTimeoutMs: limits.handshakeTimeout,
+          idleTimeoutMs: limits.keepAliveTimeout,
+          onFailure: this.#onHandshakeFailure,
+        }),
     );
     this.#router = new Router(this.#upstreams);
     this.#servers.push({
@@ -189,17 +204,17 @@ export class OutboundListener {
     };
     const route = this.#router.route(req.url!, headers.host, portUpstream);
     if (!route.ok || headers.hosts > 1) {
-      const detail = route.ok ? "the request has more than one Host header" : route.detail;
-      const [status, reason] = route.ok
-        ? ([400, "bad_request"] as const)
-        : ([502, "unknown_upstream"] as const);
+      const [status, reason, detail] = route.ok
+        ? ([400, "bad_request", "the request has more than one Host header"] as const)
+        : ([route.status, route.reason, route.detail] as const);
       record.path = req.url!.split("?")[0]!.slice(0, 200);
       record.decision = "deny";
       record.destination_identity = "unknown";
-      sendError(res, status, reason, detail);
+      sendError(res, status, reason, detail, headers.hasBody);
       this.#finish(record, started, status, reason, detail);
       return;
     }
+    if (route.authority !== undefined) replaceHost(headers.list, route.authority);
     const { upstream, path } = route;
     record.destination_identity = upstream.config.identity;
     record.upstream = upstream.name;
@@ -216,11 +231,24 @@ export class OutboundListener {
         hasBody: headers.hasBody,
         headersTimeout: upstream.config.timeout,
         bodyTimeout: this.#options.limits.requestTimeout,
+        failures: upstream.failures,
       },
       (outcome) =>
         this.#finish(record, started, outcome.status, outcome.failure?.reason, outcome.failure?.message),
     );
   }
+
+  readonly #onHandshakeFailure = (upstream: Upstream, failure: UpstreamHandshakeFailure): void => {
+    this.#options.observer.handshakeFailure({
+      direction: "outbound",
+      reason: failure.reason,
+      detail: failure.detail,
+      upstream: upstream.name,
+      source_identity: this.#options.store.current.spiffeId,
+      destination_identity: upstream.config.identity,
+      ...(failure.presented ? { presented_identity: failure.presented } : {}),
+    });
+  };
 
   #finish(record: RequestRecord, started: number, status: number, reason?: string, error?: string): void {
     record.status = status;
@@ -229,4 +257,15 @@ export class OutboundListener {
     record.duration_ms = Math.round((performance.now() - started) * 1000) / 1000;
     this.#options.observer.request(record);
   }
+}
+
+/** Sets the Host of a flat header list to the absolute-form target's authority, as RFC 9112 §3.2.2 requires. */
+function replaceHost(list: string[], authority: string): void {
+  for (let i = 0; i < list.length; i += 2) {
+    if (list[i]!.length === 4 && list[i]!.toLowerCase() === "host") {
+      list[i + 1] = authority;
+      return;
+    }
+  }
+  list.push("host", authority);
 }

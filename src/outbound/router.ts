@@ -2,8 +2,18 @@
 import type { Upstream } from "./upstream.ts";
 
 export type Route =
-  | { ok: true; upstream: Upstream; path: string }
-  | { ok: false; asked: string; detail: string };
+  | {
+      ok: true;
+      upstream: Upstream;
+      /** Path and query for the upstream, exactly as the app wrote them. */
+      path: string;
+      /** The authority of an absolute-form target: it replaces the Host header (RFC 9112 §3.2.2). */
+      authority?: string;
+    }
+  | { ok: false; status: 400 | 502; reason: "bad_request" | "unknown_upstream"; detail: string };
+
+// scheme "://" authority, then the rest: path, query (and a fragment the upstream will refuse).
+const ABSOLUTE_FORM = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)(.*)$/is;
 
 export class Router {
   readonly #byName = new Map<string, Upstream>();
@@ -27,42 +37,51 @@ export class Router {
    * request arrived on, if any. Host names compare case-insensitively (CVE-2021-39155 was a proxy that didn't).
    */
   route(target: string, host: string | undefined, portUpstream: Upstream | undefined): Route {
-    let path = target;
-    let asked = host ?? "";
-    let upstream: Upstream | undefined;
-    if (target.charCodeAt(0) !== 0x2f /* "/" */) {
-      let url: URL;
-      try {
-        url = new URL(target);
-      } catch {
-        return {
-          ok: false,
-          asked: target,
-          detail: "the request-target is neither a path nor an absolute URL",
-        };
-      }
-      if (url.protocol !== "http:") {
-        return {
-          ok: false,
-          asked: target,
-          detail: `only http:// URLs can be proxied (mtlsd adds the TLS), not ${url.protocol}`,
-        };
-      }
-      asked = url.host;
-      upstream = this.#lookup(url.host);
-      path = url.pathname + url.search;
-    } else if (host) {
-      upstream = this.#lookup(host);
+    if (target.charCodeAt(0) !== 0x2f /* "/" */) return this.#routeAbsolute(target);
+    const upstream = (host ? this.#lookup(host) : undefined) ?? portUpstream;
+    if (!upstream) return this.#unknown(host ?? "");
+    return { ok: true, upstream, path: target };
+  }
+
+  /**
+   * A proxy request (`GET http://orders/v1/x`). The path is cut out of the target as written, not taken from
+   * a parsed URL: WHATWG parsing would resolve dot segments and re-encode characters, and the upstream must
+   * receive (and authorize) exactly the path the app sent.
+   */
+  #routeAbsolute(target: string): Route {
+    const parts = ABSOLUTE_FORM.exec(target);
+    if (!parts) {
+      return badRequest(`the request-target ${quote(target)} is neither a path nor an absolute http:// URL`);
     }
-    upstream ??= portUpstream;
-    if (!upstream) {
+    const scheme = parts[1]!.toLowerCase();
+    const authority = parts[2]!;
+    if (scheme !== "http") {
       return {
         ok: false,
-        asked,
-        detail: `no upstream for host ${JSON.stringify(asked)}; known upstreams: ${this.#names}`,
+        status: 502,
+        reason: "unknown_upstream",
+        detail: `only http:// URLs can be proxied (mtlsd adds the TLS), not ${scheme}://`,
       };
     }
-    return { ok: true, upstream, path };
+    // RFC 9110 §4.2.4: userinfo in an http URI is to be treated as an error, not silently dropped.
+    if (authority.includes("@")) return badRequest("the URL has userinfo (user@host), which is not allowed");
+    if (authority === "" || !URL.canParse(`http://${authority}/`)) {
+      return badRequest(`the URL's host ${quote(authority)} is not a valid host[:port]`);
+    }
+    const upstream = this.#lookup(authority);
+    if (!upstream) return this.#unknown(authority);
+    const rest = parts[3]!;
+    const path = rest === "" ? "/" : rest.charCodeAt(0) === 0x2f ? rest : `/${rest}`;
+    return { ok: true, upstream, path, authority };
+  }
+
+  #unknown(asked: string): Route {
+    return {
+      ok: false,
+      status: 502,
+      reason: "unknown_upstream",
+      detail: `no upstream for host ${quote(asked)}; known upstreams: ${this.#names}`,
+    };
   }
 
   #lookup(authority: string): Upstream | undefined {
@@ -77,4 +96,13 @@ function hostOf(authority: string): string {
   if (lower.startsWith("[")) return lower.slice(1, lower.indexOf("]"));
   const colon = lower.lastIndexOf(":");
   return colon === -1 ? lower : lower.slice(0, colon);
+}
+
+function badRequest(detail: string): Route {
+  return { ok: false, status: 400, reason: "bad_request", detail };
+}
+
+/** JSON-quoted and cut short: the value came from the app and goes into a log line and a response. */
+function quote(value: string): string {
+  return JSON.stringify(value.length > 200 ? `${value.slice(0, 200)}…` : value);
 }

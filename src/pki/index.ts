@@ -9,6 +9,7 @@ export {
   type RootCAOptions,
 } from "./ca.ts";
 export { pkiDefaults } from "./certificate.ts";
+export { type CrlOptions, type IssuedCrl, issueCrl } from "./crl.ts";
 export { type CryptoKeyPair, type KeyAlgorithm, pemEncodeKey } from "./keys.ts";
 export {
   type ExtKeyUsageName,

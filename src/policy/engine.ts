@@ -266,6 +266,11 @@ export class Policy {
     return this.overrides.filter((o) => o.expiresAt <= now).map((o) => o.source);
   }
 
+  /** Overrides still in force at `now` (default: the policy's clock), as the config gave them. */
+  activeOverrides(now: number = this.now()): PolicyOverride[] {
+    return this.overrides.filter((o) => o.expiresAt > now).map((o) => o.source);
+  }
+
   /**
    * Everything `mtlsd policy explain` shows. `req.path` is taken as a raw request-target and normalized first,
    * exactly as the inbound handler does, so what is explained is what would be enforced.

@@ -20,6 +20,19 @@ export interface ForwardRequest {
   headersTimeout: number;
   /** Longest gap between response body chunks, in ms. */
   bodyTimeout: number;
+  /** What a direction knows better than the generic rules about how an exchange failed. */
+  failures?: FailureInterpreter;
+}
+
+/**
+ * Lets a direction put its own meaning on failures. Outbound uses it for TLS causes and for a peer sidecar
+ * that refused our certificate: that refusal arrives as an HTTP response, but for the app it is a TLS failure.
+ */
+export interface FailureInterpreter {
+  /** A response head that is really a failure: the client gets the sidecar's error response instead. */
+  response?(statusCode: number, headers: ResponseHeaders): ForwardFailure | undefined;
+  /** An error the generic classification would describe less exactly. */
+  error?(error: Error & { code?: string }): ForwardFailure | undefined;
 }
 
 /** How a forwarded request ended, for the request log. */
@@ -30,6 +43,10 @@ export interface ForwardOutcome {
 
 class ClientClosedError extends Error {
   readonly code = "MTLSD_CLIENT_CLOSED";
+}
+
+class ReplacedResponseError extends Error {
+  readonly code = "MTLSD_RESPONSE_REPLACED";
 }
 
 /** Why a forward was ended from outside (a request timeout, a body that broke its framing). */
@@ -49,21 +66,23 @@ class Forwarding implements Dispatcher.DispatchHandler {
   readonly #upstream: string;
   readonly #done: (outcome: ForwardOutcome) => void;
   readonly #hasBody: boolean;
+  readonly #failures: FailureInterpreter | undefined;
   #controller: Dispatcher.DispatchController | undefined;
   #status = 0;
+  /** Set once the outcome is known, by the upstream or from outside by `fail`: later events are dropped. */
   #finished = false;
-  /** Ended from outside by `fail`: whatever the upstream still sends is dropped. */
-  #failed = false;
 
   constructor(
     res: ServerResponse,
     upstream: string,
     hasBody: boolean,
+    failures: FailureInterpreter | undefined,
     done: (outcome: ForwardOutcome) => void,
   ) {
     this.#res = res;
     this.#upstream = upstream;
     this.#hasBody = hasBody;
+    this.#failures = failures;
     this.#done = done;
     res.once("close", this.#onClientClose);
     (res as ForwardedResponse)[kForwarding] = this;
@@ -71,28 +90,35 @@ class Forwarding implements Dispatcher.DispatchHandler {
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
-    if (this.#failed) controller.abort(new ForwardFailedError("forward failed before it started"));
+    if (this.#finished) controller.abort(new ForwardFailedError("forward failed before it started"));
     else if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
   }
 
   /** Ends the exchange with `failure`: the client gets it (or a cut, once a response has started). */
   fail(failure: ForwardFailure): void {
     if (this.#finished) return;
-    this.#failed = true;
-    this.#controller?.abort(new ForwardFailedError(failure.message));
     if (this.#res.headersSent) this.#res.destroy();
     else sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, true);
     this.#finish({ status: failure.status, failure });
+    // Finished first, so the error this abort reports back to us is dropped.
+    this.#controller?.abort(new ForwardFailedError(failure.message));
   }
 
   onResponseStart(
-    _controller: Dispatcher.DispatchController,
+    controller: Dispatcher.DispatchController,
     statusCode: number,
     headers: ResponseHeaders,
     statusMessage?: string,
   ): void {
     // 1xx heads are informational; Node answers `Expect: 100-continue` to the client itself.
-    if (statusCode < 200 || this.#failed) return;
+    // After `fail`, whatever the upstream still sends is dropped.
+    if (statusCode < 200 || this.#finished) return;
+    const failure = this.#failures?.response?.(statusCode, headers);
+    if (failure) {
+      this.#fail(failure);
+      controller.abort(new ReplacedResponseError(failure.message));
+      return;
+    }
     this.#status = statusCode;
     const forwarded = forwardableResponseHeaders(headers);
     if (statusMessage) this.#res.writeHead(statusCode, statusMessage, forwarded);
@@ -100,7 +126,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.#failed) return;
+    if (this.#finished) return;
     if (!this.#res.write(chunk)) {
       controller.pause();
       this.#res.once("drain", () => controller.resume());
@@ -108,14 +134,14 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(): void {
-    if (this.#failed) return;
+    if (this.#finished) return;
     this.#res.end();
     this.#finish({ status: this.#status });
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
-    if (this.#failed) return;
-    const failure = classifyForwardError(error, this.#upstream);
+    if (this.#finished) return;
+    const failure = this.#failures?.error?.(error) ?? classifyForwardError(error, this.#upstream);
     if (failure.reason === "client_closed") {
       this.#finish({ status: 499, failure });
       return;
@@ -129,6 +155,10 @@ class Forwarding implements Dispatcher.DispatchHandler {
       });
       return;
     }
+    this.#fail(failure);
+  }
+
+  #fail(failure: ForwardFailure): void {
     // A request body may be half consumed by the failed attempt: close rather than guess where it ends.
     sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, this.#hasBody);
     this.#finish({ status: failure.status, failure });
@@ -166,7 +196,7 @@ export function forward(
   request: ForwardRequest,
   done: (outcome: ForwardOutcome) => void,
 ): void {
-  const handler = new Forwarding(res, request.upstream, request.hasBody, done);
+  const handler = new Forwarding(res, request.upstream, request.hasBody, request.failures, done);
   request.dispatcher.dispatch(
     {
       method: request.method,

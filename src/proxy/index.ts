@@ -7,7 +7,13 @@ export {
   IDENTITY_MISMATCH_CODE,
   UPSTREAM_TLS_CODE,
 } from "./errors.ts";
-export { type ForwardOutcome, type ForwardRequest, failForward, forward } from "./forward.ts";
+export {
+  type FailureInterpreter,
+  type ForwardOutcome,
+  type ForwardRequest,
+  failForward,
+  forward,
+} from "./forward.ts";
 export {
   filterRequestHeaders,
   forwardableResponseHeaders,

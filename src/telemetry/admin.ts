@@ -4,13 +4,24 @@ import type { AddressInfo } from "node:net";
 import { parseHostPort } from "../config/index.ts";
 import type { ReadinessCheck } from "./readiness.ts";
 
-/** How the last credential load went: the startup load until a rotation or SIGHUP reload replaces it. */
-export interface ReloadStatus {
+/** The last credential reload that did something, as the credential reloader keeps it (startup counts). */
+export interface LastReload {
+  at: Date;
+  result: "success" | "failure";
+  /** What asked for it: startup, watch, poll, signal (SIGHUP) or request. */
+  trigger: string;
+  /** Why it failed; null after a success. */
+  error: { code: string; message: string } | null;
+}
+
+/** `reload` in /status: the startup load until a rotation or SIGHUP reload replaces it. */
+export interface ReloadReport {
   /** ISO 8601 time of the attempt. */
   at: string;
   result: "success" | "failure";
-  /** What went wrong, when result is failure; null otherwise. */
-  error: string | null;
+  trigger: string;
+  /** What went wrong (a stable code and a message), when result is failure; null otherwise. */
+  error: { code: string; message: string } | null;
 }
 
 /** The /status document (DESIGN.md): exactly these keys, so scripts can rely on them. */
@@ -21,7 +32,7 @@ export interface StatusDocument {
   trustBundle: { subject: string; sha256: string }[];
   /** Null when there is no inbound side, hence no policy. */
   policy: { rules: number; sha256: string } | null;
-  reload: ReloadStatus;
+  reload: ReloadReport;
   upstreams: Record<string, { address: string; identity: string; connections: number; pending: number }>;
   draining: boolean;
 }
@@ -35,7 +46,7 @@ export interface StatusSources {
     trustBundle: readonly { subject: string; sha256: string }[];
   };
   policy(): { ruleCount: number; sha256: string } | undefined;
-  reload(): ReloadStatus;
+  reload(): LastReload;
   upstreams(): Record<string, { address: string; identity: string; connections: number; pending: number }>;
 }
 
@@ -103,7 +114,7 @@ export class AdminServer {
       },
       trustBundle: credentials.trustBundle.map(({ subject, sha256 }) => ({ subject, sha256 })),
       policy: policy ? { rules: policy.ruleCount, sha256: policy.sha256 } : null,
-      reload: status.reload(),
+      reload: reloadReport(status.reload()),
       upstreams: Object.fromEntries(
         Object.entries(status.upstreams()).map(([name, { address, identity, connections, pending }]) => [
           name,
@@ -178,6 +189,15 @@ export class AdminServer {
     });
     res.end(text);
   }
+}
+
+function reloadReport({ at, result, trigger, error }: LastReload): ReloadReport {
+  return {
+    at: at.toISOString(),
+    result,
+    trigger,
+    error: error ? { code: error.code, message: error.message } : null,
+  };
 }
 
 function sendJson(res: http.ServerResponse, status: number, body: unknown): void {

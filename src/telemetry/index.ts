@@ -2,7 +2,8 @@
 export {
   type AdminOptions,
   AdminServer,
-  type ReloadStatus,
+  type LastReload,
+  type ReloadReport,
   type StatusDocument,
   type StatusSources,
 } from "./admin.ts";

@@ -16,6 +16,8 @@ const DURATION_BUCKETS = [
 ];
 
 const OTHER = "other";
+/** Permissive-mode plaintext callers: always their own label, so they can never hide in `other`. */
+const UNAUTHENTICATED = "unauthenticated";
 
 export class Metrics implements TrafficObserver {
   readonly registry = new Registry();
@@ -56,6 +58,8 @@ export class Metrics implements TrafficObserver {
       labelNames: ["result"],
       registers,
     });
+    // Both series exist from the start, so `increase(...{result="failure"}[5m]) > 0` can fire on the first one.
+    for (const result of ["success", "failure"]) this.credentialReloads.inc({ result }, 0);
     this.policyShadow = new Counter({
       name: "mtlsd_policy_shadow_total",
       help: "Dry-run policy rules that matched, by rule and shadow result.",
@@ -107,7 +111,7 @@ export class Metrics implements TrafficObserver {
 
   /** Caps distinct identity label values: the first N seen keep their name, later ones read `other`. */
   identityLabel(identity: string): string {
-    if (this.#identities.has(identity)) return identity;
+    if (identity === UNAUTHENTICATED || this.#identities.has(identity)) return identity;
     if (this.#identities.size >= this.#maxIdentityLabels) return OTHER;
     this.#identities.add(identity);
     return identity;

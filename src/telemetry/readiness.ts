@@ -1,5 +1,6 @@
 // What /readyz checks: credentials within their validity, every listener accepting, the app reachable.
 import net from "node:net";
+import { performance } from "node:perf_hooks";
 
 /** One check's verdict; `detail` says what was found, for the operator reading the probe's body. */
 export interface ReadinessCheck {
@@ -15,7 +16,8 @@ export interface ReadinessSources {
   listeners(): Record<string, boolean>;
   /** Where the app listens, when there is an inbound side to forward to it. */
   app?: { host: string; port: number } | undefined;
-  now?: () => number;
+  /** The sidecar's clock, against which the certificate's validity is judged; tests move it. */
+  now?: () => Date;
 }
 
 // A probe is a TCP connect to a local app: a second is long. Results are reused for a second, so however often
@@ -26,17 +28,16 @@ const APP_PROBE_CACHE_MS = 1000;
 /** Runs the readiness checks; each call is cheap, and the app probe is shared and cached. */
 export class Readiness {
   readonly #sources: ReadinessSources;
-  readonly #now: () => number;
+  readonly #now: () => Date;
   readonly #app: TcpProbe | undefined;
 
   constructor(sources: ReadinessSources) {
     this.#sources = sources;
-    this.#now = sources.now ?? Date.now;
+    this.#now = sources.now ?? (() => new Date());
     this.#app = sources.app
       ? new TcpProbe(sources.app.host, sources.app.port, {
           timeoutMs: APP_PROBE_TIMEOUT_MS,
           cacheMs: APP_PROBE_CACHE_MS,
-          now: this.#now,
         })
       : undefined;
   }
@@ -52,7 +53,7 @@ export class Readiness {
 
   #credentials(): ReadinessCheck {
     const { notBefore, notAfter } = this.#sources.certificate();
-    const now = this.#now();
+    const now = this.#now().getTime();
     if (now < notBefore.getTime())
       return {
         name: "credentials",
@@ -80,6 +81,7 @@ export class TcpProbe {
   readonly #port: number;
   readonly #timeoutMs: number;
   readonly #cacheMs: number;
+  /** Elapsed time, for the cache: monotonic, unlike the calendar clock a test may move. */
   readonly #now: () => number;
   #last: { at: number; result: { ok: boolean; detail: string } } | undefined;
   #running: Promise<{ ok: boolean; detail: string }> | undefined;
@@ -93,7 +95,7 @@ export class TcpProbe {
     this.#port = port;
     this.#timeoutMs = options.timeoutMs;
     this.#cacheMs = options.cacheMs;
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? (() => performance.now());
   }
 
   probe(): Promise<{ ok: boolean; detail: string }> {

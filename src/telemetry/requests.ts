@@ -16,6 +16,8 @@ export interface RequestRecord {
   /** Every dry-run rule that matched, for the log and `mtlsd_policy_shadow_total`. */
   shadow_hits?: readonly { rule: string; result: "shadow_allow" | "shadow_deny" }[];
   rule?: string;
+  /** A break-glass override allowed this request: logged at warn, with who approved it. */
+  override?: { reason: string; approvedBy: string; expires: string };
   reason: string;
   status: number;
   duration_ms: number;
@@ -32,6 +34,9 @@ export interface HandshakeFailureRecord {
   remote_address?: string;
   source_identity?: string;
   destination_identity?: string;
+  /** Outbound: the upstream's name, and the SPIFFE ID its server presented when it was not the expected one. */
+  upstream?: string;
+  presented_identity?: string;
 }
 
 /** Where the data path reports what happened; the log and the metrics both implement it. */
@@ -40,7 +45,7 @@ export interface TrafficObserver {
   handshakeFailure(record: HandshakeFailureRecord): void;
 }
 
-/** Logs allowed requests at info and denied or failed ones at warn. */
+/** Logs allowed requests at info; denied or failed ones, and those a break-glass override let through, at warn. */
 export class TrafficLog implements TrafficObserver {
   readonly #logger: Logger;
 
@@ -49,7 +54,15 @@ export class TrafficLog implements TrafficObserver {
   }
 
   request(record: RequestRecord): void {
-    if (record.decision === "deny" || record.status >= 500) this.#logger.warn(record, "request");
+    // A response cut short after its head went out still carries the 2xx the client saw: a failure all the same.
+    // A break-glass override's use is news too, whatever the status.
+    if (
+      record.decision === "deny" ||
+      record.status >= 500 ||
+      record.reason === "upstream_reset" ||
+      record.override
+    )
+      this.#logger.warn(record, "request");
     else this.#logger.info(record, "request");
   }
 

@@ -18,6 +18,8 @@ export interface RunOptions {
   input?: string | Buffer;
   /** Kills the child after this long. Default 10 s. */
   timeoutMs?: number;
+  /** The child's environment; default: this process's. */
+  env?: NodeJS.ProcessEnv;
 }
 
 /**
@@ -33,7 +35,12 @@ export function run(
     const child = execFile(
       command,
       args,
-      { encoding: "utf8", timeout: options.timeoutMs ?? 10_000, maxBuffer: 64 * 1024 * 1024 },
+      {
+        encoding: "utf8",
+        timeout: options.timeoutMs ?? 10_000,
+        maxBuffer: 64 * 1024 * 1024,
+        ...(options.env ? { env: options.env } : {}),
+      },
       (error, stdout, stderr) => {
         if (error && typeof error.code === "string") {
           // ENOENT and friends: the program is missing, which is a broken test machine, not a result.

@@ -3,7 +3,7 @@ import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { stringify } from "yaml";
 import { parseConfig } from "../../src/config/index.ts";
-import { Sidecar } from "../../src/sidecar.ts";
+import { Sidecar, type SidecarOptions } from "../../src/sidecar.ts";
 import type { IdentityFiles, TestPki } from "./pki.ts";
 
 export type LogLine = Record<string, unknown> & { level: string; msg: string };
@@ -30,6 +30,8 @@ export async function startSidecar(
   pki: TestPki,
   identity: IdentityFiles,
   config: Record<string, unknown>,
+  /** Passed to Sidecar.start, beside the captured log stream (a SIGHUP source, a clock). */
+  options: Omit<SidecarOptions, "logStream"> = {},
 ): Promise<RunningSidecar> {
   const full = {
     identity: {
@@ -50,7 +52,7 @@ export async function startSidecar(
   const text = stringify(full);
   await writeFile(configPath, text);
   const { lines, stream } = captureLogs();
-  const sidecar = await Sidecar.start(parseConfig(text, configPath), { logStream: stream });
+  const sidecar = await Sidecar.start(parseConfig(text, configPath), { ...options, logStream: stream });
   const port = sidecar.addresses().inbound?.port ?? 0;
   return {
     sidecar,

@@ -1,0 +1,128 @@
+// Turns benchmark results into the markdown table (ratios to the direct baseline and the best peer) and an SVG.
+
+export interface LoadStats {
+  generator: string;
+  requests: number;
+  errors: number;
+  rps: number;
+  p50_ms: number;
+  p90_ms: number;
+  p99_ms: number;
+  handshakes?: { full: number; resumed: number };
+}
+
+export interface Measured {
+  result: LoadStats;
+  usage: { name: string; cpuSeconds: number; peakRssBytes: number }[];
+}
+
+export interface ScenarioResult {
+  name: string;
+  label: string;
+  family: "baseline" | "mtlsd" | "peer";
+  /** Closed loop, maximum throughput. */
+  max: Measured;
+  /** Fixed rate (1000 req/s by default), latency from intended send time. */
+  fixed?: Measured | undefined;
+}
+
+export interface Machine {
+  cpus: number;
+  cpuModel: string;
+  memoryGiB: number;
+  kernel: string;
+  node: string;
+  openssl: string;
+  date: string;
+  settings: { duration: number; warmup: number; rate: number; connections: number; wrk: boolean };
+}
+
+const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "–");
+
+/** Keep-alive and Connection: close scenarios are compared with peers of the same shape. */
+function shape(name: string): "close" | "keepalive" | "other" {
+  if (name.endsWith("-close")) return "close";
+  if (name.endsWith("-keepalive") || name === "mtlsd-keepalive-logs") return "keepalive";
+  return "other";
+}
+
+function cpuPer1000(measured: Measured): string {
+  const requests = measured.result.requests;
+  if (requests === 0) return "–";
+  return measured.usage.map((usage) => fmt((usage.cpuSeconds / requests) * 1000, 3)).join(" / ");
+}
+
+function peakRss(results: Measured[]): string {
+  if (results[0]!.usage.length === 0) return "–";
+  return results[0]!.usage
+    .map((_, index) => Math.max(...results.map((measured) => measured.usage[index]?.peakRssBytes ?? 0)))
+    .map((bytes) => fmt(bytes / 2 ** 20, 0))
+    .join(" / ");
+}
+
+export function renderTable(results: ScenarioResult[], machine: Machine, skipped: string[]): string {
+  const direct = results.find((result) => result.name === "direct");
+  const bestPeer = (kind: string) =>
+    results
+      .filter((result) => result.family === "peer" && shape(result.name) === kind)
+      .sort((a, b) => b.max.result.rps - a.max.result.rps)[0];
+  const lines = [
+    `### mtlsd benchmark — ${machine.date.slice(0, 10)}`,
+    "",
+    `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}.`,
+    `Loopback; every process shares the same ${machine.cpus} cores. Closed loop: ${machine.settings.connections} connections, ${machine.settings.duration} s after ${machine.settings.warmup} s warm-up (${machine.settings.wrk ? "wrk -t1" : "bench/load.ts"} for plain-HTTP entry points, bench/load.ts for mTLS clients). Fixed rate: ${machine.settings.rate} req/s open loop, latency from the intended send time. App: 1 KiB responses. Proxies: one worker each; mtlsd logs at warn unless noted.`,
+    "",
+    `| scenario | req/s | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB (out / in) | errors |`,
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const result of results) {
+    const { max, fixed } = result;
+    const peer = result.family === "peer" ? undefined : bestPeer(shape(result.name));
+    const versusDirect = direct && result !== direct ? fmt(max.result.rps / direct.max.result.rps) : "1.00";
+    const versusPeer = peer ? fmt(max.result.rps / peer.max.result.rps) : "–";
+    const addedP99 =
+      fixed && direct?.fixed && result !== direct
+        ? fmt(fixed.result.p99_ms - direct.fixed.result.p99_ms, 3)
+        : "–";
+    const handshakes = max.result.handshakes;
+    const resumedNote =
+      handshakes && handshakes.full + handshakes.resumed > 0
+        ? ` (${Math.round((100 * handshakes.resumed) / (handshakes.full + handshakes.resumed))}% resumed)`
+        : "";
+    lines.push(
+      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${peakRss(fixed ? [max, fixed] : [max])} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
+    );
+  }
+  lines.push(
+    "",
+    "CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process: outbound / inbound (direct-mTLS scenarios: inbound only).",
+  );
+  if (skipped.length > 0) lines.push("", "Skipped:", ...skipped.map((line) => `- ${line}`));
+  return lines.join("\n");
+}
+
+/** A horizontal bar chart of maximum throughput, in plain SVG (no dependencies). */
+export function renderChart(results: ScenarioResult[]): string {
+  const rowHeight = 26;
+  const labelWidth = 430;
+  const barWidth = 420;
+  const top = 40;
+  const max = Math.max(1, ...results.map((result) => result.max.result.rps));
+  const color = { baseline: "#888888", mtlsd: "#2b7bb9", peer: "#d9822b" };
+  const escapeXml = (text: string) => text.replace(/&/g, "&amp;").replace(/</g, "&lt;");
+  const rows = results.map((result, index) => {
+    const y = top + index * rowHeight;
+    const width = Math.max(1, (result.max.result.rps / max) * barWidth);
+    return [
+      `<text x="${labelWidth - 8}" y="${y + 17}" text-anchor="end">${escapeXml(result.label)}</text>`,
+      `<rect x="${labelWidth}" y="${y + 4}" width="${width.toFixed(1)}" height="${rowHeight - 8}" fill="${color[result.family]}"/>`,
+      `<text x="${labelWidth + width + 6}" y="${y + 17}">${Math.round(result.max.result.rps)} req/s</text>`,
+    ].join("");
+  });
+  const height = top + results.length * rowHeight + 20;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${labelWidth + barWidth + 110}" height="${height}" font-family="sans-serif" font-size="13">
+<text x="10" y="22" font-size="15" font-weight="bold">Maximum throughput (closed loop); grey: no proxy, blue: mtlsd, orange: peers</text>
+${rows.join("\n")}
+</svg>
+`;
+}

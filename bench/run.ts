@@ -1,0 +1,548 @@
+// `npm run bench`: what mTLS costs, with and without connection reuse, side by side with nginx, HAProxy, stunnel.
+//
+// Every scenario runs on loopback in this one process tree: the app, the proxies, and a load generator in a
+// process of its own. For each scenario: closed-loop maximum throughput, then a fixed 1000 req/s for latency
+// measured from each request's intended send time; CPU seconds per 1000 requests and peak RSS of every proxy
+// process come from /proc. Results: a markdown table on stdout and in bench/results/, the raw JSON, an SVG.
+//
+//   npm run bench                         # everything installed (apt-get install nginx-light haproxy stunnel4 wrk)
+//   npm run bench -- --duration 5         # shorter runs
+//   npm run bench -- --only direct,mtlsd-keepalive
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { once } from "node:events";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { stringify } from "yaml";
+import { createIntermediateCA, createRootCA, issueLeaf } from "../src/pki/index.ts";
+import { type LoadStats, renderChart, renderTable, type ScenarioResult } from "./report.ts";
+
+const ROOT = path.resolve(import.meta.dirname, "..");
+const { values } = parseArgs({
+  options: {
+    duration: { type: "string", default: "10" },
+    warmup: { type: "string", default: "2" },
+    rate: { type: "string", default: "1000" },
+    connections: { type: "string", default: "16" },
+    only: { type: "string" },
+    out: { type: "string", default: path.join(ROOT, "bench", "results") },
+    // Run mtlsd from src/ (Node's type stripping) instead of a fresh dist/ build; the harness test uses it.
+    "from-source": { type: "boolean", default: false },
+  },
+});
+const duration = Number(values.duration);
+const warmup = Number(values.warmup);
+const rate = Number(values.rate);
+const connections = Number(values.connections);
+const only = values.only ? new Set(values.only.split(",")) : undefined;
+
+const hasCommand = (name: string) => {
+  try {
+    execFileSync("sh", ["-c", `command -v ${name}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+};
+const tools = {
+  wrk: hasCommand("wrk"),
+  nginx: hasCommand("nginx") || existsSync("/usr/sbin/nginx"),
+  haproxy: hasCommand("haproxy") || existsSync("/usr/sbin/haproxy"),
+  stunnel: hasCommand("stunnel4") || hasCommand("stunnel"),
+};
+
+// ---------------------------------------------------------------- processes
+
+interface Running {
+  name: string;
+  child: ChildProcess;
+}
+
+const running = new Set<Running>();
+
+function start(name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): Running {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+  let stderr = "";
+  child.stderr!.on("data", (chunk: Buffer) => {
+    stderr = (stderr + chunk.toString()).slice(-4000);
+  });
+  child.stdout!.resume();
+  child.once("exit", (code, signal) => {
+    if (code && code !== 0)
+      process.stderr.write(`[bench] ${name} exited with ${code ?? signal}: ${stderr}\n`);
+  });
+  const entry = { name, child };
+  running.add(entry);
+  return entry;
+}
+
+async function stop(entry: Running): Promise<void> {
+  running.delete(entry);
+  if (entry.child.exitCode !== null || entry.child.signalCode !== null) return;
+  entry.child.kill("SIGTERM");
+  const timer = setTimeout(() => entry.child.kill("SIGKILL"), 5000);
+  await once(entry.child, "exit");
+  clearTimeout(timer);
+}
+
+async function waitForPort(port: number, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = net.connect(port, "127.0.0.1", () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once("error", () => resolve(false));
+    });
+    if (ok) return;
+    if (Date.now() > deadline) throw new Error(`nothing listened on port ${port} within ${timeoutMs}ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+// ---------------------------------------------------------------- /proc sampling
+
+const CLOCK_TICKS = 100;
+
+async function cpuSeconds(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+}
+
+async function rssBytes(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, "utf8");
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
+}
+
+interface ProcessUsage {
+  name: string;
+  cpuSeconds: number;
+  peakRssBytes: number;
+}
+
+/** Samples CPU time (start and end) and RSS (every 200 ms) of the proxies while `work` runs. */
+async function measure<T>(
+  proxies: Running[],
+  work: () => Promise<T>,
+): Promise<{ result: T; usage: ProcessUsage[] }> {
+  const pids = proxies.map((proxy) => proxy.child.pid!);
+  const cpuBefore = await Promise.all(pids.map(cpuSeconds));
+  const peaks = pids.map(() => 0);
+  const sampler = setInterval(() => {
+    pids.forEach((pid, index) => {
+      rssBytes(pid)
+        .then((rss) => {
+          peaks[index] = Math.max(peaks[index]!, rss);
+        })
+        .catch(() => undefined);
+    });
+  }, 200);
+  const result = await work();
+  clearInterval(sampler);
+  const cpuAfter = await Promise.all(pids.map(cpuSeconds));
+  const rssNow = await Promise.all(pids.map(rssBytes));
+  return {
+    result,
+    usage: proxies.map((proxy, index) => ({
+      name: proxy.name,
+      cpuSeconds: cpuAfter[index]! - cpuBefore[index]!,
+      peakRssBytes: Math.max(peaks[index]!, rssNow[index]!),
+    })),
+  };
+}
+
+// ---------------------------------------------------------------- load generators
+
+type LoadResult = LoadStats;
+
+function runToJson(command: string, args: string[]): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    child.once("exit", (code) => {
+      const line = stdout.split("\n").find((candidate) => candidate.startsWith("{"));
+      if (code !== 0 || !line) reject(new Error(`${command} failed (${code}): ${stderr || stdout}`));
+      else
+        resolve({
+          generator: path.basename(command),
+          ...(JSON.parse(line) as Omit<LoadResult, "generator">),
+        });
+    });
+  });
+}
+
+interface LoadSpec {
+  url: string;
+  close?: boolean;
+  /** Client certificate for direct mTLS scenarios (the load generator then is bench/load.ts). */
+  tls?: { cert: string; key: string; ca: string; resume: boolean };
+}
+
+async function closedLoop(spec: LoadSpec): Promise<LoadResult> {
+  if (tools.wrk && !spec.tls) {
+    const args = ["-t1", `-c${connections}`, "-s", path.join(ROOT, "bench", "wrk-report.lua"), spec.url];
+    if (spec.close) args.unshift("-H", "Connection: close");
+    await runToJson("wrk", [...args.slice(0, -1), `-d${warmup}s`, spec.url]).catch(() => undefined);
+    return runToJson("wrk", [...args.slice(0, -1), `-d${duration}s`, spec.url]);
+  }
+  return nodeLoad(spec, []);
+}
+
+function nodeLoad(spec: LoadSpec, extra: string[]): Promise<LoadResult> {
+  const args = [
+    path.join(ROOT, "bench", "load.ts"),
+    "--url",
+    spec.url,
+    "--connections",
+    String(connections),
+    "--duration",
+    String(duration),
+    "--warmup",
+    String(warmup),
+    ...extra,
+  ];
+  if (spec.close) args.push("--close");
+  if (spec.tls) {
+    args.push("--cert", spec.tls.cert, "--key", spec.tls.key, "--ca", spec.tls.ca);
+    if (spec.tls.resume) args.push("--resume");
+  }
+  return runToJson(process.execPath, args).then((result) => ({ ...result, generator: "bench/load.ts" }));
+}
+
+// ---------------------------------------------------------------- scenarios
+
+interface Stack {
+  entryPort: number;
+  proxies: Running[];
+}
+
+interface Scenario {
+  name: string;
+  label: string;
+  /** Which proxy family it measures (for "vs best peer"). */
+  family: "baseline" | "mtlsd" | "peer";
+  load: Omit<LoadSpec, "url">;
+  fixedRate: boolean;
+  start(): Promise<Stack>;
+}
+
+async function main(): Promise<void> {
+  const work = await mkdtemp(path.join(os.tmpdir(), "mtlsd-bench-"));
+  const certs = path.join(work, "certs");
+  await mkdir(certs);
+  if (!values["from-source"]) {
+    // The sidecars under test run from dist/, compiled now, as in production.
+    process.stderr.write("[bench] building dist/\n");
+    execFileSync(
+      path.join(ROOT, "node_modules", ".bin", "tsc"),
+      ["-p", path.join(ROOT, "tsconfig.build.json")],
+      {
+        stdio: "inherit",
+      },
+    );
+  }
+  process.stderr.write(`[bench] a throwaway PKI in ${work}\n`);
+  const root = await createRootCA({ trustDomain: "example.org" });
+  const intermediate = await createIntermediateCA(root);
+  await writeFile(path.join(certs, "bundle.pem"), root.certPem);
+  for (const name of ["orders", "frontend"]) {
+    const leaf = await issueLeaf(intermediate, {
+      spiffeId: `spiffe://example.org/ns/${name}/sa/${name}`,
+      dnsNames: ["localhost"],
+      ttlMs: 24 * 3600_000,
+    });
+    await writeFile(path.join(certs, `${name}.crt`), leaf.chainPem);
+    await writeFile(path.join(certs, `${name}.key`), leaf.keyPem, { mode: 0o600 });
+    await writeFile(path.join(certs, `${name}.pem`), leaf.chainPem + leaf.keyPem, { mode: 0o600 });
+  }
+  const app = start("app", process.execPath, [path.join(ROOT, "bench", "app.ts")], { PORT: "0" });
+  const [appLine] = (await once(createInterface({ input: app.child.stdout! }), "line")) as [string];
+  const appPort = (JSON.parse(appLine) as { port: number }).port;
+
+  const mtlsd = async (name: string, config: Record<string, unknown>, port: number): Promise<Running> => {
+    const file = path.join(work, `${name}.yaml`);
+    await writeFile(
+      file,
+      stringify({
+        identity: {
+          cert: path.join(certs, `${name.split("-")[0]}.crt`),
+          key: path.join(certs, `${name.split("-")[0]}.key`),
+          trustBundle: path.join(certs, "bundle.pem"),
+          trustDomain: "example.org",
+        },
+        ...config,
+      }),
+    );
+    const entry = values["from-source"]
+      ? path.join(ROOT, "src", "cli", "main.ts")
+      : path.join(ROOT, "dist", "cli", "main.js");
+    const proxy = start(`mtlsd ${name}`, process.execPath, [entry, "run", "-c", file]);
+    await waitForPort(port);
+    return proxy;
+  };
+
+  const mtlsdTwoHop = (logLevel: string) => async (): Promise<Stack> => {
+    const [inboundPort, upstreamPort, outboundPort] = await Promise.all(Array.from({ length: 3 }, freePort));
+    const log = { level: logLevel };
+    const inbound = await mtlsd(
+      "orders-in",
+      {
+        inbound: {
+          listen: `127.0.0.1:${inboundPort}`,
+          app: `http://127.0.0.1:${appPort}`,
+          policy: {
+            rules: [
+              { name: "frontend", action: "allow", from: ["spiffe://example.org/ns/frontend/sa/frontend"] },
+            ],
+          },
+        },
+        // Several sidecars at once: each admin listener on a port of its own.
+        admin: { listen: "127.0.0.1:0" },
+        log,
+      },
+      inboundPort!,
+    );
+    const outbound = await mtlsd(
+      "frontend-out",
+      {
+        outbound: {
+          listen: `127.0.0.1:${outboundPort}`,
+          upstreams: {
+            orders: {
+              address: `127.0.0.1:${inboundPort}`,
+              identity: "spiffe://example.org/ns/orders/sa/orders",
+              listen: `127.0.0.1:${upstreamPort}`,
+              pool: { connections },
+            },
+          },
+        },
+        admin: { listen: "127.0.0.1:0" },
+        log,
+      },
+      upstreamPort!,
+    );
+    return { entryPort: upstreamPort!, proxies: [outbound, inbound] };
+  };
+
+  const mtlsdInboundOnly = async (): Promise<Stack> => {
+    const inboundPort = await freePort();
+    const inbound = await mtlsd(
+      "orders-in",
+      {
+        inbound: {
+          listen: `127.0.0.1:${inboundPort}`,
+          app: `http://127.0.0.1:${appPort}`,
+          policy: {
+            rules: [
+              { name: "frontend", action: "allow", from: ["spiffe://example.org/ns/frontend/sa/frontend"] },
+            ],
+          },
+        },
+        admin: { listen: "127.0.0.1:0" },
+        log: { level: "warn" },
+      },
+      inboundPort,
+    );
+    return { entryPort: inboundPort, proxies: [inbound] };
+  };
+
+  const peerTwoHop = (peer: "nginx" | "haproxy" | "stunnel") => async (): Promise<Stack> => {
+    const [inboundPort, outboundPort] = await Promise.all([freePort(), freePort()]);
+    const vars: Record<string, string> = {
+      DIR: work,
+      CERT_DIR: certs,
+      APP_PORT: String(appPort),
+      INBOUND_PORT: String(inboundPort),
+      OUTBOUND_PORT: String(outboundPort),
+    };
+    const render = async (side: "inbound" | "outbound") => {
+      const extension = peer === "haproxy" ? "cfg" : "conf";
+      const template = await readFile(
+        path.join(ROOT, "bench", "peers", `${peer}-${side}.${extension}`),
+        "utf8",
+      );
+      const file = path.join(work, `${peer}-${side}.${extension}`);
+      await writeFile(
+        file,
+        template.replace(/\$\{(\w+)\}/g, (_, key: string) => vars[key] ?? ""),
+      );
+      return file;
+    };
+    const launch = (side: "inbound" | "outbound", file: string) => {
+      const name = `${peer} ${side}`;
+      if (peer === "nginx") return start(name, "nginx", ["-p", work, "-c", file]);
+      if (peer === "haproxy") return start(name, "haproxy", ["-db", "-f", file]);
+      return start(name, hasCommand("stunnel4") ? "stunnel4" : "stunnel", [file]);
+    };
+    const inbound = launch("inbound", await render("inbound"));
+    await waitForPort(inboundPort!);
+    const outbound = launch("outbound", await render("outbound"));
+    await waitForPort(outboundPort!);
+    return { entryPort: outboundPort!, proxies: [outbound, inbound] };
+  };
+
+  const tlsClient = (resume: boolean) => ({
+    cert: path.join(certs, "frontend.crt"),
+    key: path.join(certs, "frontend.key"),
+    ca: path.join(certs, "bundle.pem"),
+    resume,
+  });
+
+  const scenarios: Scenario[] = [
+    {
+      name: "direct",
+      label: "(a) app direct, no TLS",
+      family: "baseline",
+      load: {},
+      fixedRate: true,
+      start: async () => ({ entryPort: appPort, proxies: [] }),
+    },
+    {
+      name: "mtlsd-keepalive",
+      label: "(b) mtlsd two-hop, keep-alive",
+      family: "mtlsd",
+      load: {},
+      fixedRate: true,
+      start: mtlsdTwoHop("warn"),
+    },
+    {
+      name: "mtlsd-keepalive-logs",
+      label: "(b') mtlsd two-hop, keep-alive, info request logs",
+      family: "mtlsd",
+      load: {},
+      fixedRate: false,
+      start: mtlsdTwoHop("info"),
+    },
+    {
+      name: "mtlsd-close",
+      label: "(c) mtlsd two-hop, clients send Connection: close",
+      family: "mtlsd",
+      load: { close: true },
+      fixedRate: false,
+      start: mtlsdTwoHop("warn"),
+    },
+    {
+      name: "mtls-full-handshake",
+      label: "(d) mTLS to mtlsd inbound, new connection + full handshake per request",
+      family: "mtlsd",
+      load: { close: true, tls: tlsClient(false) },
+      fixedRate: false,
+      start: mtlsdInboundOnly,
+    },
+    {
+      name: "mtls-resumed",
+      label: "(e) mTLS to mtlsd inbound, new connection + resumed session per request",
+      family: "mtlsd",
+      load: { close: true, tls: tlsClient(true) },
+      fixedRate: false,
+      start: mtlsdInboundOnly,
+    },
+  ];
+  for (const peer of ["nginx", "haproxy", "stunnel"] as const) {
+    scenarios.push({
+      name: `${peer}-keepalive`,
+      label: `${peer} two-hop, keep-alive`,
+      family: "peer",
+      load: {},
+      fixedRate: true,
+      start: peerTwoHop(peer),
+    });
+    scenarios.push({
+      name: `${peer}-close`,
+      label: `${peer} two-hop, clients send Connection: close`,
+      family: "peer",
+      load: { close: true },
+      fixedRate: false,
+      start: peerTwoHop(peer),
+    });
+  }
+
+  const results: ScenarioResult[] = [];
+  const skipped: string[] = [];
+  for (const scenario of scenarios) {
+    if (only && !only.has(scenario.name)) continue;
+    const peer = scenario.name.split("-")[0] as keyof typeof tools;
+    if (scenario.family === "peer" && !tools[peer]) {
+      skipped.push(
+        `${scenario.label}: ${peer} is not installed (apt-get install nginx-light haproxy stunnel4)`,
+      );
+      continue;
+    }
+    process.stderr.write(`[bench] ${scenario.label}\n`);
+    const stack = await scenario.start();
+    try {
+      const spec = {
+        ...scenario.load,
+        url: `${scenario.load.tls ? "https://localhost" : "http://127.0.0.1"}:${stack.entryPort}/`,
+      };
+      const max = await measure(stack.proxies, () => closedLoop(spec));
+      const fixed = scenario.fixedRate
+        ? await measure(stack.proxies, () => nodeLoad(spec, ["--rate", String(rate), "--connections", "32"]))
+        : undefined;
+      results.push({ name: scenario.name, label: scenario.label, family: scenario.family, max, fixed });
+    } finally {
+      await Promise.all(stack.proxies.map(stop));
+    }
+  }
+  await stop(app);
+
+  const machine = {
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model ?? "unknown",
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    kernel: os.release(),
+    node: process.version,
+    openssl: process.versions.openssl,
+    date: new Date().toISOString(),
+    settings: { duration, warmup, rate, connections, wrk: tools.wrk },
+  };
+  const table = renderTable(results, machine, skipped);
+  process.stdout.write(`${table}\n`);
+  await mkdir(values.out, { recursive: true });
+  const stamp = machine.date.replace(/[:.]/g, "-");
+  await writeFile(
+    path.join(values.out, `${stamp}.json`),
+    `${JSON.stringify({ machine, results, skipped }, null, 2)}\n`,
+  );
+  await writeFile(path.join(values.out, `${stamp}.md`), `${table}\n`);
+  await writeFile(path.join(values.out, "latest.md"), `${table}\n`);
+  await writeFile(path.join(values.out, "latest.svg"), renderChart(results));
+  await writeFile(
+    path.join(values.out, "latest.json"),
+    `${JSON.stringify({ machine, results, skipped }, null, 2)}\n`,
+  );
+  await rm(work, { recursive: true, force: true });
+  process.stderr.write(`[bench] wrote ${path.join(values.out, "latest.md")}, latest.json, latest.svg\n`);
+}
+
+process.on("SIGINT", () => {
+  for (const entry of running) entry.child.kill("SIGKILL");
+  process.exit(130);
+});
+
+try {
+  await main();
+} finally {
+  for (const entry of running) entry.child.kill("SIGKILL");
+}

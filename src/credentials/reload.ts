@@ -1,0 +1,317 @@
+// Picks up rotated credentials: on a hint (file event, poll, SIGHUP) it reads, validates, and swaps or keeps.
+import type { Logger } from "pino";
+import { MtlsdError } from "../errors.ts";
+import {
+  type CredentialFiles,
+  type CredentialMaterial,
+  type Credentials,
+  materialSha256,
+  readCredentialMaterial,
+  validateCredentials,
+} from "./load.ts";
+import type { CredentialStore } from "./store.ts";
+import { DirectoryWatch } from "./watch.ts";
+
+/** What asked for a reload: a file event, the polling backstop, SIGHUP, or a caller (the admin API, tests). */
+export type ReloadTrigger = "startup" | "watch" | "poll" | "signal" | "request";
+
+export type ReloadResult = "success" | "failure";
+
+/** The last reload that did something, for /status: when, how it ended, and why it failed. */
+export interface ReloadStatus {
+  at: Date;
+  result: ReloadResult;
+  trigger: ReloadTrigger;
+  /** Null after a success. */
+  error: { code: string; message: string } | null;
+}
+
+/** How one requested reload ended; `unchanged` when the files hold what is already in use. */
+export type ReloadOutcome = { result: "unchanged" } | { result: ReloadResult; status: ReloadStatus };
+
+/**
+ * How a burst of writes is told from a finished push. `debounceMs`: quiet time after the last file event
+ * before reading. `settleMs`: a version that fails validation is only declared bad once the files have not
+ * changed for this long (spiffe-helper writes cert, key and bundle one after another, and a reader in between
+ * sees a new cert with the old key). `retryMs`: how often the files are re-read while settling.
+ */
+export interface ReloadTiming {
+  debounceMs: number;
+  settleMs: number;
+  retryMs: number;
+}
+
+export const RELOAD_TIMING: Readonly<ReloadTiming> = Object.freeze({
+  debounceMs: 200,
+  settleMs: 1000,
+  retryMs: 200,
+});
+
+export interface ReloaderOptions {
+  files: CredentialFiles;
+  trustDomain: string;
+  store: CredentialStore;
+  logger: Logger;
+  /** Watch the files' directories (`identity.reload.watch`). */
+  watch: boolean;
+  /** Polling backstop period (`identity.reload.interval`). */
+  intervalMs: number;
+  /** Told once per concluded attempt: feeds `mtlsd_credential_reloads_total{result}`. */
+  onResult?: (result: ReloadResult) => void;
+  timing?: Partial<ReloadTiming>;
+}
+
+/**
+ * Validate before swap: a new version replaces the old in the store only after `validateCredentials` accepts
+ * it; otherwise the old one stays in use and the failure is logged, counted and kept for /status. Reloads run
+ * one at a time, and only when the bytes on disk differ from what was last installed or reported, so the
+ * polling backstop never repeats itself.
+ */
+export class CredentialReloader {
+  readonly #options: ReloaderOptions;
+  readonly #timing: ReloadTiming;
+  readonly #watch: DirectoryWatch | undefined;
+  #status: ReloadStatus;
+  #installed = { version: 0, sha256: "" };
+  /** Digest of the content whose failure was last reported: not reported again until it changes. */
+  #reported: string | undefined;
+  /** A version that failed while the files may still be mid-write; undefined when no burst is open. */
+  #burst: { sha256: string; error: MtlsdError; trigger: ReloadTrigger } | undefined;
+  /** The last content seen, and when the files were last seen (or heard) to change. */
+  #observed: string | undefined;
+  #changedAt = 0;
+  #timer: NodeJS.Timeout | undefined;
+  #poller: NodeJS.Timeout | undefined;
+  #running = false;
+  #again: { trigger: ReloadTrigger; force: boolean } | undefined;
+  #runs = 0;
+  #waiters: { after: number; resolve: (outcome: ReloadOutcome) => void }[] = [];
+  #closed = false;
+
+  constructor(options: ReloaderOptions) {
+    this.#options = options;
+    this.#timing = { ...RELOAD_TIMING, ...options.timing };
+    const current = options.store.current;
+    this.#status = { at: current.loadedAt, result: "success", trigger: "startup", error: null };
+    if (options.watch) {
+      const { cert, key, trustBundle, crl } = options.files;
+      this.#watch = new DirectoryWatch(
+        crl ? [cert, key, trustBundle, crl] : [cert, key, trustBundle],
+        () => this.#fileEvent(),
+        options.logger,
+      );
+    }
+  }
+
+  /** Starts watching and polling. */
+  start(): void {
+    this.#watch?.arm();
+    this.#poller = setInterval(() => this.#poll(), this.#options.intervalMs);
+    this.#poller.unref();
+  }
+
+  status(): ReloadStatus {
+    return { ...this.#status };
+  }
+
+  /** Directories under watch (empty with `watch: false`). */
+  watchedDirectories(): string[] {
+    return this.#watch?.directories ?? [];
+  }
+
+  /**
+   * Reads the files now and reloads them even if this exact content was already refused (the operator asked);
+   * resolves when the attempt concludes, after any settling a half-written version needs.
+   */
+  reload(trigger: ReloadTrigger = "request"): Promise<ReloadOutcome> {
+    if (this.#closed) return Promise.resolve({ result: "unchanged" });
+    const outcome = new Promise<ReloadOutcome>((resolve) => {
+      this.#waiters.push({ after: this.#runs, resolve });
+    });
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    void this.#run(trigger, true);
+    return outcome;
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    clearInterval(this.#poller);
+    this.#watch?.close();
+    for (const waiter of this.#waiters.splice(0)) waiter.resolve({ result: "unchanged" });
+  }
+
+  #fileEvent(): void {
+    this.#changedAt = Date.now();
+    this.#schedule(this.#timing.debounceMs, "watch");
+  }
+
+  #poll(): void {
+    // A watcher that died (its directory was replaced) comes back here; symlinks may point elsewhere now.
+    this.#watch?.arm();
+    if (this.#timer || this.#running) return;
+    void this.#run("poll", false);
+  }
+
+  #schedule(delayMs: number, trigger: ReloadTrigger): void {
+    if (this.#closed) return;
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.#run(trigger, false);
+    }, delayMs);
+    this.#timer.unref();
+  }
+
+  async #run(trigger: ReloadTrigger, force: boolean): Promise<void> {
+    if (this.#closed) return;
+    if (this.#running) {
+      this.#again = { trigger, force: force || (this.#again?.force ?? false) };
+      return;
+    }
+    this.#running = true;
+    const run = ++this.#runs;
+    try {
+      const outcome = await this.#attempt(trigger, force);
+      if (outcome) this.#conclude(run, outcome);
+    } catch (error) {
+      // Nothing above should throw, but a reload must never take the data path down with it.
+      this.#options.logger.error({ trigger, error: (error as Error).message }, "credential reload crashed");
+      this.#conclude(run, { result: "unchanged" });
+    } finally {
+      this.#running = false;
+      const again = this.#again;
+      this.#again = undefined;
+      if (again) void this.#run(again.trigger, again.force);
+    }
+  }
+
+  /** One look at the files; undefined while a failed version is still settling. */
+  async #attempt(trigger: ReloadTrigger, force: boolean): Promise<ReloadOutcome | undefined> {
+    let material: CredentialMaterial | undefined;
+    let sha256: string;
+    let error: MtlsdError | undefined;
+    try {
+      material = await readCredentialMaterial(this.#options.files);
+      sha256 = materialSha256(material);
+    } catch (readError) {
+      error = asMtlsdError(readError);
+      sha256 = `unreadable: ${error.message}`;
+    }
+    const now = Date.now();
+    if (sha256 !== this.#observed) {
+      this.#observed = sha256;
+      this.#changedAt = now;
+    }
+    if (sha256 === this.#installedSha256()) {
+      // What is in use already: a touch, a burst that undid itself, or a SIGHUP with nothing new.
+      this.#burst = undefined;
+      this.#reported = undefined;
+      if (force) this.#options.logger.info({ trigger }, "credential files unchanged; nothing to reload");
+      return { result: "unchanged" };
+    }
+    if (!force && !this.#burst && sha256 === this.#reported) return { result: "unchanged" };
+    const burstTrigger = this.#burst?.trigger ?? trigger;
+    if (!error && material && (force || this.#burst?.sha256 !== sha256)) {
+      try {
+        const next = await validateCredentials(material, this.#options.files, {
+          trustDomain: this.#options.trustDomain,
+        });
+        return this.#install(next, sha256, burstTrigger);
+      } catch (validationError) {
+        error = asMtlsdError(validationError);
+      }
+    }
+    const fresh = !this.#burst || this.#burst.sha256 !== sha256;
+    error ??= this.#burst!.error;
+    this.#burst = { sha256, error, trigger: burstTrigger };
+    const quietFor = now - this.#changedAt;
+    if (quietFor >= this.#timing.settleMs) return this.#fail(error, sha256, burstTrigger);
+    if (fresh) {
+      this.#options.logger.debug(
+        { trigger: burstTrigger, code: error.code, settle_ms: this.#timing.settleMs },
+        "credential files do not validate yet; waiting for the rest of the write",
+      );
+    }
+    this.#schedule(Math.min(this.#timing.retryMs, this.#timing.settleMs - quietFor), burstTrigger);
+    return undefined;
+  }
+
+  #install(next: Credentials, sha256: string, trigger: ReloadTrigger): ReloadOutcome {
+    const { store, logger } = this.#options;
+    const previous = store.current;
+    store.replace(next);
+    this.#installed = { version: store.version, sha256 };
+    this.#burst = undefined;
+    this.#reported = undefined;
+    this.#status = { at: new Date(), result: "success", trigger, error: null };
+    this.#options.onResult?.("success");
+    const fields = {
+      trigger,
+      identity: next.spiffeId,
+      old_serial: previous.leaf.serialHex,
+      old_not_after: previous.leaf.notAfter.toISOString(),
+      new_serial: next.leaf.serialHex,
+      new_not_after: next.leaf.notAfter.toISOString(),
+      bundle_changed: next.bundleSha256 !== previous.bundleSha256,
+      trust_bundle: next.trustBundle.map((root) => root.subject),
+      ...(next.crl ? { crls: next.crl.length } : {}),
+    };
+    if (next.spiffeId !== previous.spiffeId) {
+      logger.warn(
+        { ...fields, old_identity: previous.spiffeId },
+        "credentials reloaded with a new SPIFFE ID",
+      );
+    } else logger.info(fields, "credentials reloaded");
+    this.#watch?.arm();
+    return { result: "success", status: this.status() };
+  }
+
+  #fail(error: MtlsdError, sha256: string, trigger: ReloadTrigger): ReloadOutcome {
+    const current = this.#options.store.current;
+    this.#burst = undefined;
+    this.#reported = sha256;
+    this.#status = {
+      at: new Date(),
+      result: "failure",
+      trigger,
+      error: { code: error.code, message: error.message },
+    };
+    this.#options.onResult?.("failure");
+    this.#options.logger.error(
+      {
+        trigger,
+        code: error.code,
+        error: error.message,
+        identity: current.spiffeId,
+        kept_serial: current.leaf.serialHex,
+        kept_not_after: current.leaf.notAfter.toISOString(),
+      },
+      "credential reload failed; keeping the current credentials",
+    );
+    return { result: "failure", status: this.status() };
+  }
+
+  #conclude(run: number, outcome: ReloadOutcome): void {
+    this.#waiters = this.#waiters.filter((waiter) => {
+      if (waiter.after >= run) return true;
+      waiter.resolve(outcome);
+      return false;
+    });
+  }
+
+  /** Digest of what the store holds, recomputed only when someone else swapped it. */
+  #installedSha256(): string {
+    const { store } = this.#options;
+    if (this.#installed.version !== store.version) {
+      this.#installed = { version: store.version, sha256: materialSha256(store.current) };
+    }
+    return this.#installed.sha256;
+  }
+}
+
+function asMtlsdError(error: unknown): MtlsdError {
+  if (error instanceof MtlsdError) return error;
+  return new MtlsdError("CREDENTIAL_INVALID", (error as Error).message ?? String(error), { cause: error });
+}

@@ -1,0 +1,210 @@
+// An app's plain request finds its upstream by proxy URL, then Host header, then the upstream's own port.
+import https from "node:https";
+import net from "node:net";
+import t from "tap";
+import { EnvHttpProxyAgent, request } from "undici";
+import { startApp } from "./helpers/app.ts";
+import {
+  appRequest,
+  echoed,
+  inboundAddress,
+  sidecarError,
+  startCaller,
+  startUpstream,
+} from "./helpers/outbound.ts";
+import { createTestPki } from "./helpers/pki.ts";
+import { waitForLog } from "./helpers/sidecar.ts";
+
+const pki = await createTestPki();
+t.teardown(() => pki.cleanup());
+const frontend = await pki.identity("frontend");
+const orders = await pki.identity("orders");
+const payments = await pki.identity("payments");
+const ordersApp = await startApp();
+t.teardown(() => ordersApp.stop());
+const paymentsApp = await startApp();
+t.teardown(() => paymentsApp.stop());
+const ordersSidecar = await startUpstream(pki, orders, ordersApp, [frontend.spiffeId]);
+t.teardown(() => ordersSidecar.stop());
+const paymentsSidecar = await startUpstream(pki, payments, paymentsApp, [frontend.spiffeId]);
+t.teardown(() => paymentsSidecar.stop());
+// An upstream that is not mtlsd (another mesh's proxy, say): it reports the request line exactly as it came.
+const ledger = await pki.identity("ledger");
+const ledgerServer = https.createServer(
+  {
+    cert: ledger.chainPem,
+    key: ledger.keyPem,
+    ca: pki.bundlePem,
+    requestCert: true,
+    rejectUnauthorized: true,
+  },
+  (req, res) => res.end(JSON.stringify({ url: req.url, host: req.headers.host })),
+);
+await new Promise<void>((resolve) => ledgerServer.listen(0, "127.0.0.1", resolve));
+t.teardown(() => new Promise<void>((resolve) => ledgerServer.close(() => resolve())));
+const ledgerAddress = `127.0.0.1:${(ledgerServer.address() as net.AddressInfo).port}`;
+const caller = await startCaller(pki, frontend, {
+  orders: { address: inboundAddress(ordersSidecar), identity: orders.spiffeId, listen: "127.0.0.1:0" },
+  payments: { address: inboundAddress(paymentsSidecar), identity: payments.spiffeId },
+  ledger: { address: ledgerAddress, identity: ledger.spiffeId },
+});
+t.teardown(() => caller.stop());
+const ordersPort = caller.sidecar.addresses().upstreams!.orders!.port;
+
+t.test("an app with HTTP_PROXY set reaches an upstream by its name", async (t) => {
+  const result = await appRequest("http://orders/v1/orders?page=2", { proxy: caller.proxyUrl });
+  const echo = echoed(result);
+  t.equal(echo.url, "/v1/orders?page=2", "the app receives origin-form path and query");
+  t.equal(echo.xfcc.By, orders.spiffeId, "the orders sidecar served it");
+  t.equal(echo.xfcc.URI, frontend.spiffeId, "and saw our identity");
+  t.notOk(echo.headers["proxy-connection"], "proxy hop-by-hop headers are not forwarded");
+  const line = await waitForLog(
+    caller.logs,
+    (l) => l.msg === "request" && l.direction === "outbound" && l.path === "/v1/orders",
+  );
+  t.match(line, {
+    level: "info",
+    source_identity: frontend.spiffeId,
+    destination_identity: orders.spiffeId,
+    upstream: "orders",
+    decision: "allow",
+    status: 200,
+  });
+});
+
+t.test("a Node app using undici's EnvHttpProxyAgent is routed by its proxy URL", async (t) => {
+  const dispatcher = new EnvHttpProxyAgent({ httpProxy: caller.proxyUrl, noProxy: "" });
+  t.teardown(() => dispatcher.close());
+  const response = await request("http://payments/v1/charges", { dispatcher });
+  const echo = (await response.body.json()) as { url: string; headers: Record<string, string> };
+  t.equal(response.statusCode, 200);
+  t.equal(echo.url, "/v1/charges");
+  t.match(echo.headers["x-forwarded-client-cert"], `By=${payments.spiffeId}`);
+});
+
+t.test("a proxy URL may name the upstream by its address instead of its name", async (t) => {
+  const result = await appRequest(`http://${inboundAddress(paymentsSidecar)}/by-address`, {
+    proxy: caller.proxyUrl,
+  });
+  t.equal(echoed(result).xfcc.By, payments.spiffeId);
+});
+
+t.test("the proxy URL decides even when the Host header names another upstream", async (t) => {
+  const result = await appRequest("http://payments/url-wins", {
+    proxy: caller.proxyUrl,
+    headers: ["Host: orders"],
+  });
+  const echo = echoed(result);
+  t.equal(echo.xfcc.By, payments.spiffeId);
+  t.equal(echo.headers.host, "payments", "the Host sent upstream is the URL's (RFC 9112 §3.2.2)");
+});
+
+t.test("the path of a proxy URL is forwarded byte for byte, not re-parsed or re-encoded", async (t) => {
+  // A URL parser would turn "{" into "%7B" and resolve "..": the upstream must judge what the app sent.
+  const result = await appRequest(caller.proxyUrl, {
+    args: ["--request-target", "http://ledger/v1/{id}/../x?q=`a`"],
+  });
+  t.equal(result.response?.status, 200, result.stdout);
+  t.same(JSON.parse(result.response!.body), { url: "/v1/{id}/../x?q=`a`", host: "ledger" });
+});
+
+t.test("an app that sets Host: orders reaches orders through the shared port", async (t) => {
+  const result = await appRequest(`${caller.proxyUrl}/v1/orders/7`, { headers: ["Host: orders"] });
+  const echo = echoed(result);
+  t.equal(echo.url, "/v1/orders/7");
+  t.equal(echo.xfcc.By, orders.spiffeId);
+});
+
+t.test("Host names compare case-insensitively and may carry any port", async (t) => {
+  const result = await appRequest(`${caller.proxyUrl}/case`, { headers: ["Host: PayMents:8080"] });
+  t.equal(echoed(result).xfcc.By, payments.spiffeId);
+});
+
+t.test("an upstream's own port needs neither a proxy nor a Host header", async (t) => {
+  // curl sends Host: 127.0.0.1:<port>, which names no upstream: the port decides.
+  const result = await appRequest(`http://127.0.0.1:${ordersPort}/own-port`);
+  const echo = echoed(result);
+  t.equal(echo.url, "/own-port");
+  t.equal(echo.xfcc.By, orders.spiffeId);
+});
+
+t.test("on an upstream's own port, a Host naming another upstream still wins", async (t) => {
+  const result = await appRequest(`http://127.0.0.1:${ordersPort}/host-wins`, {
+    headers: ["Host: payments"],
+  });
+  t.equal(echoed(result).xfcc.By, payments.spiffeId);
+});
+
+t.test("an unknown Host gets 502 unknown_upstream naming the host and the known upstreams", async (t) => {
+  const result = await appRequest(`${caller.proxyUrl}/v1/stock`, { headers: ["Host: inventory"] });
+  const error = sidecarError(result);
+  t.equal(error.status, 502);
+  t.equal(error.header, "unknown_upstream");
+  t.equal(error.reason, "unknown_upstream");
+  t.match(error.error, '"inventory"');
+  t.match(error.error, "known upstreams: orders, payments, ledger");
+  const line = await waitForLog(caller.logs, (l) => l.msg === "request" && l.path === "/v1/stock");
+  t.match(line, {
+    level: "warn",
+    direction: "outbound",
+    decision: "deny",
+    reason: "unknown_upstream",
+    status: 502,
+  });
+});
+
+t.test("an unknown host in a proxy URL gets 502 unknown_upstream naming it", async (t) => {
+  const result = await appRequest("http://inventory:8080/v1/stock", { proxy: caller.proxyUrl });
+  const error = sidecarError(result);
+  t.equal(error.status, 502);
+  t.equal(error.reason, "unknown_upstream");
+  t.match(error.error, '"inventory:8080"');
+});
+
+t.test("an https:// URL sent to the proxy is refused: mtlsd adds the TLS itself", async (t) => {
+  const result = await appRequest(`${caller.proxyUrl}`, {
+    args: ["--request-target", "https://orders/secret"],
+  });
+  const error = sidecarError(result);
+  t.equal(error.status, 502);
+  t.equal(error.reason, "unknown_upstream");
+  t.match(error.error, "only http:// URLs");
+});
+
+t.test("a proxy URL with userinfo is refused with 400 bad_request", async (t) => {
+  const result = await appRequest(caller.proxyUrl, { args: ["--request-target", "http://admin@orders/"] });
+  const error = sidecarError(result);
+  t.equal(error.status, 400);
+  t.equal(error.reason, "bad_request");
+  t.match(error.error, "userinfo");
+});
+
+t.test("a request-target that is neither a path nor an http:// URL gets 400 bad_request", async (t) => {
+  for (const target of ["*", "http://[::1/x"]) {
+    const result = await appRequest(caller.proxyUrl, {
+      method: "OPTIONS",
+      headers: ["Host: orders"],
+      args: ["--request-target", target],
+    });
+    const error = sidecarError(result);
+    t.equal(error.status, 400, target);
+    t.equal(error.reason, "bad_request", target);
+  }
+});
+
+t.test("a CONNECT tunnel request is refused with 405 and an explanation", async (t) => {
+  const socket = net.connect(caller.outboundPort, "127.0.0.1");
+  t.teardown(() => socket.destroy());
+  socket.write("CONNECT orders:443 HTTP/1.1\r\nHost: orders:443\r\n\r\n");
+  let received = "";
+  socket.setEncoding("latin1");
+  socket.on("data", (chunk: string) => {
+    received += chunk;
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once("close", () => resolve());
+    setTimeout(() => reject(new Error("no reply to CONNECT within 3s")), 3000).unref();
+  });
+  t.match(received, /^HTTP\/1\.1 405 /);
+  t.match(received, "send plain http:// requests");
+});
