@@ -1,7 +1,9 @@
 // The admin listener as probes and operators meet it: /healthz, /readyz, /status, and what it refuses.
 import { createHash, X509Certificate } from "node:crypto";
+import { readFile, writeFile } from "node:fs/promises";
 import net from "node:net";
 import t from "tap";
+import { parse as parseYaml, stringify } from "yaml";
 import { Policy } from "../src/policy/index.ts";
 import { Readiness } from "../src/telemetry/index.ts";
 import { startApp } from "./helpers/app.ts";
@@ -180,6 +182,74 @@ t.test(
   },
 );
 
+t.test(
+  "/status reload follows the credential reloader: a refused push with its code, then the next good one",
+  async (t) => {
+    const rotating = await pki.identity("orders-rotating", { spiffeId: orders.spiffeId });
+    const running = await startSidecar(pki, rotating, {
+      identity: {
+        cert: rotating.certPath,
+        key: rotating.keyPath,
+        trustBundle: pki.bundlePath,
+        trustDomain: pki.trustDomain,
+        // Only the reloads this test asks for.
+        reload: { watch: false, interval: "1h" },
+      },
+      inbound: { listen: "127.0.0.1:0", app: app.url, policy },
+    });
+    t.teardown(() => running.stop());
+    const status = async () => JSON.parse((await get(`${running.adminUrl}/status`)).text);
+    const reloads = async (result: string) => {
+      const text = (await get(`${running.adminUrl}/metrics`)).text;
+      return Number(
+        new RegExp(`^mtlsd_credential_reloads_total\\{result="${result}"\\} (\\d+)$`, "m").exec(text)?.[1],
+      );
+    };
+    const started = await status();
+
+    // A key that does not belong to the certificate: refused, the old credentials stay.
+    await writeFile(rotating.keyPath, frontend.keyPem);
+    t.match(await running.sidecar.reloadCredentials(), { result: "failure" });
+    const refused = await status();
+    t.match(refused.reload, { result: "failure", trigger: "request", error: { code: "CERT_KEY_MISMATCH" } });
+    t.match(refused.reload.error.message, /does not belong to the certificate/);
+    t.ok(Date.parse(refused.reload.at) >= Date.parse(started.reload.at), "a later attempt");
+    t.equal(refused.cert.serial, started.cert.serial, "the certificate in use is unchanged");
+    t.equal(await reloads("failure"), 1, "/metrics counts the refusal");
+
+    const renewed = await pki.identity("orders-renewed", { spiffeId: orders.spiffeId });
+    await writeFile(rotating.certPath, renewed.chainPem);
+    await writeFile(rotating.keyPath, renewed.keyPem);
+    t.match(await running.sidecar.reloadCredentials(), { result: "success" });
+    const installed = await status();
+    t.match(installed.reload, { result: "success", trigger: "request", error: null });
+    t.equal(installed.cert.serial, renewed.issued.serialHex.toLowerCase(), "the new certificate");
+    t.equal(await reloads("success"), 1, "/metrics counts the success");
+  },
+);
+
+t.test(
+  "/status policy is the policy in force after a reload, not the one the sidecar started with",
+  async (t) => {
+    const running = await startSidecar(pki, orders, {
+      inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules: [policy.rules[0]] } },
+    });
+    t.teardown(() => running.stop());
+    const before = JSON.parse((await get(`${running.adminUrl}/status`)).text).policy;
+    t.equal(before.rules, 1);
+    const config = parseYaml(await readFile(running.configPath, "utf8")) as {
+      inbound: { policy: { rules: unknown[] } };
+    };
+    config.inbound.policy.rules.push(policy.rules[1]);
+    await writeFile(running.configPath, stringify(config));
+    t.match(running.sidecar.reloadPolicy("request"), { result: "applied", changed: true });
+    const after = JSON.parse((await get(`${running.adminUrl}/status`)).text).policy;
+    t.equal(after.rules, 2);
+    t.not(after.sha256, before.sha256);
+    t.equal(after.sha256, running.sidecar.policy?.sha256, "the hash of the policy requests are decided by");
+  },
+);
+
 t.test("/status tells two sidecars with different policies apart by the policy hash", async (t) => {
   const other = await startSidecar(pki, orders, {
     inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules: [policy.rules[0]] } },
@@ -256,6 +326,23 @@ t.test("the credentials check fails once the certificate has expired, and before
   });
   const [before] = await readiness("2025-12-31T23:59:59Z").check();
   t.match(before, { name: "credentials", ok: false, detail: /not valid before 2026-01-01/ });
+});
+
+t.test("/readyz judges the certificate by the sidecar's clock, the one its other checks read", async (t) => {
+  const afterExpiry = new Date(orders.issued.cert.notAfter.getTime() + 1000);
+  const late = await startSidecar(
+    pki,
+    orders,
+    { inbound: { listen: "127.0.0.1:0", app: app.url, policy } },
+    { now: () => afterExpiry },
+  );
+  t.teardown(() => late.stop());
+  const response = await get(`${late.adminUrl}/readyz`);
+  t.equal(response.status, 503);
+  t.match(JSON.parse(response.text), {
+    failed: ["credentials"],
+    checks: { credentials: { ok: false, detail: /^certificate expired at / } },
+  });
 });
 
 t.test("the listeners check names every listener that does not accept connections", async (t) => {
