@@ -1,10 +1,13 @@
 // Stopping without dropping: SIGTERM drains the real mtlsd process, a second signal exits at once.
-import { once } from "node:events";
+import { spawn } from "node:child_process";
+import { EventEmitter, once } from "node:events";
 import { writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
 import t from "tap";
 import { stringify } from "yaml";
+import { loadCredentials } from "../src/credentials/index.ts";
+import { startApp } from "./helpers/app.ts";
 import { type GateApp, startGateApp } from "./helpers/gate-app.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
@@ -12,6 +15,8 @@ import { type ClientTls, RawConnection, rawGet } from "./helpers/raw-http.ts";
 import { startSidecar } from "./helpers/sidecar.ts";
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
+
+const FIXTURE = new URL("./fixtures/stop-and-exit.ts", import.meta.url).pathname;
 
 const pki = await createTestPki();
 t.teardown(() => pki.cleanup());
@@ -299,3 +304,162 @@ t.test("the outbound listener drains too, and the upstream pool closes after", a
   t.equal(caller.sidecar.upstreamStats().orders?.connections, 0, "the pool's connections are closed");
   t.match(caller.logs.at(-1), { msg: "mtlsd stopped", in_flight: 1, cut: 0 });
 });
+
+t.test(
+  "a drain waits for a request on a pool retired by a rotation, then closes that pool too",
+  async (t) => {
+    const gate = await startGateApp();
+    t.teardown(() => gate.close());
+    const upstream = await startSidecar(pki, orders, {
+      inbound: {
+        listen: "127.0.0.1:0",
+        app: gate.url,
+        policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+      },
+    });
+    t.teardown(() => upstream.stop());
+    const caller = await startSidecar(pki, frontend, {
+      outbound: {
+        listen: "127.0.0.1:0",
+        upstreams: { orders: { address: `127.0.0.1:${upstream.inboundPort}`, identity: orders.spiffeId } },
+      },
+    });
+    t.teardown(() => caller.stop());
+    const app = net.connect(caller.sidecar.addresses().outbound!.port, "127.0.0.1");
+    t.teardown(() => app.destroy());
+    let received = "";
+    app.setEncoding("latin1");
+    app.on("data", (chunk: string) => {
+      received += chunk;
+    });
+    const appClosed = once(app, "close");
+    app.write("GET /gate/rotated HTTP/1.1\r\nHost: orders\r\n\r\n");
+    await gate.arrived();
+    // The rotation retires the pool that carries the request; the new pool has no connection yet.
+    const next = await pki.identity("frontend-drain-next", { spiffeId: frontend.spiffeId });
+    caller.sidecar.store.replace(
+      await loadCredentials(
+        { cert: next.certPath, key: next.keyPath, trustBundle: pki.bundlePath },
+        { trustDomain: pki.trustDomain },
+      ),
+    );
+    t.match(caller.sidecar.upstreamStats().orders, { connections: 1, pending: 1 }, "on the retired pool");
+
+    const stopped = caller.sidecar.stop(10_000);
+    gate.release();
+    await Promise.race([appClosed, new Promise((resolve) => setTimeout(resolve, 5000))]);
+    t.match(received, /^HTTP\/1\.1 200 OK\r\n/, "the request finished");
+    await stopped;
+    t.match(
+      caller.sidecar.upstreamStats().orders,
+      { connections: 0, pending: 0 },
+      "the retired pool is closed",
+    );
+    t.match(caller.logs.at(-1), { msg: "mtlsd stopped", in_flight: 1, cut: 0 });
+  },
+);
+
+t.test("a SIGHUP during a drain is answered, not fatal, and stopping removes the listener", async (t) => {
+  const gate = await startGateApp();
+  t.teardown(() => gate.close());
+  const signals = new EventEmitter();
+  const running = await startSidecar(
+    pki,
+    orders,
+    {
+      inbound: {
+        listen: "127.0.0.1:0",
+        app: gate.url,
+        policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+      },
+    },
+    { signals },
+  );
+  t.teardown(() => running.stop());
+  const connection = await RawConnection.open(running.inboundPort, client);
+  t.teardown(() => connection.close());
+  connection.write(rawGet("/gate/held-over-sighup"));
+  await gate.arrived();
+
+  const stopped = running.sidecar.stop(10_000);
+  t.equal(signals.listenerCount("SIGHUP"), 1, "still listening while draining");
+  signals.emit("SIGHUP");
+  t.match(running.logs.at(-1), { msg: "draining: reload ignored", signal: "SIGHUP" });
+  t.notOk(
+    running.logs.some((line) => line.msg === "reloading credentials and policy"),
+    "nothing is reloaded",
+  );
+  gate.release();
+  t.equal((await connection.read(1, 5000)).responses[0]?.status, 200);
+  await stopped;
+  t.equal(signals.listenerCount("SIGHUP"), 0, "removed once stopped");
+});
+
+t.test(
+  "after a drain nothing the sidecars started keeps the process alive: watchers, timers, old pools",
+  async (t) => {
+    const app = await startApp();
+    t.teardown(() => app.stop());
+    const next = await pki.identity("frontend-exit-next", { spiffeId: frontend.spiffeId });
+    const identity = (who: { certPath: string; keyPath: string }) => ({
+      cert: who.certPath,
+      key: who.keyPath,
+      trustBundle: pki.bundlePath,
+      trustDomain: pki.trustDomain,
+      // Watch and poll as in production, with a short poll so its timer is surely armed.
+      reload: { watch: true, interval: "1s" },
+    });
+    const upstreamConfig = path.join(pki.dir, "exit-upstream.yaml");
+    await writeFile(
+      upstreamConfig,
+      stringify({
+        identity: identity(orders),
+        inbound: {
+          listen: "127.0.0.1:0",
+          app: app.url,
+          policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+        },
+        admin: { listen: "127.0.0.1:0" },
+        log: { level: "silent" },
+      }),
+    );
+    const child = spawn(
+      process.execPath,
+      [
+        FIXTURE,
+        JSON.stringify({
+          upstreamConfig,
+          callerConfig: path.join(pki.dir, "exit-caller.yaml"),
+          callerIdentity: identity(frontend),
+          upstreamId: orders.spiffeId,
+          next: { cert: next.certPath, key: next.keyPath, trustBundle: pki.bundlePath },
+        }),
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    t.teardown(() => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      stdout += chunk;
+    });
+    child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+      stderr += chunk;
+    });
+    // Starting, two calls and a rotation take a second or two; a process held by a handle never ends.
+    const timer = setTimeout(() => child.kill("SIGKILL"), 20_000);
+    const [code, signal] = (await once(child, "close")) as [number | null, NodeJS.Signals | null];
+    clearTimeout(timer);
+    t.equal(signal, null, `the process ended by itself (${stderr.trim() || "no stderr"})`);
+    t.equal(code, 0, stderr);
+    const report = JSON.parse(stdout.trim().split("\n").at(-1) ?? "{}") as Record<string, unknown>;
+    t.match(report, {
+      stopped: true,
+      statuses: [200, 200],
+      sighupListenersLeft: 0,
+      upstream: { connections: 0, pending: 0 },
+    });
+  },
+);
