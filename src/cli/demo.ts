@@ -500,12 +500,12 @@ class Demo {
       ],
       "  ",
     );
+    this.#print(this.#style.dim("  (from a checkout, run mtlsd as: npm run mtlsd -- check ...)"));
     this.#print("Admin endpoints (/healthz /readyz /metrics /status) of each sidecar:");
     this.#table(
       (["orders", "frontend", "reporting"] as const).map((name) => [name, this.#adminUrl(name)]),
       "  ",
     );
-    this.#print(this.#style.dim("  (from a checkout, run mtlsd as: npm run mtlsd -- check ...)"));
     this.#print(`The configs and certificates are in ${d}. Ctrl-C stops everything and removes it.`);
     this.#print("Requests, as the sidecars log them:");
     this.#follow = true;
