@@ -51,7 +51,8 @@ async function identity(name: string) {
 }
 async function start(name: string, config: Record<string, unknown>): Promise<Sidecar> {
   const file = path.join(dir, `${name}.yaml`);
-  const text = stringify({ ...config, log: { level: "silent" } });
+  // Two sidecars in this process: each admin listener on a port of its own.
+  const text = stringify({ ...config, admin: { listen: "127.0.0.1:0" }, log: { level: "silent" } });
   await writeFile(file, text);
   return Sidecar.start(parseConfig(text, file));
 }

@@ -303,9 +303,7 @@ async function main(): Promise<void> {
   };
 
   const mtlsdTwoHop = (logLevel: string) => async (): Promise<Stack> => {
-    const [inboundPort, upstreamPort, outboundPort, adminA, adminB] = await Promise.all(
-      Array.from({ length: 5 }, freePort),
-    );
+    const [inboundPort, upstreamPort, outboundPort] = await Promise.all(Array.from({ length: 3 }, freePort));
     const log = { level: logLevel };
     const inbound = await mtlsd(
       "orders-in",
@@ -319,7 +317,8 @@ async function main(): Promise<void> {
             ],
           },
         },
-        ...adminConfig(adminA!),
+        // Several sidecars at once: each admin listener on a port of its own.
+        admin: { listen: "127.0.0.1:0" },
         log,
       },
       inboundPort!,
@@ -338,7 +337,7 @@ async function main(): Promise<void> {
             },
           },
         },
-        ...adminConfig(adminB!),
+        admin: { listen: "127.0.0.1:0" },
         log,
       },
       upstreamPort!,
@@ -347,7 +346,7 @@ async function main(): Promise<void> {
   };
 
   const mtlsdInboundOnly = async (): Promise<Stack> => {
-    const [inboundPort, admin] = await Promise.all([freePort(), freePort()]);
+    const inboundPort = await freePort();
     const inbound = await mtlsd(
       "orders-in",
       {
@@ -360,12 +359,12 @@ async function main(): Promise<void> {
             ],
           },
         },
-        ...adminConfig(admin!),
+        admin: { listen: "127.0.0.1:0" },
         log: { level: "warn" },
       },
-      inboundPort!,
+      inboundPort,
     );
-    return { entryPort: inboundPort!, proxies: [inbound] };
+    return { entryPort: inboundPort, proxies: [inbound] };
   };
 
   const peerTwoHop = (peer: "nginx" | "haproxy" | "stunnel") => async (): Promise<Stack> => {
@@ -536,15 +535,6 @@ async function main(): Promise<void> {
   await rm(work, { recursive: true, force: true });
   process.stderr.write(`[bench] wrote ${path.join(values.out, "latest.md")}, latest.json, latest.svg\n`);
 }
-
-function adminConfig(port: number): Record<string, unknown> {
-  // Older configs have no admin section; the key is only set when the schema knows it.
-  return ADMIN_SUPPORTED ? { admin: { listen: `127.0.0.1:${port}` } } : {};
-}
-
-const ADMIN_SUPPORTED = await import("../src/config/index.ts").then(
-  ({ configSchema }) => "admin" in configSchema.shape,
-);
 
 process.on("SIGINT", () => {
   for (const entry of running) entry.child.kill("SIGKILL");

@@ -1,6 +1,7 @@
 // Composition root: builds every part from a Config, and starts and stops them in order.
 import type { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
+import { performance } from "node:perf_hooks";
 import type { DestinationStream } from "pino";
 import type { LoadedConfig } from "./config/index.ts";
 import {
@@ -23,10 +24,13 @@ import {
   type PolicyReloadOutcome,
   type PolicyReloadTrigger,
 } from "./policy-reload.ts";
+import { Deadline, httpLimits } from "./proxy/index.ts";
 import {
+  AdminServer,
   createLogger,
   type Logger,
   Metrics,
+  Readiness,
   TrafficFanout,
   TrafficLog,
   type TrafficObserver,
@@ -47,6 +51,7 @@ export interface SidecarOptions {
 }
 
 export interface SidecarAddresses {
+  admin?: AddressInfo;
   inbound?: AddressInfo;
   outbound?: AddressInfo;
   /** Per-upstream listeners, by upstream name. */
@@ -62,12 +67,15 @@ export class Sidecar {
   readonly observer: TrafficObserver;
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
+  readonly #admin: AdminServer;
   readonly #policyReloader: PolicyReloader | undefined;
   readonly #reloader: CredentialReloader;
   readonly #expiry: ExpiryMonitor;
   readonly #signals: EventEmitter | undefined;
   #outboundAddresses: Record<string, AddressInfo> = {};
-  #stopped = false;
+  /** Set by the first stop request; a later one can only bring it forward. */
+  #deadline: Deadline | undefined;
+  #stopping: Promise<void> | undefined;
 
   private constructor(
     loaded: LoadedConfig,
@@ -135,8 +143,30 @@ export class Sidecar {
         trustDomain: config.identity.trustDomain,
         denyList,
         observer: this.observer,
+        logger,
       });
     }
+    const readiness = new Readiness({
+      certificate: () => this.store.current.leaf,
+      listeners: () => this.#listening(),
+      app: config.inbound ? appAddress(config.inbound.app) : undefined,
+      ...(options.now ? { now: options.now } : {}),
+    });
+    this.#admin = new AdminServer({
+      listen: config.admin.listen,
+      serverOptions: httpLimits(config.limits),
+      maxConnections: config.limits.maxConnections,
+      metrics: this.metrics,
+      readiness,
+      draining: () => this.draining,
+      status: {
+        credentials: () => this.store.current,
+        // Read at request time: the policy in force after any reload, the last credential reload's outcome.
+        policy: () => this.policy,
+        reload: () => this.#reloader.status(),
+        upstreams: () => this.upstreamStats(),
+      },
+    });
   }
 
   /**
@@ -197,6 +227,8 @@ export class Sidecar {
 
   addresses(): SidecarAddresses {
     const addresses: SidecarAddresses = {};
+    const admin = this.#admin.address();
+    if (admin) addresses.admin = admin;
     const inbound = this.#inbound?.address();
     if (inbound) addresses.inbound = inbound;
     for (const [field, address] of Object.entries(this.#outboundAddresses)) {
@@ -218,6 +250,18 @@ export class Sidecar {
     return this.#outbound?.stats() ?? {};
   }
 
+  /** True from the first stop request on: /readyz answers 503 and no listener accepts. */
+  get draining(): boolean {
+    return this.#deadline !== undefined;
+  }
+
+  #listening(): Record<string, boolean> {
+    const listening: Record<string, boolean> = {};
+    if (this.#inbound) listening["inbound.listen"] = this.#inbound.listening;
+    if (this.#outbound) Object.assign(listening, this.#outbound.listening());
+    return listening;
+  }
+
   /** The last credential reload that did something (startup counts), for /status. */
   reloadStatus(): ReloadStatus {
     return this.#reloader.status();
@@ -230,6 +274,11 @@ export class Sidecar {
 
   /** SIGHUP, as nginx and ghostunnel treat it: re-read everything that can change without a restart. */
   readonly #onSighup = (): void => {
+    if (this.draining) {
+      // Still subscribed so that a SIGHUP during the drain cannot end the process; there is nothing to reload.
+      this.logger.info({ signal: "SIGHUP" }, "draining: reload ignored");
+      return;
+    }
     this.logger.info(
       { signal: "SIGHUP" },
       this.#policyReloader ? "reloading credentials and policy" : "reloading credentials",
@@ -251,6 +300,8 @@ export class Sidecar {
           `${address.address}:${address.port}`;
       }
     }
+    const admin = await listenOrExplain("admin.listen", () => this.#admin.listen());
+    addresses.admin = `${admin.address}:${admin.port}`;
     // Before "mtlsd started": whoever waits for that line may change the config file right after it.
     this.#policyReloader?.start();
     // The config file is watched like the credential files: same debounce, same polling backstop.
@@ -278,18 +329,62 @@ export class Sidecar {
     this.#expiry.start();
   }
 
-  /** Stops listening and closes connections, giving in-flight requests up to `graceMs`. */
-  async stop(graceMs = 0): Promise<void> {
-    if (this.#stopped) return;
-    this.#stopped = true;
-    this.#signals?.off("SIGHUP", this.#onSighup);
+  /**
+   * Drains, then stops. At once: /readyz answers 503, every data listener stops accepting, and idle
+   * connections close. Requests in flight, and requests still arriving, are answered with `Connection: close`.
+   * Whatever is still open after `drainTimeoutMs` is cut. Then the pools close, and the admin listener last,
+   * so probes see the drain until the end. A call during a drain brings the deadline forward to its own
+   * timeout (0: cut now) and resolves when the first one does. Tests use the default, 0.
+   */
+  stop(drainTimeoutMs = 0): Promise<void> {
+    if (this.#stopping) {
+      this.#deadline!.shorten(drainTimeoutMs);
+      return this.#stopping;
+    }
+    const deadline = new Deadline(drainTimeoutMs);
+    this.#deadline = deadline;
+    this.#stopping = this.#drainAndStop(deadline, drainTimeoutMs);
+    return this.#stopping;
+  }
+
+  async #drainAndStop(deadline: Deadline, drainTimeoutMs: number): Promise<void> {
+    const started = performance.now();
+    // Nothing is reloaded during a drain: the watchers, the polling and expiry timers stop now, so none of
+    // them keeps the process alive once the drain is over.
     this.#policyReloader?.close();
     this.#reloader.close();
     this.#expiry.close();
-    await Promise.all([this.#inbound?.close(graceMs), this.#outbound?.close(graceMs)]);
-    this.logger.info("mtlsd stopped");
+    if (drainTimeoutMs > 0) {
+      this.logger.info(
+        {
+          drain_timeout_ms: drainTimeoutMs,
+          connections: (this.#inbound?.connections ?? 0) + (this.#outbound?.connections ?? 0),
+        },
+        "draining",
+      );
+    }
+    const results = await Promise.all([this.#inbound?.drain(deadline), this.#outbound?.drain(deadline)]);
+    deadline.cancel();
+    await this.#admin.close();
+    const summary = {
+      drain_ms: Math.round(performance.now() - started),
+      in_flight: results.reduce((sum, result) => sum + (result?.inFlight ?? 0), 0),
+      cut: results.reduce((sum, result) => sum + (result?.cut ?? 0), 0),
+    };
+    if (drainTimeoutMs > 0 && summary.cut > 0) {
+      this.logger.warn(summary, "drain deadline reached: connections still open were cut");
+    }
+    // Last: until now a SIGHUP during the drain was answered (ignored) instead of ending the process.
+    this.#signals?.off("SIGHUP", this.#onSighup);
+    this.logger.info(summary, "mtlsd stopped");
     this.logger.flush();
   }
+}
+
+/** Where readiness probes the app: host and port of `inbound.app` (http:// only, so port 80 by default). */
+function appAddress(app: string): { host: string; port: number } {
+  const url = new URL(app);
+  return { host: url.hostname.replace(/^\[(.*)\]$/, "$1"), port: Number(url.port || 80) };
 }
 
 /** The policy counts override lifetimes in epoch milliseconds; the sidecar's one clock speaks Date. */

@@ -56,6 +56,19 @@ t.test("a good config prints our identity, its expiry and the trust domain, and 
   t.match(result.stdout, /result: OK\n$/);
 });
 
+t.test("check names the admin listener, the default one when the config sets none", async (t) => {
+  const defaulted = await runCli(["check", "-c", await writeConfig(orders)]);
+  t.equal(defaulted.code, 0, defaulted.stdout);
+  t.match(defaulted.stdout, /admin\n +listen +127\.0\.0\.1:15000 \(\/healthz \/readyz \/metrics \/status;/);
+  const moved = await runCli([
+    "check",
+    "-c",
+    await writeConfig(orders, { admin: { listen: "0.0.0.0:9901" } }),
+  ]);
+  t.equal(moved.code, 0, moved.stdout);
+  t.match(moved.stdout, /listen +0\.0\.0\.0:9901 \(/);
+});
+
 t.test("check reads -c from $MTLSD_CONFIG like mtlsd run", async (t) => {
   const result = await runCli(["check"], { env: { MTLSD_CONFIG: await writeConfig(orders) } });
   t.equal(result.code, 0, result.stdout);

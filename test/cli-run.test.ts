@@ -129,6 +129,7 @@ async function writeConfig(
       },
       ...inbound,
     },
+    admin: { listen: "127.0.0.1:0" },
   };
   await writeFile(file, stringify(config));
   return file;

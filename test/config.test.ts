@@ -160,7 +160,9 @@ t.test("defaults fill in what the file leaves out, durations in ms and sizes in 
     headersTimeout: 10_000,
     requestTimeout: 300_000,
     keepAliveTimeout: 60_000,
+    drainTimeout: 30_000,
   });
+  t.same(config.admin, { listen: "127.0.0.1:15000" });
   t.same(config.log, { level: "info" });
 });
 
@@ -408,6 +410,40 @@ t.test("a listen address without a valid port is refused", async (t) => {
     });
   }
 });
+
+t.test("the admin listener may not share a port with a data listener", async (t) => {
+  assertProblem(
+    t,
+    configError(`${IDENTITY}inbound:\n  listen: 0.0.0.0:15006\nadmin:\n  listen: 127.0.0.1:15006\n`),
+    {
+      path: "admin.listen",
+      line: IDENTITY_LINES + 4,
+      expected: "a port other than inbound.listen's",
+      found: "port 15006 again",
+    },
+  );
+});
+
+t.test("a headers timeout longer than the request timeout is refused, as Node would refuse it", async (t) => {
+  assertProblem(
+    t,
+    configError(`${IDENTITY}inbound: {}\nlimits:\n  headersTimeout: 2m\n  requestTimeout: 1m\n`),
+    {
+      path: "limits.headersTimeout",
+      line: IDENTITY_LINES + 3,
+      expected: "at most limits.requestTimeout (1m)",
+      found: "2m",
+    },
+  );
+});
+
+t.test(
+  "a drain timeout of zero is allowed: connections are cut as soon as the listeners close",
+  async (t) => {
+    const { config } = parseConfig(`${IDENTITY}inbound: {}\nlimits:\n  drainTimeout: 0s\n`, FILE);
+    t.equal(config.limits.drainTimeout, 0);
+  },
+);
 
 t.test("several mistakes are all reported at once", async (t) => {
   const error = configError(

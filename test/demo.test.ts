@@ -108,7 +108,7 @@ t.test("the transcript has no colour codes when stdout is not a terminal", async
 });
 
 t.test(
-  "demo --keep prints URLs, serves curl through the printed outbound URL, and exits 0 on SIGTERM",
+  "demo --keep prints URLs (admin ones too), serves curl through the printed outbound URL, and exits 0 on SIGTERM",
   async (t) => {
     const child = spawnCli(["demo", "--keep"]);
     t.teardown(() => {
@@ -124,6 +124,25 @@ t.test(
       child.output(),
       /orders' mTLS port +curl --cacert \S+\/bundle\.pem --cert \S+\/frontend\.crt --key \S+\/frontend\.key https:\/\/127\.0\.0\.1:\d+/,
     );
+    const status = /orders' sidecar status +curl (http:\/\/127\.0\.0\.1:\d+\/status)\n/.exec(
+      child.output(),
+    )?.[1];
+    t.ok(status, "the orders sidecar's /status URL is printed");
+    const document = await curl(["-sS", "--max-time", "5", status!]);
+    t.equal(document.code, 0, document.stderr);
+    t.match(JSON.parse(document.stdout), {
+      identity: "spiffe://example.org/ns/orders/sa/orders",
+      draining: false,
+    });
+    const admins = [
+      ...child.output().matchAll(/^ {2}(orders|frontend|reporting) +(http:\/\/127\.0\.0\.1:\d+)$/gm),
+    ];
+    t.same(
+      admins.map((match) => match[1]),
+      ["orders", "frontend", "reporting"],
+      "each sidecar's admin URL is printed",
+    );
+    t.equal(new Set(admins.map((match) => match[2])).size, 3, "on a port of its own");
     const reply = await curl(["-sS", "--max-time", "5", url!]);
     t.equal(reply.code, 0, reply.stderr);
     t.match(reply.stdout, /"caller":"spiffe:\/\/example\.org\/ns\/frontend\/sa\/frontend"/);

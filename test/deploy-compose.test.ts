@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import t from "tap";
-import { parse as parseYaml, stringify } from "yaml";
+import { stringify } from "yaml";
 import { parseDuration } from "../src/config/index.ts";
 import { loadCredentials } from "../src/credentials/index.ts";
 import {
@@ -16,7 +16,6 @@ import {
   repoPath,
   startMtlsd,
   validateShippedConfig,
-  withoutPendingKeys,
   type Yaml,
   yamlDocuments,
 } from "./helpers/deploy.ts";
@@ -167,11 +166,13 @@ type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 /** A shipped sidecar config pointed at this test's files and loopback ports instead of the containers'. */
 async function localConfig(name: string, certs: string, change: (config: Yaml) => void): Promise<string> {
   const { file, text } = sidecarConfig(name);
-  const { config } = withoutPendingKeys(parseYaml(text) as Yaml, file);
+  const config = validateShippedConfig(text, file).raw;
   const identity = config.identity as Yaml;
   for (const key of ["cert", "key", "trustBundle"]) {
     identity[key] = path.join(certs, path.basename(identity[key] as string));
   }
+  // Each container has a loopback of its own; here both sidecars share the host's, beside parallel tests.
+  config.admin = { listen: "127.0.0.1:0" };
   change(config);
   const target = path.join(dir, `${name}.yaml`);
   await writeFile(target, stringify(config));

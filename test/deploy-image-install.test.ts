@@ -206,6 +206,8 @@ t.test("mtlsd serves mTLS with a read-only root file system and drains on SIGTER
           rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }],
         },
       },
+      // Tests run in parallel: the admin listener's default port would collide.
+      admin: { listen: "127.0.0.1:0" },
     }),
   );
   const before = await snapshot(app);

@@ -140,6 +140,7 @@ const configText = stringify({
     app: app.url,
     policy: { rules: [{ name: "frontend-calls-orders", action: "allow", from: [FRONTEND_ID] }] },
   },
+  admin: { listen: "127.0.0.1:0" },
   log: { level: "debug" },
 });
 await writeFile(configPath, configText);

@@ -40,6 +40,7 @@ t.test("large bodies stream through the inbound sidecar in both directions", asy
         app: app.url,
         policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
       },
+      admin: { listen: "127.0.0.1:0" },
       log: { level: "info" },
     }),
   );

@@ -33,6 +33,8 @@ function configText(rules: Rule[], inbound: Record<string, unknown> = {}, overri
       trustDomain: pki.trustDomain,
     },
     inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules, overrides }, ...inbound },
+    // Tests run in parallel: the admin listener's default port would collide.
+    admin: { listen: "127.0.0.1:0" },
   });
 }
 
@@ -211,6 +213,7 @@ t.test("one SIGHUP reloads both the credentials and the policy", async (t) => {
         reload: { watch: false, interval: "1h" },
       },
       inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules } },
+      admin: { listen: "127.0.0.1:0" },
     });
   const real = path.join(realDir, "mtlsd.yaml");
   const link = path.join(linkDir, "mtlsd.yaml");
@@ -268,6 +271,7 @@ t.test("a sidecar that fails to start leaves no SIGHUP listener behind", async (
         trustDomain: pki.trustDomain,
       },
       inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules: [FRONTEND_RULE] } },
+      admin: { listen: "127.0.0.1:0" },
     }),
   );
   const signals = new EventEmitter();

@@ -69,6 +69,8 @@ function ordersConfig(files: { cert: string; key: string; bundle: string }, relo
       app: app.url,
       policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
     },
+    // Tests run in parallel: the admin listener's default port would collide.
+    admin: { listen: "127.0.0.1:0" },
   };
 }
 

@@ -267,6 +267,17 @@ function checkOutbound(loaded: LoadedConfig, report: Report): void {
   }
 }
 
+/** Where probes and Prometheus reach this sidecar: the port to open to them, and to nobody else. */
+function checkAdmin(loaded: LoadedConfig, report: Report): void {
+  report.section("admin");
+  report.fields([
+    [
+      "listen",
+      `${loaded.config.admin.listen} (/healthz /readyz /metrics /status; plain HTTP, no authentication)`,
+    ],
+  ]);
+}
+
 interface PeerQuestion {
   host: string;
   port: number;
@@ -555,6 +566,7 @@ export async function checkCommand(args: string[], io: CliIo): Promise<number> {
   await checkIdentity(loaded, report, now);
   checkPolicy(loaded, policy, report, now);
   checkOutbound(loaded, report);
+  checkAdmin(loaded, report);
   if (peer) {
     await checkPeer(
       loaded,

@@ -168,6 +168,8 @@ class Demo {
         trustBundle: PKI_FILES.bundle,
         trustDomain: TRUST_DOMAIN,
       },
+      // Three sidecars in one process (and perhaps a real mtlsd beside it): each gets an admin port of its own.
+      admin: { listen: "127.0.0.1:0" },
       ...config,
     };
     await writeFile(configPath, `# written by mtlsd demo\n${stringify(full)}`);
@@ -493,13 +495,24 @@ class Demo {
         ],
         ["check a peer", `mtlsd check -c ${d}/frontend.yaml --peer 127.0.0.1:${ordersInbound}`],
         ["inspect a certificate", `mtlsd certs inspect ${d}/orders.crt`],
+        ["orders' sidecar status", `curl ${this.#adminUrl("orders")}/status`],
+        ["  its metrics", `curl ${this.#adminUrl("orders")}/metrics`],
       ],
       "  ",
     );
     this.#print(this.#style.dim("  (from a checkout, run mtlsd as: npm run mtlsd -- check ...)"));
+    this.#print("Admin endpoints (/healthz /readyz /metrics /status) of each sidecar:");
+    this.#table(
+      (["orders", "frontend", "reporting"] as const).map((name) => [name, this.#adminUrl(name)]),
+      "  ",
+    );
     this.#print(`The configs and certificates are in ${d}. Ctrl-C stops everything and removes it.`);
     this.#print("Requests, as the sidecars log them:");
     this.#follow = true;
+  }
+
+  #adminUrl(name: WorkloadName): string {
+    return `http://127.0.0.1:${this.#sidecar(name).sidecar.addresses().admin!.port}`;
   }
 
   #printLogLine(name: WorkloadName, entry: LogLine): void {

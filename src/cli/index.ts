@@ -21,6 +21,7 @@ Usage:
   mtlsd --version         print the version
   mtlsd --help            print this help
 
+SIGTERM or SIGINT drains (limits.drainTimeout) and exits 0; a second one exits 1 at once.
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
 Docs: README.md; config reference: config/mtlsd.example.yaml and config/mtlsd.schema.json
 `;

@@ -4,7 +4,7 @@ export interface CliIo {
   stderr: NodeJS.WritableStream;
   env: NodeJS.ProcessEnv;
   cwd: string;
-  /** Where SIGTERM/SIGINT (stop) and SIGHUP (reload credentials and policy) come from; the process by default. */
+  /** Where SIGTERM/SIGINT (drain and stop; a second one exits at once) and SIGHUP (reload credentials and policy) come from; the process by default. */
   signals?: NodeJS.EventEmitter;
 }
 

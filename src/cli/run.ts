@@ -1,5 +1,4 @@
 // `mtlsd run`: start the sidecar from a config file and keep it running until a signal stops it.
-import { once } from "node:events";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfigFile } from "../config/index.ts";
 import { MtlsdError } from "../errors.ts";
@@ -56,8 +55,46 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
     io.stderr.write(`mtlsd: ${(error as Error).message}\n`);
     return exitCodeFor(error);
   }
-  const [signal] = await Promise.race([once(signals, "SIGTERM"), once(signals, "SIGINT")]);
-  sidecar.logger.info({ signal }, "stopping");
-  await sidecar.stop();
-  return EXIT_OK;
+  return await drainOnSignals(sidecar, signals);
+}
+
+/**
+ * The first SIGTERM or SIGINT drains (limits.drainTimeout) and exits 0, even when the deadline had to cut
+ * connections: the shutdown went as configured. A second signal during the drain exits 1 at once, as
+ * "runtime failure": requests still in flight were abandoned.
+ */
+async function drainOnSignals(sidecar: Sidecar, signals: NodeJS.EventEmitter): Promise<number> {
+  const drainTimeout = sidecar.loaded.config.limits.drainTimeout;
+  let received = 0;
+  let first: (signal: NodeJS.Signals) => void = () => {};
+  let second: (signal: NodeJS.Signals) => void = () => {};
+  const firstSignal = new Promise<NodeJS.Signals>((resolve) => {
+    first = resolve;
+  });
+  const secondSignal = new Promise<NodeJS.Signals>((resolve) => {
+    second = resolve;
+  });
+  // Listeners stay installed from start to exit: a signal with no listener would kill the process outright.
+  const onSignal = (signal: NodeJS.Signals) => {
+    received++;
+    if (received === 1) first(signal);
+    else if (received === 2) second(signal);
+  };
+  signals.on("SIGTERM", onSignal);
+  signals.on("SIGINT", onSignal);
+  try {
+    const signal = await firstSignal;
+    sidecar.logger.info({ signal, drain_timeout_ms: drainTimeout }, "stop signal received");
+    const outcome = await Promise.race([
+      sidecar.stop(drainTimeout).then(() => "drained" as const),
+      secondSignal,
+    ]);
+    if (outcome === "drained") return EXIT_OK;
+    sidecar.logger.warn({ signal: outcome }, "second stop signal: exiting now without finishing the drain");
+    sidecar.logger.flush();
+    return EXIT_FAILURE;
+  } finally {
+    signals.off("SIGTERM", onSignal);
+    signals.off("SIGINT", onSignal);
+  }
 }

@@ -298,6 +298,12 @@ export const configSchema = s.object({
         .duration()
         .default(60_000)
         .describe("Idle connections are closed after this: client connections and pooled upstream ones."),
+      drainTimeout: s
+        .duration(0)
+        .default(30_000)
+        .describe(
+          "On SIGTERM/SIGINT, in-flight requests get this long to finish before their connections are cut.",
+        ),
     })
     .default({
       maxConnections: 10_000,
@@ -306,7 +312,16 @@ export const configSchema = s.object({
       headersTimeout: 10_000,
       requestTimeout: 300_000,
       keepAliveTimeout: 60_000,
+      drainTimeout: 30_000,
     }),
+  admin: s
+    .object({
+      listen: listenAddress()
+        .default("127.0.0.1:15000")
+        .describe("host:port of /healthz, /readyz, /metrics and /status; keep it on loopback."),
+    })
+    .default({ listen: "127.0.0.1:15000" })
+    .describe("The admin HTTP listener (plain HTTP, no authentication)."),
   metrics: s
     .object({
       maxIdentityLabels: s
@@ -329,3 +344,4 @@ export type InboundConfig = NonNullable<Config["inbound"]>;
 export type LimitsConfig = Config["limits"];
 export type OutboundConfig = NonNullable<Config["outbound"]>;
 export type UpstreamConfig = OutboundConfig["upstreams"][string];
+export type AdminConfig = Config["admin"];

@@ -1,5 +1,6 @@
 // The config module's public face: the schema-derived types, loading and validation, the JSON Schema.
 export {
+  type AdminConfig,
   type Config,
   configSchema,
   type DenyConfig,

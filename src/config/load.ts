@@ -157,6 +157,7 @@ function crossFieldIssues(config: Config, now: number): Issue[] {
       if (upstream.listen) listeners.push([`outbound.upstreams.${name}.listen`, upstream.listen]);
     }
   }
+  listeners.push(["admin.listen", config.admin.listen]);
   const ports = new Map<number, string>();
   for (const [field, address] of listeners) {
     const port = parseHostPort(address)?.port;
@@ -165,6 +166,15 @@ function crossFieldIssues(config: Config, now: number): Issue[] {
     if (other) {
       issues.push({ path: field, expected: `a port other than ${other}'s`, found: `port ${port} again` });
     } else ports.set(port, field);
+  }
+  // Node refuses to build a server otherwise; say so here, with the field, rather than at listen time.
+  const { headersTimeout, requestTimeout } = config.limits;
+  if (headersTimeout > requestTimeout) {
+    issues.push({
+      path: "limits.headersTimeout",
+      expected: `at most limits.requestTimeout (${formatDuration(requestTimeout)}): headers are part of the request`,
+      found: formatDuration(headersTimeout),
+    });
   }
   return issues;
 }

@@ -16,7 +16,16 @@ import {
   PeerIdentityCache,
 } from "../identity/index.ts";
 import type { Policy } from "../policy/index.ts";
-import { rawErrorResponse } from "../proxy/index.ts";
+import {
+  type Deadline,
+  type DrainResult,
+  describeClientError,
+  failForward,
+  HttpDrain,
+  httpLimits,
+  rawErrorResponse,
+  reportCapacity,
+} from "../proxy/index.ts";
 import type { Logger, TrafficObserver } from "../telemetry/index.ts";
 import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
 import { InboundHandler } from "./handler.ts";
@@ -60,6 +69,8 @@ export class InboundListener {
   readonly #http: http.Server;
   readonly #app: Pool;
   readonly #handler: InboundHandler;
+  readonly #drain = new HttpDrain();
+  /** Every accepted TCP connection, from accept to close. */
   readonly #sockets = new Set<net.Socket>();
   readonly #stats: InboundStats = { connections: 0, resumed: 0 };
   #peers: PeerIdentityCache;
@@ -98,22 +109,23 @@ export class InboundListener {
 
     this.#http = http.createServer(
       {
-        maxHeaderSize: limits.maxHeaderSize,
-        headersTimeout: limits.headersTimeout,
-        requestTimeout: limits.requestTimeout,
-        keepAliveTimeout: limits.keepAliveTimeout,
-        connectionsCheckingInterval: Math.min(1000, limits.headersTimeout),
+        ...httpLimits(limits),
         // Checked in the handler instead, so a missing Host gets our JSON 400 like every other refusal.
         requireHostHeader: false,
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
       },
-      this.#handler.handle,
+      (req, res) => {
+        this.#drain.request(req, res);
+        this.#handler.handle(req, res);
+      },
     );
     this.#http.on("clientError", this.#onClientError);
+    this.#drain.watch(this.#http);
 
     this.#net = net.createServer({ noDelay: true }, this.#onConnection);
     this.#net.maxConnections = limits.maxConnections;
+    reportCapacity(this.#net, "inbound.listen", options.logger);
 
     this.#unsubscribe = store.subscribe((next) => this.#onCredentials(next));
   }
@@ -127,7 +139,21 @@ export class InboundListener {
         resolve();
       });
     });
+    // The http.Server is fed sockets and never listens itself, but Node starts the timer that enforces
+    // headersTimeout and requestTimeout (and the bookkeeping behind closeIdleConnections) on "listening".
+    // Without this, a client trickling its headers held an inbound connection forever.
+    this.#http.emit("listening");
     return this.#net.address() as AddressInfo;
+  }
+
+  /** Whether the port is accepting connections. */
+  get listening(): boolean {
+    return this.#net.listening;
+  }
+
+  /** Open connections: TCP connections in their handshake, and verified ones serving HTTP. */
+  get connections(): number {
+    return this.#sockets.size;
   }
 
   address(): AddressInfo | null {
@@ -142,21 +168,21 @@ export class InboundListener {
     this.#handler.policy = policy;
   }
 
-  /** Stops accepting, closes idle connections, and force-closes the rest after `graceMs`. */
-  async close(graceMs = 0): Promise<void> {
+  /**
+   * Stops accepting and drains: requests in flight (and any that arrive on open connections) are answered with
+   * `Connection: close`, idle connections close at once, handshakes under way may finish, and what is still
+   * open at the deadline is cut. Then the pool to the app closes.
+   */
+  async drain(deadline: Deadline): Promise<DrainResult> {
     this.#unsubscribe();
     const closed = new Promise<void>((resolve) => this.#net.close(() => resolve()));
-    this.#http.closeIdleConnections();
-    if (graceMs > 0 && this.#sockets.size > 0) {
-      const deadline = Date.now() + graceMs;
-      while (this.#sockets.size > 0 && Date.now() < deadline) {
-        this.#http.closeIdleConnections();
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-    }
+    const result = await this.#drain.drain(deadline, () => this.#sockets.size);
     for (const socket of this.#sockets) socket.destroy();
+    this.#drain.close();
     await closed;
-    await this.#app.close();
+    // Every client connection is gone, so no forward is left: close without waiting on anything.
+    await this.#app.close().catch(() => this.#app.destroy());
+    return result;
   }
 
   #contextOptions(credentials: Credentials): tls.SecureContextOptions & { ticketKeys: Buffer } {
@@ -187,20 +213,38 @@ export class InboundListener {
 
   readonly #onConnection = (socket: net.Socket): void => {
     this.#sockets.add(socket);
-    socket.once("close", () => this.#sockets.delete(socket));
     socket.on("error", noop);
-    // A client that connects and says nothing holds a slot; the handshake timeout covers this wait too.
-    socket.setTimeout(this.#options.limits.handshakeTimeout, () => {
-      this.#handshakeFailure(socket, "tls_protocol", "no data before the handshake timeout");
-      socket.destroy();
+    // One deadline from accept to a verified peer, however the client spends it: silent, or trickling its
+    // ClientHello a byte at a time. (Node's own TLS handshakeTimeout would start only at the first byte.)
+    const timeoutMs = this.#options.limits.handshakeTimeout;
+    const pending: PendingHandshake = {
+      remoteAddress: socket.remoteAddress,
+      cut: false,
+      timer: setTimeout(() => {
+        pending.cut = true;
+        this.#handshakeFailure(
+          socket,
+          "tls_protocol",
+          `TLS handshake not completed within limits.handshakeTimeout (${timeoutMs} ms)`,
+        );
+        socket.destroy();
+      }, timeoutMs),
+    };
+    (socket as AcceptedSocket)[kHandshake] = pending;
+    socket.once("close", () => {
+      this.#sockets.delete(socket);
+      clearTimeout(pending.timer);
     });
     socket.once("data", (chunk: Buffer) => {
-      socket.setTimeout(0);
       socket.pause();
       socket.unshift(chunk);
       if (chunk[0] === TLS_HANDSHAKE_RECORD) this.#tls.emit("connection", socket);
-      else if (this.#options.config.mode === "permissive") this.#acceptPlaintext(socket);
-      else this.#refusePlaintext(socket);
+      else {
+        // Not TLS: the handshake deadline is over; a permissive plaintext connection is HTTP's to time from here.
+        clearTimeout(pending.timer);
+        if (this.#options.config.mode === "permissive") this.#acceptPlaintext(socket);
+        else this.#refusePlaintext(socket);
+      }
     });
   };
 
@@ -227,6 +271,15 @@ export class InboundListener {
   }
 
   readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
+    const pending = pendingHandshake(socket);
+    if (pending) {
+      clearTimeout(pending.timer);
+      // The handshake finished in the same turn its deadline fired: the connection is already being cut.
+      if (pending.cut) {
+        socket.destroy();
+        return;
+      }
+    }
     this.#stats.connections++;
     if (socket.isSessionReused()) this.#stats.resumed++;
     const certificate = socket.getPeerX509Certificate();
@@ -267,12 +320,16 @@ export class InboundListener {
   };
 
   readonly #onTlsClientError = (error: Error & { code?: string }, socket: tls.TLSSocket): void => {
+    // Cut by our handshake deadline, which has reported it already.
+    if (pendingHandshake(socket)?.cut) return;
     if (error.code === "ECONNRESET") {
       this.#handshakeFailure(socket, "tls_protocol", "connection closed before the TLS handshake");
       return;
     }
     const { reason, detail } = classifyTlsError(error);
     this.#handshakeFailure(socket, reason, detail);
+    // Node reports its own handshake timeout but leaves the connection open.
+    if (error.code === "ERR_TLS_HANDSHAKE_TIMEOUT") socket.destroy();
   };
 
   readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
@@ -280,12 +337,15 @@ export class InboundListener {
       socket.destroy();
       return;
     }
-    const [status, text, message] =
-      error.code === "HPE_HEADER_OVERFLOW"
-        ? [431, "Request Header Fields Too Large", "request headers are larger than limits.maxHeaderSize"]
-        : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
-          ? [408, "Request Timeout", "the request did not arrive within the time limit"]
-          : [400, "Bad Request", `malformed HTTP request (${error.code ?? error.message})`];
+    const { status, statusText, reason, message } = describeClientError(error);
+    // Mid-request (a body too slow, or breaking its framing): the request being forwarded answers and logs it.
+    const res = this.#drain.responseOn(socket);
+    if (res && failForward(res, { status, reason, message })) return;
+    // Once a response has started on this connection, any bytes of ours would corrupt it: only cutting is honest.
+    if (res?.headersSent) {
+      socket.destroy();
+      return;
+    }
     const connection = (socket as InboundSocket)[kConnection];
     this.#options.observer.request({
       direction: "inbound",
@@ -294,13 +354,13 @@ export class InboundListener {
       method: "-",
       path: "-",
       decision: "deny",
-      reason: status === 408 ? "request_timeout" : "bad_request",
+      reason,
       status,
       duration_ms: 0,
       error: error.code ?? error.message,
     });
     linger(socket);
-    socket.end(rawErrorResponse(status, text, status === 408 ? "request_timeout" : "bad_request", message));
+    socket.end(rawErrorResponse(status, statusText, reason, message));
   };
 
   /** Logs the refusal, then tells the peer why in an HTTP response (as nginx does) and closes. */
@@ -321,7 +381,8 @@ export class InboundListener {
       direction: "inbound",
       reason,
       detail,
-      remote_address: socket.remoteAddress,
+      // A TLS socket that failed early may no longer know its peer's address; its TCP socket noted it at accept.
+      remote_address: pendingHandshake(socket)?.remoteAddress ?? socket.remoteAddress,
       ...(spiffeId ? { source_identity: spiffeId } : {}),
       destination_identity: this.#options.store.current.spiffeId,
     });
@@ -329,6 +390,28 @@ export class InboundListener {
 }
 
 function noop(): void {}
+
+/** What is known about an accepted TCP connection until its peer is verified. */
+interface PendingHandshake {
+  timer: NodeJS.Timeout;
+  remoteAddress: string | undefined;
+  /** The deadline fired: the connection was reported and cut, and the TLS layer's own error is noise. */
+  cut: boolean;
+}
+
+const kHandshake = Symbol("mtlsd.handshake");
+type AcceptedSocket = net.Socket & { [kHandshake]?: PendingHandshake };
+
+/**
+ * The handshake record of a TCP socket, or of the TCP socket under a TLS socket the tls.Server built on it
+ * (Node keeps that one as `_parent`; the handshake deadline tests fail if it ever stops doing so).
+ */
+function pendingHandshake(socket: net.Socket): PendingHandshake | undefined {
+  const own = (socket as AcceptedSocket)[kHandshake];
+  if (own) return own;
+  const parent = (socket as { _parent?: unknown })._parent;
+  return parent instanceof net.Socket ? (parent as AcceptedSocket)[kHandshake] : undefined;
+}
 
 /** Reads and discards what the peer still sends, so our reply is not lost to a reset, then closes. */
 function linger(socket: net.Socket): void {

@@ -8,8 +8,21 @@ import type { LimitsConfig, OutboundConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
 import { type DenyList, PeerIdentityCache } from "../identity/index.ts";
-import { filterRequestHeaders, forward, rawErrorResponse, sendError } from "../proxy/index.ts";
-import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
+import {
+  type Deadline,
+  type DrainResult,
+  describeClientError,
+  failForward,
+  filterRequestHeaders,
+  forward,
+  HttpDrain,
+  httpLimits,
+  rawErrorResponse,
+  reportCapacity,
+  sendError,
+  stopAccepting,
+} from "../proxy/index.ts";
+import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
 import { Router } from "./router.ts";
 import { Upstream, type UpstreamStats } from "./upstream.ts";
@@ -22,6 +35,7 @@ export interface OutboundOptions {
   /** `identity.deny`: an upstream presenting a listed certificate is refused (502 upstream_tls_error, revoked). */
   denyList: DenyList;
   observer: TrafficObserver;
+  logger: Logger;
 }
 
 /** Our client credentials as a SecureContext: built once per credential version, shared by every upstream. */
@@ -43,6 +57,7 @@ export class OutboundListener {
   /** The shared listener first, then one per upstream that has a `listen` of its own. */
   readonly #servers: { field: string; server: http.Server; address: string }[] = [];
   readonly #unsubscribe: () => void;
+  readonly #drain = new HttpDrain();
 
   constructor(options: OutboundOptions) {
     this.#options = options;
@@ -65,14 +80,14 @@ export class OutboundListener {
     this.#router = new Router(this.#upstreams);
     this.#servers.push({
       field: "outbound.listen",
-      server: this.#createServer(undefined),
+      server: this.#createServer("outbound.listen", undefined),
       address: config.listen,
     });
     for (const upstream of this.#upstreams) {
       if (upstream.config.listen) {
         this.#servers.push({
           field: `outbound.upstreams.${upstream.name}.listen`,
-          server: this.#createServer(upstream),
+          server: this.#createServer(`outbound.upstreams.${upstream.name}.listen`, upstream),
           address: upstream.config.listen,
         });
       }
@@ -101,33 +116,37 @@ export class OutboundListener {
     return Object.fromEntries(this.#upstreams.map((upstream) => [upstream.name, upstream.stats()]));
   }
 
-  async close(graceMs = 0): Promise<void> {
-    this.#unsubscribe();
-    const closed = this.#servers.map(
-      ({ server }) => new Promise<void>((resolve) => server.close(() => resolve())),
-    );
-    for (const { server } of this.#servers) server.closeIdleConnections();
-    if (graceMs > 0) {
-      const deadline = Date.now() + graceMs;
-      while (Date.now() < deadline && this.#servers.some(({ server }) => server.listening)) {
-        for (const { server } of this.#servers) server.closeIdleConnections();
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-    }
-    for (const { server } of this.#servers) server.closeAllConnections();
-    await Promise.all(closed);
-    await Promise.all(this.#upstreams.map((upstream) => upstream.close().catch(() => upstream.destroy())));
+  /** Whether each listener accepts connections, by config field. */
+  listening(): Record<string, boolean> {
+    return Object.fromEntries(this.#servers.map(({ field, server }) => [field, server.listening]));
   }
 
-  #createServer(portUpstream: Upstream | undefined): http.Server {
+  /** Open connections from the app, over every listener. */
+  get connections(): number {
+    return this.#drain.connections;
+  }
+
+  /**
+   * Stops accepting on every listener and drains (see HttpDrain): requests in flight finish with
+   * `Connection: close`, idle connections close at once, the rest are cut at the deadline. Then the upstream
+   * pools close.
+   */
+  async drain(deadline: Deadline): Promise<DrainResult> {
+    this.#unsubscribe();
+    for (const { server } of this.#servers) stopAccepting(server);
+    const result = await this.#drain.drain(deadline);
+    this.#drain.close();
+    // No client connection is left, so nothing is in flight on the pools; a pool that still fails to close
+    // (a connection mid-handshake) is destroyed.
+    await Promise.all(this.#upstreams.map((upstream) => upstream.close().catch(() => upstream.destroy())));
+    return result;
+  }
+
+  #createServer(field: string, portUpstream: Upstream | undefined): http.Server {
     const { limits } = this.#options;
     const server = http.createServer(
       {
-        maxHeaderSize: limits.maxHeaderSize,
-        headersTimeout: limits.headersTimeout,
-        requestTimeout: limits.requestTimeout,
-        keepAliveTimeout: limits.keepAliveTimeout,
-        connectionsCheckingInterval: Math.min(1000, limits.headersTimeout),
+        ...httpLimits(limits),
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
         noDelay: true,
@@ -135,6 +154,8 @@ export class OutboundListener {
       (req, res) => this.#handle(req, res, portUpstream),
     );
     server.maxConnections = limits.maxConnections;
+    reportCapacity(server, field, this.#options.logger);
+    this.#drain.watch(server);
     server.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => {
       socket.end(
         rawErrorResponse(
@@ -150,21 +171,23 @@ export class OutboundListener {
         socket.destroy();
         return;
       }
-      const status = error.code === "HPE_HEADER_OVERFLOW" ? 431 : 400;
-      socket.end(
-        rawErrorResponse(
-          status,
-          status === 431 ? "Request Header Fields Too Large" : "Bad Request",
-          "bad_request",
-          `malformed HTTP request (${error.code ?? error.message})`,
-        ),
-      );
+      const { status, statusText, reason, message } = describeClientError(error);
+      // Mid-request (a body too slow, or breaking its framing): the request being forwarded answers and logs it.
+      const res = this.#drain.responseOn(socket);
+      if (res && failForward(res, { status, reason, message })) return;
+      // Once a response has started on this connection, any bytes of ours would corrupt it: only cutting is honest.
+      if (res?.headersSent) {
+        socket.destroy();
+        return;
+      }
+      socket.end(rawErrorResponse(status, statusText, reason, message));
     });
     return server;
   }
 
   #handle(req: http.IncomingMessage, res: http.ServerResponse, portUpstream: Upstream | undefined): void {
     const started = performance.now();
+    this.#drain.request(req, res);
     const method = req.method!;
     // A `Connection: close` from the app ends only the app's own connection, never a pooled one.
     const headers = filterRequestHeaders(req.rawHeaders);

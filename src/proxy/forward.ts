@@ -49,6 +49,14 @@ class ReplacedResponseError extends Error {
   readonly code = "MTLSD_RESPONSE_REPLACED";
 }
 
+/** Why a forward was ended from outside (a request timeout, a body that broke its framing). */
+class ForwardFailedError extends Error {
+  readonly code = "MTLSD_FORWARD_FAILED";
+}
+
+const kForwarding = Symbol("mtlsd.forwarding");
+type ForwardedResponse = ServerResponse & { [kForwarding]?: Forwarding };
+
 /**
  * One in-flight forward, as an undici dispatch handler: a single object per request instead of closures,
  * with backpressure both ways (a slow client pauses the upstream; undici pulls the request body as it sends).
@@ -61,6 +69,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
   readonly #failures: FailureInterpreter | undefined;
   #controller: Dispatcher.DispatchController | undefined;
   #status = 0;
+  /** Set once the outcome is known, by the upstream or from outside by `fail`: later events are dropped. */
   #finished = false;
 
   constructor(
@@ -76,11 +85,23 @@ class Forwarding implements Dispatcher.DispatchHandler {
     this.#failures = failures;
     this.#done = done;
     res.once("close", this.#onClientClose);
+    (res as ForwardedResponse)[kForwarding] = this;
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
-    if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
+    if (this.#finished) controller.abort(new ForwardFailedError("forward failed before it started"));
+    else if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
+  }
+
+  /** Ends the exchange with `failure`: the client gets it (or a cut, once a response has started). */
+  fail(failure: ForwardFailure): void {
+    if (this.#finished) return;
+    if (this.#res.headersSent) this.#res.destroy();
+    else sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, true);
+    this.#finish({ status: failure.status, failure });
+    // Finished first, so the error this abort reports back to us is dropped.
+    this.#controller?.abort(new ForwardFailedError(failure.message));
   }
 
   onResponseStart(
@@ -90,7 +111,8 @@ class Forwarding implements Dispatcher.DispatchHandler {
     statusMessage?: string,
   ): void {
     // 1xx heads are informational; Node answers `Expect: 100-continue` to the client itself.
-    if (statusCode < 200) return;
+    // After `fail`, whatever the upstream still sends is dropped.
+    if (statusCode < 200 || this.#finished) return;
     const failure = this.#failures?.response?.(statusCode, headers);
     if (failure) {
       this.#fail(failure);
@@ -151,8 +173,20 @@ class Forwarding implements Dispatcher.DispatchHandler {
     if (this.#finished) return;
     this.#finished = true;
     this.#res.removeListener("close", this.#onClientClose);
+    (this.#res as ForwardedResponse)[kForwarding] = undefined;
     this.#done(outcome);
   }
+}
+
+/**
+ * Ends the forward that owns `res` with `failure`, reported once, as that request's outcome; false when `res`
+ * has no forward in progress. For what the HTTP server learns mid-request: a request timeout, broken framing.
+ */
+export function failForward(res: ServerResponse, failure: ForwardFailure): boolean {
+  const forwarding = (res as ForwardedResponse)[kForwarding];
+  if (!forwarding) return false;
+  forwarding.fail(failure);
+  return true;
 }
 
 /** Forwards `req` as described and calls `done` exactly once, when the exchange is over. */

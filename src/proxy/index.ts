@@ -1,11 +1,19 @@
 // The proxy module's public face: the forwarding engine, header rules, and the sidecar's own responses.
+
+export { Deadline, type DrainResult, HttpDrain, stopAccepting } from "./drain.ts";
 export {
   classifyForwardError,
   type ForwardFailure,
   IDENTITY_MISMATCH_CODE,
   UPSTREAM_TLS_CODE,
 } from "./errors.ts";
-export { type FailureInterpreter, type ForwardOutcome, type ForwardRequest, forward } from "./forward.ts";
+export {
+  type FailureInterpreter,
+  type ForwardOutcome,
+  type ForwardRequest,
+  failForward,
+  forward,
+} from "./forward.ts";
 export {
   filterRequestHeaders,
   forwardableResponseHeaders,
@@ -14,4 +22,5 @@ export {
   type RequestHeaders,
   type ResponseHeaders,
 } from "./headers.ts";
-export { type ResponseReason, rawErrorResponse, sendError } from "./respond.ts";
+export { type CapacityLog, connectionsCheckingInterval, httpLimits, reportCapacity } from "./limits.ts";
+export { describeClientError, type ResponseReason, rawErrorResponse, sendError } from "./respond.ts";

@@ -6,6 +6,7 @@ export type ResponseReason =
   | "policy_denied"
   | "bad_path"
   | "bad_request"
+  | "request_timeout"
   | "unknown_upstream"
   | "upstream_unreachable"
   | "upstream_identity_mismatch"
@@ -52,4 +53,33 @@ export function rawErrorResponse(
     `HTTP/1.1 ${status} ${statusText}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
     `x-mtlsd-reason: ${reason}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n${body}`
   );
+}
+
+/** What to answer when Node's HTTP parser gives up on a client (`clientError`), and why, for the client and the log. */
+export function describeClientError(error: Error & { code?: string }): {
+  status: number;
+  statusText: string;
+  reason: "bad_request" | "request_timeout";
+  message: string;
+} {
+  if (error.code === "HPE_HEADER_OVERFLOW")
+    return {
+      status: 431,
+      statusText: "Request Header Fields Too Large",
+      reason: "bad_request",
+      message: "request headers are larger than limits.maxHeaderSize",
+    };
+  if (error.code === "ERR_HTTP_REQUEST_TIMEOUT")
+    return {
+      status: 408,
+      statusText: "Request Timeout",
+      reason: "request_timeout",
+      message: "the request did not arrive within limits.headersTimeout / limits.requestTimeout",
+    };
+  return {
+    status: 400,
+    statusText: "Bad Request",
+    reason: "bad_request",
+    message: `malformed HTTP request (${error.code ?? error.message})`,
+  };
 }

@@ -1,6 +1,15 @@
-// The telemetry module's public face: the logger and the traffic records.
+// The telemetry module's public face: the logger, the traffic records, the metrics and the admin listener.
+export {
+  type AdminOptions,
+  AdminServer,
+  type LastReload,
+  type ReloadReport,
+  type StatusDocument,
+  type StatusSources,
+} from "./admin.ts";
 export { createLogger, type Logger, type LoggerOptions } from "./logger.ts";
 export { type MetricSources, Metrics, TrafficFanout } from "./metrics.ts";
+export { Readiness, type ReadinessCheck, type ReadinessSources, TcpProbe } from "./readiness.ts";
 export {
   type Direction,
   type HandshakeFailureRecord,

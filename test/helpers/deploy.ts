@@ -4,14 +4,8 @@ import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { parseAllDocuments, parse as parseYaml, stringify } from "yaml";
-import {
-  configJsonSchema,
-  type LoadedConfig,
-  parseConfig,
-  parseDuration,
-  parseHostPort,
-} from "../../src/config/index.ts";
+import { parseAllDocuments, parse as parseYaml } from "yaml";
+import { type LoadedConfig, parseConfig } from "../../src/config/index.ts";
 
 export const REPO = new URL("../../", import.meta.url).pathname;
 
@@ -37,84 +31,15 @@ export function yamlDocuments(text: string, where: string, version: "1.1" | "1.2
   });
 }
 
-/**
- * Config keys from DESIGN.md that other branches add to the schema. Shipped configs use them (a deployment
- * needs the admin listener for probes, a drain budget, and credential reload), so until the schema knows a
- * key, `validateShippedConfig` checks its value by DESIGN.md's rules and validates the rest with the real
- * schema; once the schema knows it, the key is validated by the schema like any other.
- */
-export const PENDING_KEYS: Record<string, (value: unknown) => string | undefined> = {
-  admin: (value) =>
-    isRecord(value) &&
-    Object.keys(value).every((key) => key === "listen") &&
-    typeof value.listen === "string" &&
-    parseHostPort(value.listen)
-      ? undefined
-      : "expected { listen: host:port }",
-  "limits.drainTimeout": (value) =>
-    typeof value === "string" && parseDuration(value) !== undefined ? undefined : "expected a duration",
-  "identity.reload": (value) =>
-    isRecord(value) &&
-    Object.keys(value).every((key) => key === "watch" || key === "interval") &&
-    (value.watch === undefined || typeof value.watch === "boolean") &&
-    (value.interval === undefined ||
-      (typeof value.interval === "string" && parseDuration(value.interval) !== undefined))
-      ? undefined
-      : "expected { watch: boolean, interval: duration }",
-};
-
-/** Whether the current config schema has a property at this dotted path. */
-export function schemaKnows(key: string): boolean {
-  let node: unknown = configJsonSchema();
-  for (const part of key.split(".")) {
-    const properties = isRecord(node) && isRecord(node.properties) ? node.properties : undefined;
-    if (!properties || !(part in properties)) return false;
-    node = properties[part];
-  }
-  return true;
-}
-
 export interface ShippedConfig {
   loaded: LoadedConfig;
-  /** The raw YAML, pending keys included. */
+  /** The raw YAML, as written. */
   raw: Yaml;
-  /** Pending keys this config sets that the schema does not know yet (checked by PENDING_KEYS instead). */
-  pending: string[];
 }
 
-/**
- * A copy of a config without the pending keys the schema does not know yet, each checked by DESIGN.md's rule
- * first; with the list of keys taken out.
- */
-export function withoutPendingKeys(raw: Yaml, file: string): { config: Yaml; pending: string[] } {
-  const copy = structuredClone(raw);
-  const pending: string[] = [];
-  for (const [key, check] of Object.entries(PENDING_KEYS)) {
-    if (schemaKnows(key)) continue;
-    const parts = key.split(".");
-    const parentKey = parts.slice(0, -1).join(".");
-    const parent = parentKey ? valueAt(copy, parentKey) : copy;
-    const leaf = parts.at(-1)!;
-    if (!isRecord(parent) || !(leaf in parent)) continue;
-    const problem = check(parent[leaf]);
-    if (problem) throw new Error(`${file}: ${key}: ${problem}, found ${JSON.stringify(parent[leaf])}`);
-    delete parent[leaf];
-    // A section left empty (limits: { drainTimeout } alone) goes too, as if it had never been written.
-    if (parentKey && Object.keys(parent).length === 0) {
-      const grandparentKey = parts.slice(0, -2).join(".");
-      const grandparent = grandparentKey ? valueAt(copy, grandparentKey) : copy;
-      if (isRecord(grandparent)) delete grandparent[parts.at(-2)!];
-    }
-    pending.push(key);
-  }
-  return { config: copy, pending };
-}
-
-/** Validates a shipped mtlsd config: the real schema for every key it knows, DESIGN.md's rules for the rest. */
+/** Validates a shipped mtlsd config with the real schema, as `mtlsd run` would. */
 export function validateShippedConfig(text: string, file: string): ShippedConfig {
-  const raw = parseYaml(text) as Yaml;
-  const { config, pending } = withoutPendingKeys(raw, file);
-  return { loaded: parseConfig(stringify(config), file), raw, pending };
+  return { loaded: parseConfig(text, file), raw: parseYaml(text) as Yaml };
 }
 
 /** A value at a dotted path of a plain object, or undefined. */

@@ -13,6 +13,8 @@ export interface RunningSidecar {
   /** https://localhost:<port> of the inbound listener. */
   inboundUrl: string;
   inboundPort: number;
+  /** http://127.0.0.1:<port> of the admin listener. */
+  adminUrl: string;
   logs: LogLine[];
   configPath: string;
   stop(): Promise<void>;
@@ -39,6 +41,8 @@ export async function startSidecar(
       trustDomain: pki.trustDomain,
     },
     log: { level: "debug" },
+    // Tests run in parallel: the admin listener's default port would collide.
+    admin: { listen: "127.0.0.1:0" },
     ...config,
   };
   const configPath = path.join(
@@ -54,6 +58,7 @@ export async function startSidecar(
     sidecar,
     inboundUrl: `https://localhost:${port}`,
     inboundPort: port,
+    adminUrl: `http://127.0.0.1:${sidecar.addresses().admin?.port ?? 0}`,
     logs: lines,
     configPath,
     stop: () => sidecar.stop(),

@@ -1,0 +1,59 @@
+// The `limits` every client-facing HTTP server applies, in the shape node:http takes them.
+import type http from "node:http";
+import type net from "node:net";
+import type { LimitsConfig } from "../config/index.ts";
+
+/**
+ * Node checks `headersTimeout` and `requestTimeout` on a timer, not per connection, so a client is cut between
+ * the limit and the limit plus one tick. A tick of a tenth of the shorter limit, at most 1 s, keeps the cut
+ * within 10 % of the configured value (a 1 s headersTimeout cuts at 1.0–1.1 s).
+ */
+export function connectionsCheckingInterval(limits: LimitsConfig): number {
+  const shorter = Math.min(limits.headersTimeout, limits.requestTimeout);
+  return Math.min(1000, Math.max(10, Math.round(shorter / 10)));
+}
+
+/** Header size and the timers of an http.Server, from `limits`. */
+export function httpLimits(limits: LimitsConfig): http.ServerOptions {
+  return {
+    maxHeaderSize: limits.maxHeaderSize,
+    headersTimeout: limits.headersTimeout,
+    requestTimeout: limits.requestTimeout,
+    keepAliveTimeout: limits.keepAliveTimeout,
+    // Node's default (24.6+), made explicit: responses advertise `Keep-Alive: timeout=<keepAliveTimeout>` and the
+    // socket stays open 1 s longer, so a client that honours the header closes first and never races our close.
+    keepAliveTimeoutBuffer: 1000,
+    connectionsCheckingInterval: connectionsCheckingInterval(limits),
+  };
+}
+
+/** Where a listener says that it reached, and left, `limits.maxConnections`. */
+export interface CapacityLog {
+  warn(fields: object, message: string): void;
+  info(fields: object, message: string): void;
+}
+
+/**
+ * Node refuses connections beyond `maxConnections` silently (it closes them and emits "drop"). Say so once when
+ * the limit is reached, and once when a connection is accepted again: an operator learns of the episode, and a
+ * flood of refused connections does not become a flood of log lines.
+ */
+export function reportCapacity(server: net.Server, field: string, log: CapacityLog): void {
+  let full = false;
+  let refused = 0;
+  server.on("drop", () => {
+    refused++;
+    if (full) return;
+    full = true;
+    log.warn(
+      { listener: field, max_connections: server.maxConnections },
+      "limits.maxConnections reached: refusing new connections",
+    );
+  });
+  server.on("connection", () => {
+    if (!full) return;
+    full = false;
+    log.info({ listener: field, refused }, "accepting connections again");
+    refused = 0;
+  });
+}
