@@ -223,7 +223,7 @@ export class OutboundListener {
       req,
       res,
       {
-        dispatcher: upstream.dispatcher,
+        origin: upstream.origin,
         upstream: upstream.name,
         method,
         path,

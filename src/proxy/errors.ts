@@ -16,14 +16,15 @@ const UNREACHABLE = new Set([
   "EAI_AGAIN",
   "EHOSTUNREACH",
   "ENETUNREACH",
-  "UND_ERR_SOCKET",
-  "UND_ERR_CLOSED",
-  "UND_ERR_DESTROYED",
+  "MTLSD_UPSTREAM_CLOSED",
+  "MTLSD_POOL_CLOSED",
 ]);
+/** A connector gave up on TCP connect plus TLS handshake; the message says which phase. */
+export const CONNECT_TIMEOUT_CODE = "MTLSD_CONNECT_TIMEOUT";
 const TIMEOUT = new Set([
-  "UND_ERR_HEADERS_TIMEOUT",
-  "UND_ERR_CONNECT_TIMEOUT",
-  "UND_ERR_BODY_TIMEOUT",
+  "MTLSD_UPSTREAM_HEADERS_TIMEOUT",
+  CONNECT_TIMEOUT_CODE,
+  "MTLSD_UPSTREAM_BODY_TIMEOUT",
   "ETIMEDOUT",
 ]);
 
@@ -34,7 +35,7 @@ export const UPSTREAM_TLS_CODE = "MTLSD_UPSTREAM_TLS";
 
 export function classifyForwardError(error: Error & { code?: string }, upstream: string): ForwardFailure {
   const code = error.code ?? "";
-  if (code === "UND_ERR_ABORTED" || code === "MTLSD_CLIENT_CLOSED") {
+  if (code === "MTLSD_CLIENT_CLOSED") {
     return { status: 499, reason: "client_closed", message: "client closed the connection first" };
   }
   if (code === IDENTITY_MISMATCH_CODE) {
@@ -45,11 +46,11 @@ export function classifyForwardError(error: Error & { code?: string }, upstream:
   if (TIMEOUT.has(code)) {
     return { status: 504, reason: "upstream_timeout", message: `${upstream} did not answer in time` };
   }
-  if (code === "UND_ERR_REQ_CONTENT_LENGTH_MISMATCH") {
+  if (code === "MTLSD_UPSTREAM_PROTOCOL") {
     return {
-      status: 400,
-      reason: "bad_request",
-      message: "request body length differs from its Content-Length",
+      status: 502,
+      reason: "upstream_unreachable",
+      message: `${upstream} broke HTTP/1.1: ${error.message}`,
     };
   }
   if (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS") || /CERT|ISSUER|SIGNATURE|VERIFY/.test(code)) {
