@@ -1,16 +1,17 @@
 // Per-request work on the inbound side: normalize the path, ask the policy, set XFCC, forward to the app.
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { performance } from "node:perf_hooks";
+import type { Dispatcher } from "undici";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
 import type { CredentialStore } from "../credentials/index.ts";
 import { type Decision, normalizePath, type Policy } from "../policy/index.ts";
-import { type ForwardOutcome, forward, type Origin, sendError } from "../proxy/index.ts";
+import { type ForwardOutcome, forward, sendError } from "../proxy/index.ts";
 import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
 import { buildInboundHeaders } from "./headers.ts";
 
 export interface InboundHandlerOptions {
-  app: Origin;
+  app: Dispatcher;
   config: InboundConfig;
   limits: LimitsConfig;
   policy: Policy;
@@ -81,7 +82,7 @@ export class InboundHandler {
       req,
       res,
       {
-        origin: this.#options.app,
+        dispatcher: this.#options.app,
         upstream: "app",
         method,
         path: target.path + target.query,

@@ -4,6 +4,7 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import net from "node:net";
 import tls from "node:tls";
+import { Pool } from "undici";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
@@ -22,10 +23,8 @@ import {
   failForward,
   HttpDrain,
   httpLimits,
-  Origin,
   rawErrorResponse,
   reportCapacity,
-  tcpConnector,
 } from "../proxy/index.ts";
 import type { Logger, TrafficObserver } from "../telemetry/index.ts";
 import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
@@ -68,7 +67,7 @@ export class InboundListener {
   readonly #net: net.Server;
   readonly #tls: tls.Server;
   readonly #http: http.Server;
-  readonly #app: Origin;
+  readonly #app: Pool;
   readonly #handler: InboundHandler;
   readonly #drain = new HttpDrain();
   /** Every accepted TCP connection, from accept to close. */
@@ -87,19 +86,7 @@ export class InboundListener {
     this.#bundleSha256 = store.current.bundleSha256;
     this.#crlPem = store.current.crlPem;
     this.#ticketKeys = randomBytes(48);
-    const app = new URL(config.app);
-    const appPort = Number(app.port || 80);
-    this.#app = new Origin({
-      authority: app.host,
-      connect: tcpConnector(
-        app.hostname.replace(/^\[|\]$/g, ""),
-        appPort,
-        limits.handshakeTimeout,
-        "the app",
-      ),
-      connections: null,
-      idleTimeoutMs: limits.keepAliveTimeout,
-    });
+    this.#app = new Pool(config.app, { connections: null, pipelining: 1 });
     this.#handler = new InboundHandler({
       app: this.#app,
       config,

@@ -1,5 +1,6 @@
 // Opens mTLS connections to one upstream: our current client certificate, its SPIFFE ID checked, sessions resumed.
 import tls from "node:tls";
+import type { buildConnector } from "undici";
 import {
   classifyTlsError,
   type DenyList,
@@ -7,12 +8,7 @@ import {
   type PeerCheck,
   type PeerIdentityCache,
 } from "../identity/index.ts";
-import {
-  CONNECT_TIMEOUT_CODE,
-  type Connector,
-  IDENTITY_MISMATCH_CODE,
-  UPSTREAM_TLS_CODE,
-} from "../proxy/index.ts";
+import { IDENTITY_MISMATCH_CODE, UPSTREAM_TLS_CODE } from "../proxy/index.ts";
 
 /** Why a connection to an upstream was given up during or right after its handshake. */
 export interface UpstreamHandshakeFailure {
@@ -25,10 +21,6 @@ export interface UpstreamHandshakeFailure {
 
 export interface ConnectorOptions {
   upstream: string;
-  host: string;
-  port: number;
-  /** SNI to send; none for an IP address. */
-  servername?: string;
   /** The SPIFFE ID the server must present, exactly. */
   identity: string;
   /** Built once per credential version: our chain and key, the trust bundle, TLS 1.3. */
@@ -55,14 +47,13 @@ class UpstreamError extends Error {
 }
 
 /**
- * A connector for the upstream's connection pool that keeps the newest TLS session ticket and checks the
- * server's identity by URI SAN, never by hostname: `checkServerIdentity` is replaced, the chain is still
- * verified against our bundle.
+ * A connector for undici that keeps the newest TLS session ticket (a strong reference: undici's own cache
+ * holds sessions weakly, so a GC can cost a full handshake) and checks the server's identity by URI SAN,
+ * never by hostname: `checkServerIdentity` is replaced, the chain is still verified against our bundle.
  */
-export function mtlsConnector(options: ConnectorOptions): Connector {
+export function mtlsConnector(options: ConnectorOptions): buildConnector.connector {
   let session: Buffer | undefined;
-  const { host, port, servername } = options;
-  return (callback) => {
+  return ({ hostname, port, servername }, callback) => {
     let done = false;
     const finish = (error: Error | null, socket: tls.TLSSocket | null) => {
       if (done) return;
@@ -74,8 +65,8 @@ export function mtlsConnector(options: ConnectorOptions): Connector {
       } else callback(null, socket!);
     };
     const connectOptions: tls.ConnectionOptions = {
-      host,
-      port,
+      host: hostname,
+      port: Number(port) || 443,
       secureContext: options.context,
       ALPNProtocols: ["http/1.1"],
       rejectUnauthorized: true,
@@ -86,8 +77,8 @@ export function mtlsConnector(options: ConnectorOptions): Connector {
     const socket = tls.connect(connectOptions);
     const timer = setTimeout(() => {
       const error = new UpstreamError(
-        CONNECT_TIMEOUT_CODE,
-        `connecting to ${options.upstream} (${host}:${port}) took longer than ${options.timeoutMs}ms`,
+        "UND_ERR_CONNECT_TIMEOUT",
+        `connecting to ${options.upstream} (${hostname}:${port}) took longer than ${options.timeoutMs}ms`,
       );
       finish(error, socket);
     }, options.timeoutMs);
@@ -155,7 +146,9 @@ export function mtlsConnector(options: ConnectorOptions): Connector {
         return;
       }
       // In TLS 1.3 the server judges our certificate after our side of the handshake is done, so its alert
-      // arrives once the pool owns the socket; the pool sees this same error and reports it with its cause.
+      // arrives once undici owns the socket. A fatal alert ends the connection: destroy it now, or the 'end'
+      // that follows makes undici fail the request as "other side closed" and the cause is lost.
+      socket.destroy();
     });
   };
 }

@@ -1,6 +1,6 @@
 // How an upstream's failures read to the app: TLS causes named, and a peer's refusal of our certificate as one.
 import { HANDSHAKE_FAILURE_REASONS, type HandshakeFailureReason } from "../identity/index.ts";
-import { CONNECT_TIMEOUT_CODE, type FailureInterpreter, headerValue } from "../proxy/index.ts";
+import type { FailureInterpreter, ResponseHeaders } from "../proxy/index.ts";
 import { isTlsFailure, tlsFailure, type UpstreamHandshakeFailure } from "./connector.ts";
 
 const REFUSAL_REASONS: ReadonlySet<string> = new Set(HANDSHAKE_FAILURE_REASONS);
@@ -14,7 +14,7 @@ export function upstreamFailures(
   report: (failure: UpstreamHandshakeFailure) => void,
 ): FailureInterpreter {
   return {
-    response(statusCode: number, headers: readonly string[]) {
+    response(statusCode: number, headers: ResponseHeaders) {
       const reason = refusalReason(statusCode, headers);
       if (!reason) return undefined;
       const message = `${upstream} refused our certificate: ${reason}`;
@@ -23,7 +23,7 @@ export function upstreamFailures(
     },
     error(error: Error & { code?: string }) {
       // The connector's own timeout says which phase took too long; the generic text would not.
-      if (error.code === CONNECT_TIMEOUT_CODE) {
+      if (error.code === "UND_ERR_CONNECT_TIMEOUT") {
         return { status: 504, reason: "upstream_timeout", message: error.message };
       }
       if (!isTlsFailure(error)) return undefined;
@@ -37,11 +37,11 @@ export function upstreamFailures(
  * 403 whose x-mtlsd-reason is a handshake reason and which closes the connection: an app's own response
  * passes through its sidecar, which drops the app's Connection header, so an app cannot pose as a refusal.
  */
-function refusalReason(statusCode: number, headers: readonly string[]): HandshakeFailureReason | undefined {
+function refusalReason(statusCode: number, headers: ResponseHeaders): HandshakeFailureReason | undefined {
   if (statusCode !== 403) return undefined;
-  const reason = headerValue(headers, "x-mtlsd-reason");
-  if (reason === undefined || !REFUSAL_REASONS.has(reason)) return undefined;
-  const connection = headerValue(headers, "connection");
-  if (connection === undefined || !/(^|,)\s*close\s*(,|$)/i.test(connection)) return undefined;
+  const reason = headers["x-mtlsd-reason"];
+  if (typeof reason !== "string" || !REFUSAL_REASONS.has(reason)) return undefined;
+  const connection = headers.connection;
+  if (typeof connection !== "string" || !/(^|,)\s*close\s*(,|$)/i.test(connection)) return undefined;
   return reason as HandshakeFailureReason;
 }

@@ -223,7 +223,7 @@ export class OutboundListener {
       req,
       res,
       {
-        origin: upstream.origin,
+        dispatcher: upstream.dispatcher,
         upstream: upstream.name,
         method,
         path,

@@ -1,9 +1,9 @@
 // One configured upstream: its keep-alive pool of mTLS connections, swapped whole when credentials change.
-import net from "node:net";
 import type tls from "node:tls";
+import { Pool } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
 import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
-import { type FailureInterpreter, Origin } from "../proxy/index.ts";
+import type { FailureInterpreter } from "../proxy/index.ts";
 import { mtlsConnector, type UpstreamHandshakeFailure } from "./connector.ts";
 import { upstreamFailures } from "./failures.ts";
 
@@ -32,31 +32,32 @@ export interface UpstreamOptions {
 }
 
 /**
- * A credential rotation builds a new pool whose connector is bound to the new SecureContext; the old pool
- * closes once its in-flight requests finish. A request always runs whole on one pool, so it never sees half
- * of a rotation, and no connection ever mixes credential versions.
+ * undici has no way to change a dispatcher's TLS options, so a credential rotation builds a new Pool with
+ * a connector bound to the new SecureContext; the old pool closes once its in-flight requests finish.
+ * A request always runs whole on one pool, so it never sees half of a rotation.
  */
 export class Upstream {
   readonly name: string;
   readonly config: UpstreamConfig;
+  readonly origin: string;
   readonly handshakes = { full: 0, resumed: 0 };
   /** How this upstream's failures read to the app; the forwarding engine consults it. */
   readonly failures: FailureInterpreter;
-  #pool: Origin;
+  #pool: Pool;
   /** Pools of earlier credential versions, closing as their in-flight requests finish. */
-  readonly #retiring = new Set<Origin>();
+  readonly #retiring = new Set<Pool>();
   readonly #options: UpstreamOptions;
 
   constructor(options: UpstreamOptions) {
     this.#options = options;
     this.name = options.name;
     this.config = options.config;
+    this.origin = `https://${options.config.address}`;
     this.failures = upstreamFailures(this.name, (failure) => options.onFailure?.(this, failure));
     this.#pool = this.#createPool(options.context);
   }
 
-  /** The pool requests go to now. */
-  get origin(): Origin {
+  get dispatcher(): Pool {
     return this.#pool;
   }
 
@@ -96,21 +97,17 @@ export class Upstream {
     await Promise.all([this.#pool, ...this.#retiring].map((pool) => pool.destroy()));
   }
 
-  #createPool(context: tls.SecureContext): Origin {
+  #createPool(context: tls.SecureContext): Pool {
     const { config, idleTimeoutMs } = this.#options;
-    const separator = config.address.lastIndexOf(":");
-    const host = config.address.slice(0, separator).replace(/^\[|\]$/g, "");
-    return new Origin({
-      authority: config.address,
+    return new Pool(this.origin, {
       connections: config.pool.connections,
-      // Idle pooled connections outlive a client's Connection: close; the pool also honours the server's
+      pipelining: 1,
+      // Idle pooled connections outlive a client's Connection: close; undici also honours the server's
       // Keep-Alive hint so it never reuses a connection the upstream is about to close.
-      idleTimeoutMs,
+      keepAliveTimeout: idleTimeoutMs,
+      keepAliveMaxTimeout: idleTimeoutMs,
       connect: mtlsConnector({
         upstream: this.name,
-        host,
-        port: Number(config.address.slice(separator + 1)),
-        ...(net.isIP(host) ? {} : { servername: host }),
         identity: config.identity,
         context,
         peers: this.#options.peers,

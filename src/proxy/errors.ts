@@ -16,15 +16,14 @@ const UNREACHABLE = new Set([
   "EAI_AGAIN",
   "EHOSTUNREACH",
   "ENETUNREACH",
-  "MTLSD_UPSTREAM_CLOSED",
-  "MTLSD_POOL_CLOSED",
+  "UND_ERR_SOCKET",
+  "UND_ERR_CLOSED",
+  "UND_ERR_DESTROYED",
 ]);
-/** A connector gave up on TCP connect plus TLS handshake; the message says which phase. */
-export const CONNECT_TIMEOUT_CODE = "MTLSD_CONNECT_TIMEOUT";
 const TIMEOUT = new Set([
-  "MTLSD_UPSTREAM_HEADERS_TIMEOUT",
-  CONNECT_TIMEOUT_CODE,
-  "MTLSD_UPSTREAM_BODY_TIMEOUT",
+  "UND_ERR_HEADERS_TIMEOUT",
+  "UND_ERR_CONNECT_TIMEOUT",
+  "UND_ERR_BODY_TIMEOUT",
   "ETIMEDOUT",
 ]);
 
@@ -35,7 +34,7 @@ export const UPSTREAM_TLS_CODE = "MTLSD_UPSTREAM_TLS";
 
 export function classifyForwardError(error: Error & { code?: string }, upstream: string): ForwardFailure {
   const code = error.code ?? "";
-  if (code === "MTLSD_CLIENT_CLOSED") {
+  if (code === "UND_ERR_ABORTED" || code === "MTLSD_CLIENT_CLOSED") {
     return { status: 499, reason: "client_closed", message: "client closed the connection first" };
   }
   if (code === IDENTITY_MISMATCH_CODE) {
@@ -46,11 +45,11 @@ export function classifyForwardError(error: Error & { code?: string }, upstream:
   if (TIMEOUT.has(code)) {
     return { status: 504, reason: "upstream_timeout", message: `${upstream} did not answer in time` };
   }
-  if (code === "MTLSD_UPSTREAM_PROTOCOL") {
+  if (code === "UND_ERR_REQ_CONTENT_LENGTH_MISMATCH") {
     return {
-      status: 502,
-      reason: "upstream_unreachable",
-      message: `${upstream} broke HTTP/1.1: ${error.message}`,
+      status: 400,
+      reason: "bad_request",
+      message: "request body length differs from its Content-Length",
     };
   }
   if (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS") || /CERT|ISSUER|SIGNATURE|VERIFY/.test(code)) {

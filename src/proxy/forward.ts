@@ -1,12 +1,12 @@
 // The one request-forwarding engine: streams a client request to a dispatcher and the response back.
 import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Dispatcher } from "undici";
 import { classifyForwardError, type ForwardFailure } from "./errors.ts";
-import { forwardableResponseHeaders } from "./headers.ts";
-import type { DispatchController, DispatchHandler, Origin } from "./origin.ts";
+import { forwardableResponseHeaders, type ResponseHeaders } from "./headers.ts";
 import { type ResponseReason, sendError } from "./respond.ts";
 
 export interface ForwardRequest {
-  origin: Origin;
+  dispatcher: Dispatcher;
   /** Name of the upstream for error messages ("app", "orders"). */
   upstream: string;
   method: string;
@@ -30,7 +30,7 @@ export interface ForwardRequest {
  */
 export interface FailureInterpreter {
   /** A response head that is really a failure: the client gets the sidecar's error response instead. */
-  response?(statusCode: number, headers: readonly string[]): ForwardFailure | undefined;
+  response?(statusCode: number, headers: ResponseHeaders): ForwardFailure | undefined;
   /** An error the generic classification would describe less exactly. */
   error?(error: Error & { code?: string }): ForwardFailure | undefined;
 }
@@ -58,16 +58,16 @@ const kForwarding = Symbol("mtlsd.forwarding");
 type ForwardedResponse = ServerResponse & { [kForwarding]?: Forwarding };
 
 /**
- * One in-flight forward, as the origin's dispatch handler: a single object per request instead of closures,
- * with backpressure both ways (a slow client pauses the upstream; the origin pulls the request body as it sends).
+ * One in-flight forward, as an undici dispatch handler: a single object per request instead of closures,
+ * with backpressure both ways (a slow client pauses the upstream; undici pulls the request body as it sends).
  */
-class Forwarding implements DispatchHandler {
+class Forwarding implements Dispatcher.DispatchHandler {
   readonly #res: ServerResponse;
   readonly #upstream: string;
   readonly #done: (outcome: ForwardOutcome) => void;
   readonly #hasBody: boolean;
   readonly #failures: FailureInterpreter | undefined;
-  #controller: DispatchController | undefined;
+  #controller: Dispatcher.DispatchController | undefined;
   #status = 0;
   /** Set once the outcome is known, by the upstream or from outside by `fail`: later events are dropped. */
   #finished = false;
@@ -88,7 +88,7 @@ class Forwarding implements DispatchHandler {
     (res as ForwardedResponse)[kForwarding] = this;
   }
 
-  onRequestStart(controller: DispatchController): void {
+  onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
     if (this.#finished) controller.abort(new ForwardFailedError("forward failed before it started"));
     else if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
@@ -105,10 +105,10 @@ class Forwarding implements DispatchHandler {
   }
 
   onResponseStart(
-    controller: DispatchController,
+    controller: Dispatcher.DispatchController,
     statusCode: number,
-    headers: string[],
-    statusText: string,
+    headers: ResponseHeaders,
+    statusMessage?: string,
   ): void {
     // 1xx heads are informational; Node answers `Expect: 100-continue` to the client itself.
     // After `fail`, whatever the upstream still sends is dropped.
@@ -121,11 +121,11 @@ class Forwarding implements DispatchHandler {
     }
     this.#status = statusCode;
     const forwarded = forwardableResponseHeaders(headers);
-    if (statusText) this.#res.writeHead(statusCode, statusText, forwarded);
+    if (statusMessage) this.#res.writeHead(statusCode, statusMessage, forwarded);
     else this.#res.writeHead(statusCode, forwarded);
   }
 
-  onResponseData(controller: DispatchController, chunk: Buffer): void {
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.#finished) return;
     if (!this.#res.write(chunk)) {
       controller.pause();
@@ -139,7 +139,7 @@ class Forwarding implements DispatchHandler {
     this.#finish({ status: this.#status });
   }
 
-  onResponseError(_controller: DispatchController, error: Error): void {
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     if (this.#finished) return;
     const failure = this.#failures?.error?.(error) ?? classifyForwardError(error, this.#upstream);
     if (failure.reason === "client_closed") {
@@ -197,7 +197,7 @@ export function forward(
   done: (outcome: ForwardOutcome) => void,
 ): void {
   const handler = new Forwarding(res, request.upstream, request.hasBody, request.failures, done);
-  request.origin.dispatch(
+  request.dispatcher.dispatch(
     {
       method: request.method,
       path: request.path,

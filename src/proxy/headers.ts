@@ -35,27 +35,22 @@ export function nominatedHeaders(rawHeaders: readonly string[]): Set<string> | u
   return nominated;
 }
 
-/** The first value of a header in a flat [name, value, ...] list, by lowercase name. */
-export function headerValue(headers: readonly string[], lowerName: string): string | undefined {
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = headers[i]!;
-    if (name.length === lowerName.length && name.toLowerCase() === lowerName) return headers[i + 1];
-  }
-  return undefined;
-}
+export type ResponseHeaders = Record<string, string | string[] | undefined>;
 
 /**
- * A response head for the client, without hop-by-hop headers or those the response's own Connection header
- * nominates. In and out as flat [name, value, ...] lists, which keep repeated headers and their order.
+ * Copies a response head for the client, without hop-by-hop headers or those the response's own
+ * Connection header nominates. Returns a flat [name, value, ...] list, which keeps repeated headers.
  */
-export function forwardableResponseHeaders(headers: readonly string[]): string[] {
-  const nominated = nominatedHeaders(headers);
+export function forwardableResponseHeaders(headers: ResponseHeaders): string[] {
   const out: string[] = [];
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = headers[i]!;
-    const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || nominated?.has(lower)) continue;
-    out.push(name, headers[i + 1]!);
+  const connection = headers.connection;
+  const nominated = connection ? nominatedHeaders(["connection", String(connection)]) : undefined;
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || nominated?.has(name)) continue;
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (typeof value === "string") out.push(name, value);
+    else for (const item of value) out.push(name, item);
   }
   return out;
 }

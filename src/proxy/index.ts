@@ -1,9 +1,7 @@
 // The proxy module's public face: the forwarding engine, header rules, and the sidecar's own responses.
 
-export { tcpConnector } from "./connect.ts";
 export { Deadline, type DrainResult, HttpDrain, stopAccepting } from "./drain.ts";
 export {
-  CONNECT_TIMEOUT_CODE,
   classifyForwardError,
   type ForwardFailure,
   IDENTITY_MISMATCH_CODE,
@@ -19,11 +17,10 @@ export {
 export {
   filterRequestHeaders,
   forwardableResponseHeaders,
-  headerValue,
   isHopByHop,
   nominatedHeaders,
   type RequestHeaders,
+  type ResponseHeaders,
 } from "./headers.ts";
 export { type CapacityLog, connectionsCheckingInterval, httpLimits, reportCapacity } from "./limits.ts";
-export { type Connector, Origin, OriginError, type OriginStats } from "./origin.ts";
 export { describeClientError, type ResponseReason, rawErrorResponse, sendError } from "./respond.ts";
