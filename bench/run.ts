@@ -29,6 +29,8 @@ const { values } = parseArgs({
     rate: { type: "string", default: "1000" },
     connections: { type: "string", default: "16" },
     only: { type: "string" },
+    // Node flags for the mtlsd processes only (e.g. "--max-semi-space-size=1" to study memory); none by default, as shipped.
+    "mtlsd-node-flags": { type: "string", default: "" },
     out: { type: "string", default: path.join(ROOT, "bench", "results") },
     // Run mtlsd from src/ (Node's type stripping) instead of a fresh dist/ build; the harness test uses it.
     "from-source": { type: "boolean", default: false },
@@ -39,6 +41,7 @@ const warmup = Number(values.warmup);
 const rate = Number(values.rate);
 const connections = Number(values.connections);
 const only = values.only ? new Set(values.only.split(",")) : undefined;
+const mtlsdNodeFlags = values["mtlsd-node-flags"].split(" ").filter(Boolean);
 
 const hasCommand = (name: string) => {
   try {
@@ -297,7 +300,7 @@ async function main(): Promise<void> {
     const entry = values["from-source"]
       ? path.join(ROOT, "src", "cli", "main.ts")
       : path.join(ROOT, "dist", "cli", "main.js");
-    const proxy = start(`mtlsd ${name}`, process.execPath, [entry, "run", "-c", file]);
+    const proxy = start(`mtlsd ${name}`, process.execPath, [...mtlsdNodeFlags, entry, "run", "-c", file]);
     await waitForPort(port);
     return proxy;
   };
