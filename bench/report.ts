@@ -48,7 +48,7 @@ function shape(name: string): "close" | "keepalive" | "other" {
 
 function cpuPer1000(measured: Measured): string {
   const requests = measured.result.requests;
-  if (requests === 0) return "–";
+  if (requests === 0 || measured.usage.length === 0) return "–";
   return measured.usage.map((usage) => fmt((usage.cpuSeconds / requests) * 1000, 3)).join(" / ");
 }
 
@@ -87,7 +87,7 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
         ? ` (${Math.round((100 * handshakes.resumed) / (handshakes.full + handshakes.resumed))}% resumed)`
         : "";
     lines.push(
-      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
+      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed && fixed.usage.length > 0 ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
     );
   }
   lines.push(
