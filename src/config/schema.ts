@@ -256,29 +256,58 @@ export function formatDuration(ms: number): string {
   return `${ms}ms`;
 }
 
-/** A duration written like `30s`; read as milliseconds. */
-export class DurationSchema extends Schema<number> {
-  readonly minMs: number;
-  readonly maxMs: number;
+/** How a quantity with a unit is written, read back and described. */
+interface Unit {
+  parse(value: unknown): number | undefined;
+  format(amount: number): string;
+  /** Examples for the error message: "a duration like …". */
+  like: string;
+  json: JsonSchema;
+}
 
-  constructor(minMs: number, maxMs: number) {
+/** A number written with a unit, within bounds; the bounds are named in the unit in the error. */
+class QuantitySchema extends Schema<number> {
+  readonly #unit: Unit;
+  readonly #min: number;
+  readonly #max: number;
+
+  constructor(unit: Unit, min: number, max: number) {
     super();
-    this.minMs = minMs;
-    this.maxMs = maxMs;
+    this.#unit = unit;
+    this.#min = min;
+    this.#max = max;
   }
 
   read(value: unknown, path: string, issues: Issue[]): number | Invalid {
-    const expected = `a duration like 250ms, 30s, 5m or 1h, from ${formatDuration(this.minMs)} to ${formatDuration(this.maxMs)}`;
-    const ms = typeof value === "string" ? parseDuration(value) : undefined;
-    if (ms === undefined || ms < this.minMs || ms > this.maxMs) {
-      issues.push({ path, expected, found: describeValue(value) });
+    const amount = this.#unit.parse(value);
+    if (amount === undefined || amount < this.#min || amount > this.#max) {
+      const { like, format } = this.#unit;
+      issues.push({
+        path,
+        expected: `${like}, from ${format(this.#min)} to ${format(this.#max)}`,
+        found: describeValue(value),
+      });
       return INVALID;
     }
-    return ms;
+    return amount;
   }
 
   toJsonSchema(): JsonSchema {
-    return this.json({ type: "string", pattern: DURATION_PATTERN.source });
+    return this.json({ ...this.#unit.json });
+  }
+}
+
+const DURATION: Unit = {
+  parse: (value) => (typeof value === "string" ? parseDuration(value) : undefined),
+  format: formatDuration,
+  like: "a duration like 250ms, 30s, 5m or 1h",
+  json: { type: "string", pattern: DURATION_PATTERN.source },
+};
+
+/** A duration written like `30s`; read as milliseconds. */
+export class DurationSchema extends QuantitySchema {
+  constructor(minMs: number, maxMs: number) {
+    super(DURATION, minMs, maxMs);
   }
 }
 
@@ -300,34 +329,22 @@ export function formatByteSize(bytes: number): string {
   return `${bytes}B`;
 }
 
+const BYTE_SIZE: Unit = {
+  parse: parseByteSize,
+  format: formatByteSize,
+  like: "a size like 16KiB or 1MiB",
+  json: {
+    oneOf: [
+      { type: "string", pattern: SIZE_PATTERN.source },
+      { type: "integer", minimum: 0 },
+    ],
+  },
+};
+
 /** A size written like `16KiB` (or a plain number of bytes); read as bytes. */
-export class ByteSizeSchema extends Schema<number> {
-  readonly min: number;
-  readonly max: number;
-
+export class ByteSizeSchema extends QuantitySchema {
   constructor(min: number, max: number) {
-    super();
-    this.min = min;
-    this.max = max;
-  }
-
-  read(value: unknown, path: string, issues: Issue[]): number | Invalid {
-    const bytes = parseByteSize(value);
-    if (bytes === undefined || bytes < this.min || bytes > this.max) {
-      const expected = `a size like 16KiB or 1MiB, from ${formatByteSize(this.min)} to ${formatByteSize(this.max)}`;
-      issues.push({ path, expected, found: describeValue(value) });
-      return INVALID;
-    }
-    return bytes;
-  }
-
-  toJsonSchema(): JsonSchema {
-    return this.json({
-      oneOf: [
-        { type: "string", pattern: SIZE_PATTERN.source },
-        { type: "integer", minimum: 0 },
-      ],
-    });
+    super(BYTE_SIZE, min, max);
   }
 }
 
