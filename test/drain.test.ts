@@ -9,6 +9,7 @@ import { stringify } from "yaml";
 import { loadCredentials } from "../src/credentials/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { type GateApp, startGateApp } from "./helpers/gate-app.ts";
+import { inboundAddress, startCaller, startUpstream } from "./helpers/outbound.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
 import { type ClientTls, RawConnection, rawGet } from "./helpers/raw-http.ts";
@@ -265,22 +266,13 @@ t.test("in-process, a second stop during a drain brings the deadline forward to 
 t.test("the outbound listener drains too, and the upstream pool closes after", async (t) => {
   const gate = await startGateApp();
   t.teardown(() => gate.close());
-  const upstream = await startSidecar(pki, orders, {
-    inbound: {
-      listen: "127.0.0.1:0",
-      app: gate.url,
-      policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
-    },
-  });
+  const upstream = await startUpstream(pki, orders, gate, [frontend.spiffeId]);
   t.teardown(() => upstream.stop());
-  const caller = await startSidecar(pki, frontend, {
-    outbound: {
-      listen: "127.0.0.1:0",
-      upstreams: { orders: { address: `127.0.0.1:${upstream.inboundPort}`, identity: orders.spiffeId } },
-    },
+  const caller = await startCaller(pki, frontend, {
+    orders: { address: inboundAddress(upstream), identity: orders.spiffeId },
   });
   t.teardown(() => caller.stop());
-  const port = caller.sidecar.addresses().outbound!.port;
+  const port = caller.outboundPort;
   const app = net.connect(port, "127.0.0.1");
   t.teardown(() => app.destroy());
   let received = "";
@@ -310,22 +302,13 @@ t.test(
   async (t) => {
     const gate = await startGateApp();
     t.teardown(() => gate.close());
-    const upstream = await startSidecar(pki, orders, {
-      inbound: {
-        listen: "127.0.0.1:0",
-        app: gate.url,
-        policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
-      },
-    });
+    const upstream = await startUpstream(pki, orders, gate, [frontend.spiffeId]);
     t.teardown(() => upstream.stop());
-    const caller = await startSidecar(pki, frontend, {
-      outbound: {
-        listen: "127.0.0.1:0",
-        upstreams: { orders: { address: `127.0.0.1:${upstream.inboundPort}`, identity: orders.spiffeId } },
-      },
+    const caller = await startCaller(pki, frontend, {
+      orders: { address: inboundAddress(upstream), identity: orders.spiffeId },
     });
     t.teardown(() => caller.stop());
-    const app = net.connect(caller.sidecar.addresses().outbound!.port, "127.0.0.1");
+    const app = net.connect(caller.outboundPort, "127.0.0.1");
     t.teardown(() => app.destroy());
     let received = "";
     app.setEncoding("latin1");

@@ -59,9 +59,7 @@ function appConnection(port: number) {
 // Streams towards the app of every test below go through this tap, which keeps every byte the app was sent.
 const wiretap = await startWiretap(app.port);
 t.teardown(() => wiretap.close());
-const upstream = await startUpstream(pki, orders, { ...app, url: wiretap.url, port: wiretap.port }, [
-  frontend.spiffeId,
-]);
+const upstream = await startUpstream(pki, orders, wiretap, [frontend.spiffeId]);
 t.teardown(() => upstream.stop());
 
 t.test("an upstream with nothing listening gives 502 upstream_unreachable", async (t) => {

@@ -10,7 +10,7 @@ import { type RunningSidecar, startSidecar } from "./sidecar.ts";
 export function startUpstream(
   pki: TestPki,
   identity: IdentityFiles,
-  app: AppProcess,
+  app: Pick<AppProcess, "url">,
   allow: readonly string[],
   extra: Record<string, unknown> = {},
 ): Promise<RunningSidecar> {
