@@ -75,7 +75,8 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
   for (const result of results) {
     const { max, fixed } = result;
     const peer = result.family === "peer" ? undefined : bestPeer(shape(result.name));
-    const versusDirect = direct && result !== direct ? fmt(max.result.rps / direct.max.result.rps) : "1.00";
+    const versusDirect =
+      result === direct ? "1.00" : direct ? fmt(max.result.rps / direct.max.result.rps) : "–";
     const versusPeer = peer ? fmt(max.result.rps / peer.max.result.rps) : "–";
     const addedP99 =
       fixed && direct?.fixed && result !== direct

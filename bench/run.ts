@@ -92,9 +92,14 @@ async function stop(entry: Running): Promise<void> {
   clearTimeout(timer);
 }
 
-async function waitForPort(port: number, timeoutMs = 15_000): Promise<void> {
+/** Waits until `process` listens on `port`; fails at once, with its own words, if it exits first. */
+async function waitForPort(port: number, process: Running, timeoutMs = 15_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
+    const { exitCode, signalCode } = process.child;
+    if (exitCode !== null || signalCode !== null) {
+      throw new Error(`${process.name} exited (${exitCode ?? signalCode}) before listening on port ${port}`);
+    }
     const ok = await new Promise<boolean>((resolve) => {
       const socket = net.connect(port, "127.0.0.1", () => {
         socket.destroy();
@@ -103,7 +108,9 @@ async function waitForPort(port: number, timeoutMs = 15_000): Promise<void> {
       socket.once("error", () => resolve(false));
     });
     if (ok) return;
-    if (Date.now() > deadline) throw new Error(`nothing listened on port ${port} within ${timeoutMs}ms`);
+    if (Date.now() > deadline) {
+      throw new Error(`${process.name} did not listen on port ${port} within ${timeoutMs}ms`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
 }
@@ -251,7 +258,16 @@ interface Scenario {
 }
 
 async function main(): Promise<void> {
+  // The throwaway PKI's keys never outlive the run, whether it ends well or not.
   const work = await mkdtemp(path.join(os.tmpdir(), "mtlsd-bench-"));
+  try {
+    await runScenarios(work);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+async function runScenarios(work: string): Promise<void> {
   const certs = path.join(work, "certs");
   await mkdir(certs);
   if (!values["from-source"]) {
@@ -301,7 +317,7 @@ async function main(): Promise<void> {
       ? path.join(ROOT, "src", "cli", "main.ts")
       : path.join(ROOT, "dist", "cli", "main.js");
     const proxy = start(`mtlsd ${name}`, process.execPath, [...mtlsdNodeFlags, entry, "run", "-c", file]);
-    await waitForPort(port);
+    await waitForPort(port, proxy);
     return proxy;
   };
 
@@ -399,9 +415,9 @@ async function main(): Promise<void> {
       return start(name, hasCommand("stunnel4") ? "stunnel4" : "stunnel", [file]);
     };
     const inbound = launch("inbound", await render("inbound"));
-    await waitForPort(inboundPort!);
+    await waitForPort(inboundPort!, inbound);
     const outbound = launch("outbound", await render("outbound"));
-    await waitForPort(outboundPort!);
+    await waitForPort(outboundPort!, outbound);
     return { entryPort: outboundPort!, proxies: [outbound, inbound] };
   };
 
@@ -535,7 +551,6 @@ async function main(): Promise<void> {
     path.join(values.out, "latest.json"),
     `${JSON.stringify({ machine, results, skipped }, null, 2)}\n`,
   );
-  await rm(work, { recursive: true, force: true });
   process.stderr.write(`[bench] wrote ${path.join(values.out, "latest.md")}, latest.json, latest.svg\n`);
 }
 
@@ -546,6 +561,10 @@ process.on("SIGINT", () => {
 
 try {
   await main();
+} catch (error) {
+  // The failing process already printed its reason ("[bench] … exited with …"); no stack trace on top.
+  process.stderr.write(`[bench] stopped: ${(error as Error).message}\n`);
+  process.exitCode = 1;
 } finally {
   for (const entry of running) entry.child.kill("SIGKILL");
 }
