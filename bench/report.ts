@@ -13,7 +13,7 @@ export interface LoadStats {
 
 export interface Measured {
   result: LoadStats;
-  usage: { name: string; cpuSeconds: number; peakRssBytes: number }[];
+  usage: { name: string; cpuSeconds: number; peakRssBytes: number; peakPrivateBytes?: number }[];
 }
 
 export interface ScenarioResult {
@@ -52,9 +52,9 @@ function cpuPer1000(measured: Measured): string {
   return measured.usage.map((usage) => fmt((usage.cpuSeconds / requests) * 1000, 3)).join(" / ");
 }
 
-function peakRss(measured: Measured): string {
+function peakRss(measured: Measured, which: "peakRssBytes" | "peakPrivateBytes" = "peakRssBytes"): string {
   if (measured.usage.length === 0) return "–";
-  return measured.usage.map((usage) => fmt(usage.peakRssBytes / 2 ** 20, 0)).join(" / ");
+  return measured.usage.map((usage) => fmt((usage[which] ?? Number.NaN) / 2 ** 20, 0)).join(" / ");
 }
 
 export function renderTable(results: ScenarioResult[], machine: Machine, skipped: string[]): string {
@@ -69,8 +69,8 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
     `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}.`,
     `Loopback; every process shares the same ${machine.cpus} cores. Closed loop: ${machine.settings.connections} connections, ${machine.settings.duration} s after ${machine.settings.warmup} s warm-up (${machine.settings.wrk ? "wrk -t1" : "bench/load.ts"} for plain-HTTP entry points, bench/load.ts for mTLS clients). Fixed rate: ${machine.settings.rate} req/s open loop, latency from the intended send time. App: 1 KiB responses. Proxies: one worker each; mtlsd logs at warn unless noted.`,
     "",
-    `| scenario | req/s | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB @${machine.settings.rate}/s (at max) (out / in) | errors |`,
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    `| scenario | req/s | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB @${machine.settings.rate}/s (at max) (out / in) | of it private MiB @${machine.settings.rate}/s | errors |`,
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const result of results) {
     const { max, fixed } = result;
@@ -88,12 +88,12 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
         ? ` (${Math.round((100 * handshakes.resumed) / (handshakes.full + handshakes.resumed))}% resumed)`
         : "";
     lines.push(
-      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed && fixed.usage.length > 0 ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
+      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed && fixed.usage.length > 0 ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${peakRss(fixed ?? max, "peakPrivateBytes")} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
     );
   }
   lines.push(
     "",
-    "CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process: outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run.",
+    "CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state), the rest being the executable's code pages that every process running the same binary shares.",
   );
   if (skipped.length > 0) lines.push("", "Skipped:", ...skipped.map((line) => `- ${line}`));
   return lines.join("\n");

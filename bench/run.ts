@@ -133,44 +133,80 @@ async function cpuSeconds(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
-async function rssBytes(pid: number): Promise<number> {
+/**
+ * Resident memory, and the part of it that is the process's own (RssAnon: heap, buffers, TLS state). The
+ * rest is file-backed, mostly the executable's code, shared by every process that runs the same binary.
+ */
+async function residentBytes(pid: number): Promise<{ rss: number; private: number }> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
-  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? 0) * 1024;
+  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) * 1024;
+  return { rss: kib("VmRSS"), private: kib("RssAnon") };
 }
 
 interface ProcessUsage {
   name: string;
   cpuSeconds: number;
   peakRssBytes: number;
+  peakPrivateBytes: number;
 }
 
-/** Samples CPU time (start and end) and RSS (every 200 ms) of the proxies while `work` runs. */
+/**
+ * The load generator's measured window: CPU time is read when it opens and when it closes, so a warm-up
+ * (whose requests are not counted) never inflates CPU per 1000 requests.
+ */
+class MeasuredWindow {
+  #before: Promise<number[]> | undefined;
+  #after: Promise<number[]> | undefined;
+  readonly #pids: number[];
+
+  constructor(pids: number[]) {
+    this.#pids = pids;
+  }
+
+  readonly open = (): void => {
+    this.#before = Promise.all(this.#pids.map(cpuSeconds));
+  };
+
+  readonly close = (): void => {
+    this.#after = Promise.all(this.#pids.map(cpuSeconds));
+  };
+
+  async cpuSeconds(): Promise<number[]> {
+    if (!this.#before || !this.#after)
+      throw new Error("the load generator never reported its measured window");
+    const [before, after] = await Promise.all([this.#before, this.#after]);
+    return after.map((seconds, index) => seconds - before[index]!);
+  }
+}
+
+/** CPU time of the proxies inside the measured window, and their RSS sampled every 200 ms while `work` runs. */
 async function measure<T>(
   proxies: Running[],
-  work: () => Promise<T>,
+  work: (window: MeasuredWindow) => Promise<T>,
 ): Promise<{ result: T; usage: ProcessUsage[] }> {
   const pids = proxies.map((proxy) => proxy.child.pid!);
-  const cpuBefore = await Promise.all(pids.map(cpuSeconds));
-  const peaks = pids.map(() => 0);
+  const window = new MeasuredWindow(pids);
+  const peaks = pids.map(() => ({ rss: 0, private: 0 }));
+  const sample = async (index: number) => {
+    const now = await residentBytes(pids[index]!);
+    const peak = peaks[index]!;
+    peak.rss = Math.max(peak.rss, now.rss);
+    peak.private = Math.max(peak.private, now.private);
+  };
   const sampler = setInterval(() => {
-    pids.forEach((pid, index) => {
-      rssBytes(pid)
-        .then((rss) => {
-          peaks[index] = Math.max(peaks[index]!, rss);
-        })
-        .catch(() => undefined);
-    });
+    for (const index of pids.keys()) sample(index).catch(() => undefined);
   }, 200);
-  const result = await work();
+  const result = await work(window);
   clearInterval(sampler);
-  const cpuAfter = await Promise.all(pids.map(cpuSeconds));
-  const rssNow = await Promise.all(pids.map(rssBytes));
+  const cpu = await window.cpuSeconds();
+  await Promise.all(pids.map((_, index) => sample(index)));
   return {
     result,
     usage: proxies.map((proxy, index) => ({
       name: proxy.name,
-      cpuSeconds: cpuAfter[index]! - cpuBefore[index]!,
-      peakRssBytes: Math.max(peaks[index]!, rssNow[index]!),
+      cpuSeconds: cpu[index]!,
+      peakRssBytes: peaks[index]!.rss,
+      peakPrivateBytes: peaks[index]!.private,
     })),
   };
 }
@@ -179,18 +215,21 @@ async function measure<T>(
 
 type LoadResult = LoadStats;
 
-function runToJson(command: string, args: string[]): Promise<LoadResult> {
+/** Runs a load generator to its JSON result line; bench/load.ts's "measuring"/"measured" lines mark the window. */
+function runToJson(command: string, args: string[], window?: MeasuredWindow): Promise<LoadResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      if (line === "measuring") window?.open();
+      else if (line === "measured") window?.close();
+      else stdout += `${line}\n`;
     });
     child.stderr.on("data", (chunk: Buffer) => {
       stderr += chunk.toString();
     });
-    child.once("exit", (code) => {
+    child.once("close", (code) => {
       const line = stdout.split("\n").find((candidate) => candidate.startsWith("{"));
       if (code !== 0 || !line) reject(new Error(`${command} failed (${code}): ${stderr || stdout}`));
       else
@@ -209,17 +248,21 @@ interface LoadSpec {
   tls?: { cert: string; key: string; ca: string; resume: boolean };
 }
 
-async function closedLoop(spec: LoadSpec): Promise<LoadResult> {
+async function closedLoop(spec: LoadSpec, window: MeasuredWindow): Promise<LoadResult> {
   if (tools.wrk && !spec.tls) {
     const args = ["-t1", `-c${connections}`, "-s", path.join(ROOT, "bench", "wrk-report.lua"), spec.url];
     if (spec.close) args.unshift("-H", "Connection: close");
     await runToJson("wrk", [...args.slice(0, -1), `-d${warmup}s`, spec.url]).catch(() => undefined);
-    return runToJson("wrk", [...args.slice(0, -1), `-d${duration}s`, spec.url]);
+    // wrk's warm-up is a run of its own: the window is this second run, start to exit.
+    window.open();
+    const result = await runToJson("wrk", [...args.slice(0, -1), `-d${duration}s`, spec.url]);
+    window.close();
+    return result;
   }
-  return nodeLoad(spec, []);
+  return nodeLoad(spec, [], window);
 }
 
-function nodeLoad(spec: LoadSpec, extra: string[]): Promise<LoadResult> {
+function nodeLoad(spec: LoadSpec, extra: string[], window: MeasuredWindow): Promise<LoadResult> {
   const args = [
     path.join(ROOT, "bench", "load.ts"),
     "--url",
@@ -237,7 +280,10 @@ function nodeLoad(spec: LoadSpec, extra: string[]): Promise<LoadResult> {
     args.push("--cert", spec.tls.cert, "--key", spec.tls.key, "--ca", spec.tls.ca);
     if (spec.tls.resume) args.push("--resume");
   }
-  return runToJson(process.execPath, args).then((result) => ({ ...result, generator: "bench/load.ts" }));
+  return runToJson(process.execPath, args, window).then((result) => ({
+    ...result,
+    generator: "bench/load.ts",
+  }));
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -515,9 +561,11 @@ async function runScenarios(work: string): Promise<void> {
         ...scenario.load,
         url: `${scenario.load.tls ? "https://localhost" : "http://127.0.0.1"}:${stack.entryPort}/`,
       };
-      const max = await measure(stack.proxies, () => closedLoop(spec));
+      const max = await measure(stack.proxies, (window) => closedLoop(spec, window));
       const fixed = scenario.fixedRate
-        ? await measure(stack.proxies, () => nodeLoad(spec, ["--rate", String(rate), "--connections", "32"]))
+        ? await measure(stack.proxies, (window) =>
+            nodeLoad(spec, ["--rate", String(rate), "--connections", "32"], window),
+          )
         : undefined;
       results.push({ name: scenario.name, label: scenario.label, family: scenario.family, max, fixed });
     } finally {

@@ -42,7 +42,13 @@ t.test(
       /\(e\) mTLS to mtlsd inbound, new connection \+ resumed session per request \(\d+% resumed\)/,
     );
     const report = JSON.parse(await readFile(path.join(out, "latest.json"), "utf8")) as {
-      results: { name: string; max: { result: { requests: number; errors: number } } }[];
+      results: {
+        name: string;
+        max: {
+          result: { requests: number; errors: number };
+          usage: { cpuSeconds: number; peakRssBytes: number; peakPrivateBytes: number }[];
+        };
+      }[];
     };
     t.same(
       report.results.map((result) => result.name),
@@ -51,6 +57,14 @@ t.test(
     for (const result of report.results) {
       t.ok(result.max.result.requests > 0, `${result.name} completed requests`);
       t.equal(result.max.result.errors, 0, `${result.name} had no errors`);
+      for (const usage of result.max.usage) {
+        // CPU comes from the load generator's measured window: a missing window marker fails the run.
+        t.ok(usage.cpuSeconds > 0, `${result.name}: the proxy's CPU time was measured`);
+        t.ok(
+          usage.peakPrivateBytes > 0 && usage.peakPrivateBytes < usage.peakRssBytes,
+          `${result.name}: private memory is a part of RSS`,
+        );
+      }
     }
     t.match(await readFile(path.join(out, "latest.svg"), "utf8"), /^<svg /);
   },
