@@ -24,6 +24,8 @@ export interface ScenarioResult {
   max: Measured;
   /** Fixed rate (1000 req/s by default), latency from intended send time. */
   fixed?: Measured | undefined;
+  /** With several rounds: the lowest and highest closed-loop req/s behind the median. */
+  rpsRange?: [number, number];
 }
 
 export interface Machine {
@@ -34,7 +36,71 @@ export interface Machine {
   node: string;
   openssl: string;
   date: string;
-  settings: { duration: number; warmup: number; rate: number; connections: number; wrk: boolean };
+  settings: {
+    duration: number;
+    warmup: number;
+    rate: number;
+    connections: number;
+    rounds?: number;
+    wrk: boolean;
+  };
+}
+
+function median(values: number[]): number {
+  const sorted = values.filter(Number.isFinite).sort((a, b) => a - b);
+  if (sorted.length === 0) return Number.NaN;
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2;
+}
+
+/** One measurement whose every number is the median of the rounds' (errors: their sum, so none hides). */
+function medianMeasured(runs: Measured[]): Measured {
+  const of = (read: (measured: Measured) => number) => median(runs.map(read));
+  const first = runs[0]!;
+  const requests = Math.round(of((measured) => measured.result.requests));
+  const handshakes = first.result.handshakes
+    ? {
+        full: of((measured) => measured.result.handshakes?.full ?? Number.NaN),
+        resumed: of((measured) => measured.result.handshakes?.resumed ?? Number.NaN),
+      }
+    : undefined;
+  return {
+    result: {
+      generator: first.result.generator,
+      requests,
+      errors: runs.reduce((sum, measured) => sum + measured.result.errors, 0),
+      rps: of((measured) => measured.result.rps),
+      p50_ms: of((measured) => measured.result.p50_ms),
+      p90_ms: of((measured) => measured.result.p90_ms),
+      p99_ms: of((measured) => measured.result.p99_ms),
+      ...(handshakes ? { handshakes } : {}),
+    },
+    usage: first.usage.map((usage, index) => ({
+      name: usage.name,
+      // CPU per request is a per-round ratio: take its median, expressed over the median request count.
+      cpuSeconds: of((measured) => measured.usage[index]!.cpuSeconds / measured.result.requests) * requests,
+      peakRssBytes: of((measured) => measured.usage[index]!.peakRssBytes),
+      peakPrivateBytes: of((measured) => measured.usage[index]!.peakPrivateBytes ?? Number.NaN),
+    })),
+  };
+}
+
+/** Folds rounds of the same scenarios into one result per scenario, every number the median over the rounds. */
+export function medianResults(rounds: ScenarioResult[][]): ScenarioResult[] {
+  if (rounds.length === 1) return rounds[0]!;
+  return rounds[0]!.map((first, index) => {
+    const runs = rounds.map((round) => round[index]!);
+    const rps = runs.map((run) => run.max.result.rps);
+    const fixedRuns = runs.flatMap((run) => (run.fixed ? [run.fixed] : []));
+    return {
+      name: first.name,
+      label: first.label,
+      family: first.family,
+      max: medianMeasured(runs.map((run) => run.max)),
+      fixed: fixedRuns.length > 0 ? medianMeasured(fixedRuns) : undefined,
+      rpsRange: [Math.min(...rps), Math.max(...rps)],
+    };
+  });
 }
 
 const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "–");
@@ -69,7 +135,7 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
     `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}.`,
     `Loopback; every process shares the same ${machine.cpus} cores. Closed loop: ${machine.settings.connections} connections, ${machine.settings.duration} s after ${machine.settings.warmup} s warm-up (${machine.settings.wrk ? "wrk -t1" : "bench/load.ts"} for plain-HTTP entry points, bench/load.ts for mTLS clients). Fixed rate: ${machine.settings.rate} req/s open loop, latency from the intended send time. App: 1 KiB responses. Proxies: one worker each; mtlsd logs at warn unless noted.`,
     "",
-    `| scenario | req/s | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB @${machine.settings.rate}/s (at max) (out / in) | of it private MiB @${machine.settings.rate}/s | errors |`,
+    `| scenario | req/s${(machine.settings.rounds ?? 1) > 1 ? ` (median of ${machine.settings.rounds} rounds, range)` : ""} | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB @${machine.settings.rate}/s (at max) (out / in) | of it private MiB @${machine.settings.rate}/s | errors |`,
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const result of results) {
@@ -88,12 +154,12 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
         ? ` (${Math.round((100 * handshakes.resumed) / (handshakes.full + handshakes.resumed))}% resumed)`
         : "";
     lines.push(
-      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed && fixed.usage.length > 0 ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${peakRss(fixed ?? max, "peakPrivateBytes")} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
+      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)}${result.rpsRange ? ` (${fmt(result.rpsRange[0], 0)}–${fmt(result.rpsRange[1], 0)})` : ""} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed && fixed.usage.length > 0 ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${peakRss(fixed ?? max, "peakPrivateBytes")} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
     );
   }
   lines.push(
     "",
-    "CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state), the rest being the executable's code pages that every process running the same binary shares.",
+    `${(machine.settings.rounds ?? 1) > 1 ? `Every number is the median over ${machine.settings.rounds} rounds (each round runs every scenario once, in order); errors are summed. ` : ""}CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state), the rest being the executable's code pages that every process running the same binary shares.`,
   );
   if (skipped.length > 0) lines.push("", "Skipped:", ...skipped.map((line) => `- ${line}`));
   return lines.join("\n");

@@ -27,6 +27,8 @@ t.test(
         "0",
         "--rate",
         "200",
+        "--rounds",
+        "2",
         "--only",
         "direct,mtlsd-keepalive,mtls-resumed",
         "--out",
@@ -35,13 +37,14 @@ t.test(
       ],
       { cwd: ROOT, timeout: 120_000 },
     );
-    t.match(stdout, /\| \(a\) app direct, no TLS \| \d+ \| 1\.00 \|/);
-    t.match(stdout, /\| \(b\) mtlsd two-hop, keep-alive \| \d+ \| 0\.\d\d \|/);
+    t.match(stdout, /\| \(a\) app direct, no TLS \| \d+ \(\d+–\d+\) \| 1\.00 \|/);
+    t.match(stdout, /\| \(b\) mtlsd two-hop, keep-alive \| \d+ \(\d+–\d+\) \| 0\.\d\d \|/);
     t.match(
       stdout,
       /\(e\) mTLS to mtlsd inbound, new connection \+ resumed session per request \(\d+% resumed\)/,
     );
     const report = JSON.parse(await readFile(path.join(out, "latest.json"), "utf8")) as {
+      rounds: unknown[][];
       results: {
         name: string;
         max: {
@@ -50,6 +53,7 @@ t.test(
         };
       }[];
     };
+    t.equal(report.rounds.length, 2, "both rounds are in the raw JSON");
     t.same(
       report.results.map((result) => result.name),
       ["direct", "mtlsd-keepalive", "mtls-resumed"],

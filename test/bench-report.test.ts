@@ -1,0 +1,89 @@
+// The benchmark report folds rounds into medians, so one slow spell of a shared machine does not set the table.
+import t from "tap";
+import {
+  type Machine,
+  type Measured,
+  medianResults,
+  renderTable,
+  type ScenarioResult,
+} from "../bench/report.ts";
+
+const machine = (rounds: number): Machine => ({
+  cpus: 2,
+  cpuModel: "test CPU",
+  memoryGiB: 1,
+  kernel: "6.0",
+  node: "v26.0.0",
+  openssl: "3.5",
+  date: "2026-11-23T00:00:00.000Z",
+  settings: { duration: 10, warmup: 2, rate: 1000, connections: 16, rounds, wrk: true },
+});
+
+function measured(rps: number, cpuSecondsPerRequest: number[], rssMiB: number, errors = 0): Measured {
+  const requests = rps * 10;
+  return {
+    result: { generator: "wrk", requests, errors, rps, p50_ms: 1000 / rps, p90_ms: 2, p99_ms: 3 },
+    usage: cpuSecondsPerRequest.map((perRequest, index) => ({
+      name: `proxy ${index}`,
+      cpuSeconds: perRequest * requests,
+      peakRssBytes: rssMiB * 2 ** 20,
+      peakPrivateBytes: (rssMiB / 2) * 2 ** 20,
+    })),
+  };
+}
+
+const round = (direct: number, mtlsd: number, cpu: number, rss: number, errors = 0): ScenarioResult[] => [
+  { name: "direct", label: "(a) direct", family: "baseline", max: measured(direct, [], 0) },
+  {
+    name: "mtlsd-keepalive",
+    label: "(b) mtlsd",
+    family: "mtlsd",
+    max: measured(mtlsd, [cpu, cpu], rss, errors),
+    fixed: measured(1000, [cpu * 2, cpu], rss),
+  },
+];
+
+t.test("every number is the median over the rounds, and errors are summed", async (t) => {
+  const [direct, mtlsd] = medianResults([
+    round(50_000, 9000, 0.0002, 200),
+    round(70_000, 6000, 0.0001, 100, 2),
+    round(60_000, 8000, 0.0003, 150, 1),
+  ]);
+  t.equal(direct!.max.result.rps, 60_000);
+  t.same(direct!.rpsRange, [50_000, 70_000]);
+  t.equal(mtlsd!.max.result.rps, 8000);
+  t.equal(mtlsd!.max.result.errors, 3, "an error in any round shows");
+  // CPU per request is taken per round: median 0.0002 s, i.e. 0.2 CPU-s per 1000 requests.
+  const cpuPer1000 = (mtlsd!.max.usage[0]!.cpuSeconds / mtlsd!.max.result.requests) * 1000;
+  t.ok(Math.abs(cpuPer1000 - 0.2) < 1e-9, `CPU per 1000 requests is the median ratio (${cpuPer1000})`);
+  t.equal(mtlsd!.max.usage[1]!.peakRssBytes, 150 * 2 ** 20);
+  t.equal(mtlsd!.max.usage[1]!.peakPrivateBytes, 75 * 2 ** 20);
+  t.equal(mtlsd!.fixed!.result.rps, 1000);
+});
+
+t.test("an even number of rounds takes the mean of the middle two", async (t) => {
+  const [direct] = medianResults([round(40_000, 1, 0.0001, 1), round(60_000, 1, 0.0001, 1)]);
+  t.equal(direct!.max.result.rps, 50_000);
+});
+
+t.test("one round is reported as measured, without a range", async (t) => {
+  const only = round(50_000, 9000, 0.0002, 200);
+  t.equal(medianResults([only]), only);
+  const table = renderTable(only, machine(1), []);
+  t.match(table, /\| \(b\) mtlsd \| 9000 \| 0\.18 \|/);
+  t.notMatch(table, /median of/);
+});
+
+t.test("the table names the rounds and shows each median with its range", async (t) => {
+  const results = medianResults([
+    round(50_000, 9000, 0.0002, 200),
+    round(70_000, 6000, 0.0001, 100),
+    round(60_000, 8000, 0.0003, 150),
+  ]);
+  const table = renderTable(results, machine(3), []);
+  t.match(table, /req\/s \(median of 3 rounds, range\)/);
+  t.match(table, /\| \(b\) mtlsd \| 8000 \(6000–9000\) \| 0\.13 \|/);
+  t.match(table, /Every number is the median over 3 rounds/);
+  t.match(table, /\| 0\.400 \/ 0\.200 \|/, "fixed-rate CPU per 1000 requests, outbound / inbound");
+  t.match(table, /\| 150 \/ 150 \(150 \/ 150\) \| 75 \/ 75 \|/, "RSS and its private part");
+});
