@@ -45,8 +45,10 @@ const warmup = Number(values.warmup);
 const rate = Number(values.rate);
 const connections = Number(values.connections);
 const rounds = Number(values.rounds);
-if (!Number.isInteger(rounds) || rounds < 1)
-  throw new Error(`--rounds must be a whole number ≥ 1, got ${values.rounds}`);
+if (!Number.isInteger(rounds) || rounds < 1) {
+  process.stderr.write(`[bench] --rounds must be a whole number of at least 1, got "${values.rounds}"\n`);
+  process.exit(2);
+}
 const only = values.only ? new Set(values.only.split(",")) : undefined;
 const mtlsdNodeFlags = values["mtlsd-node-flags"].split(" ").filter(Boolean);
 
