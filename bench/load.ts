@@ -12,6 +12,7 @@ import { performance } from "node:perf_hooks";
 import tls from "node:tls";
 import { parseArgs } from "node:util";
 import { Agent, type buildConnector, type Dispatcher, Pool } from "undici";
+import { WINDOW_CLOSES, WINDOW_OPENS } from "./window.ts";
 
 const { values } = parseArgs({
   options: {
@@ -117,11 +118,11 @@ const handshakesAtStart = { ...handshakes };
 recording = true;
 measureStart = performance.now();
 // The harness reads the proxies' CPU time at these two lines: the warm-up is not what it divides by.
-process.stdout.write("measuring\n");
+process.stdout.write(`${WINDOW_OPENS}\n`);
 await new Promise((resolve) => setTimeout(resolve, durationMs));
 const elapsed = (performance.now() - measureStart) / 1000;
 recording = false;
-process.stdout.write("measured\n");
+process.stdout.write(`${WINDOW_CLOSES}\n`);
 running = false;
 await load;
 await dispatcher.close();

@@ -26,6 +26,8 @@ export interface ScenarioResult {
   fixed?: Measured | undefined;
   /** With several rounds: the lowest and highest closed-loop req/s behind the median. */
   rpsRange?: [number, number];
+  /** With several rounds: the median over rounds of (this p99 − the direct baseline's p99) at the fixed rate. */
+  addedP99Ms?: number;
 }
 
 export interface Machine {
@@ -43,6 +45,10 @@ export interface Machine {
     connections: number;
     rounds?: number;
     wrk: boolean;
+    /** Node flags the mtlsd processes ran with ("" as shipped). */
+    mtlsdNodeFlags?: string;
+    /** The commit mtlsd was built from. */
+    commit?: string;
   };
 }
 
@@ -92,6 +98,15 @@ export function medianResults(rounds: ScenarioResult[][]): ScenarioResult[] {
     const runs = rounds.map((round) => round[index]!);
     const rps = runs.map((run) => run.max.result.rps);
     const fixedRuns = runs.flatMap((run) => (run.fixed ? [run.fixed] : []));
+    // Added latency is a difference within one round (same machine weather); only then the median.
+    const added = rounds.map((round, roundIndex) => {
+      const direct = round.find((result) => result.name === "direct")?.fixed;
+      const fixed = runs[roundIndex]!.fixed;
+      return direct && fixed && first.name !== "direct"
+        ? fixed.result.p99_ms - direct.result.p99_ms
+        : Number.NaN;
+    });
+    const addedP99Ms = median(added);
     return {
       name: first.name,
       label: first.label,
@@ -99,6 +114,7 @@ export function medianResults(rounds: ScenarioResult[][]): ScenarioResult[] {
       max: medianMeasured(runs.map((run) => run.max)),
       fixed: fixedRuns.length > 0 ? medianMeasured(fixedRuns) : undefined,
       rpsRange: [Math.min(...rps), Math.max(...rps)],
+      ...(Number.isFinite(addedP99Ms) ? { addedP99Ms } : {}),
     };
   });
 }
@@ -129,13 +145,17 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
     results
       .filter((result) => result.family === "peer" && shape(result.name) === kind)
       .sort((a, b) => b.max.result.rps - a.max.result.rps)[0];
+  const rounds = machine.settings.rounds ?? 1;
+  const flags = machine.settings.mtlsdNodeFlags
+    ? `, mtlsd run with \`${machine.settings.mtlsdNodeFlags}\``
+    : "";
   const lines = [
     `### mtlsd benchmark — ${machine.date.slice(0, 10)}`,
     "",
-    `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}.`,
+    `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; mtlsd at ${machine.settings.commit ?? "unknown commit"}${flags}.`,
     `Loopback; every process shares the same ${machine.cpus} cores. Closed loop: ${machine.settings.connections} connections, ${machine.settings.duration} s after ${machine.settings.warmup} s warm-up (${machine.settings.wrk ? "wrk -t1" : "bench/load.ts"} for plain-HTTP entry points, bench/load.ts for mTLS clients). Fixed rate: ${machine.settings.rate} req/s open loop, latency from the intended send time. App: 1 KiB responses. Proxies: one worker each; mtlsd logs at warn unless noted.`,
     "",
-    `| scenario | req/s${(machine.settings.rounds ?? 1) > 1 ? ` (median of ${machine.settings.rounds} rounds, range)` : ""} | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB @${machine.settings.rate}/s (at max) (out / in) | of it private MiB @${machine.settings.rate}/s | errors |`,
+    `| scenario | req/s${rounds > 1 ? ` (median of ${rounds} rounds, range)` : ""} | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB @${machine.settings.rate}/s (at max) (out / in) | of it private MiB | errors |`,
     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const result of results) {
@@ -145,9 +165,11 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
       result === direct ? "1.00" : direct ? fmt(max.result.rps / direct.max.result.rps) : "–";
     const versusPeer = peer ? fmt(max.result.rps / peer.max.result.rps) : "–";
     const addedP99 =
-      fixed && direct?.fixed && result !== direct
-        ? fmt(fixed.result.p99_ms - direct.fixed.result.p99_ms, 3)
-        : "–";
+      result.addedP99Ms !== undefined
+        ? fmt(result.addedP99Ms, 3)
+        : fixed && direct?.fixed && result !== direct
+          ? fmt(fixed.result.p99_ms - direct.fixed.result.p99_ms, 3)
+          : "–";
     const handshakes = max.result.handshakes;
     const resumedNote =
       handshakes && handshakes.full + handshakes.resumed > 0
@@ -159,7 +181,7 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
   }
   lines.push(
     "",
-    `${(machine.settings.rounds ?? 1) > 1 ? `Every number is the median over ${machine.settings.rounds} rounds (each round runs every scenario once, in order); errors are summed. ` : ""}CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state), the rest being the executable's code pages that every process running the same binary shares.`,
+    `${rounds > 1 ? `Every number is the median over ${rounds} rounds (each round runs every scenario once, in a rotated order); added p99 is the median of each round's difference to the direct baseline, the × ratios are between medians; errors are summed. ` : ""}CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state) in the run outside the parentheses, the rest being file-backed pages (the executable and its libraries), shared only with processes that map the same files.`,
   );
   if (skipped.length > 0) lines.push("", "Skipped:", ...skipped.map((line) => `- ${line}`));
   return lines.join("\n");

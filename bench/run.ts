@@ -21,6 +21,7 @@ import { parseArgs } from "node:util";
 import { stringify } from "yaml";
 import { createIntermediateCA, createRootCA, issueLeaf } from "../src/pki/index.ts";
 import { type LoadStats, medianResults, renderChart, renderTable, type ScenarioResult } from "./report.ts";
+import { WINDOW_CLOSES, WINDOW_OPENS } from "./window.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
 const { values } = parseArgs({
@@ -29,8 +30,8 @@ const { values } = parseArgs({
     warmup: { type: "string", default: "2" },
     rate: { type: "string", default: "1000" },
     connections: { type: "string", default: "16" },
-    // Every scenario runs once per round, rounds one after another, so a slow spell of a shared machine
-    // hits all scenarios alike; the table shows each number's median over the rounds.
+    // Every scenario runs once per round, each round in a rotated order, so a slow spell of a shared machine
+    // does not fall on the same scenarios every time; the table shows each number's median over the rounds.
     rounds: { type: "string", default: "3" },
     only: { type: "string" },
     // Node flags for the mtlsd processes only (e.g. "--max-semi-space-size=1" to study memory); none by default, as shipped.
@@ -66,6 +67,20 @@ const tools = {
   haproxy: hasCommand("haproxy") || existsSync("/usr/sbin/haproxy"),
   stunnel: hasCommand("stunnel4") || hasCommand("stunnel"),
 };
+
+/** The commit the sidecars were built from, marked when the tree has uncommitted changes. */
+function sourceCommit(): string {
+  try {
+    const git = (...args: string[]) =>
+      execFileSync("git", ["-C", ROOT, ...args], { encoding: "utf8" }).trim();
+    return (
+      git("rev-parse", "--short", "HEAD") +
+      (git("status", "--porcelain", "--untracked-files=no") ? "+changes" : "")
+    );
+  } catch {
+    return "unknown";
+  }
+}
 
 // ---------------------------------------------------------------- processes
 
@@ -231,8 +246,8 @@ function runToJson(command: string, args: string[], window?: MeasuredWindow): Pr
     let stdout = "";
     let stderr = "";
     createInterface({ input: child.stdout }).on("line", (line) => {
-      if (line === "measuring") window?.open();
-      else if (line === "measured") window?.close();
+      if (line === WINDOW_OPENS) window?.open();
+      else if (line === WINDOW_CLOSES) window?.close();
       else stdout += `${line}\n`;
     });
     child.stderr.on("data", (chunk: Buffer) => {
@@ -567,7 +582,9 @@ async function runScenarios(work: string): Promise<void> {
   const perRound: ScenarioResult[][] = [];
   for (let round = 1; round <= rounds; round++) {
     const results: ScenarioResult[] = [];
-    for (const scenario of selected) {
+    const shift = Math.floor(((round - 1) * selected.length) / rounds);
+    const order = [...selected.slice(shift), ...selected.slice(0, shift)];
+    for (const scenario of order) {
       process.stderr.write(`[bench] round ${round}/${rounds}: ${scenario.label}\n`);
       const stack = await scenario.start();
       try {
@@ -586,7 +603,8 @@ async function runScenarios(work: string): Promise<void> {
         await Promise.all(stack.proxies.map(stop));
       }
     }
-    perRound.push(results);
+    // Rounds are folded by position: back in the listed order.
+    perRound.push(selected.map((scenario) => results.find((result) => result.name === scenario.name)!));
   }
   const results = medianResults(perRound);
   await stop(app);
@@ -599,7 +617,16 @@ async function runScenarios(work: string): Promise<void> {
     node: process.version,
     openssl: process.versions.openssl,
     date: new Date().toISOString(),
-    settings: { duration, warmup, rate, connections, rounds, wrk: tools.wrk },
+    settings: {
+      duration,
+      warmup,
+      rate,
+      connections,
+      rounds,
+      wrk: tools.wrk,
+      mtlsdNodeFlags: mtlsdNodeFlags.join(" "),
+      commit: sourceCommit(),
+    },
   };
   const table = renderTable(results, machine, skipped);
   process.stdout.write(`${table}\n`);

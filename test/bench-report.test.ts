@@ -16,7 +16,16 @@ const machine = (rounds: number): Machine => ({
   node: "v26.0.0",
   openssl: "3.5",
   date: "2026-11-23T00:00:00.000Z",
-  settings: { duration: 10, warmup: 2, rate: 1000, connections: 16, rounds, wrk: true },
+  settings: {
+    duration: 10,
+    warmup: 2,
+    rate: 1000,
+    connections: 16,
+    rounds,
+    wrk: true,
+    mtlsdNodeFlags: rounds > 1 ? "--max-semi-space-size=2" : "",
+    commit: "abc1234",
+  },
 });
 
 function measured(rps: number, cpuSecondsPerRequest: number[], rssMiB: number, errors = 0): Measured {
@@ -74,6 +83,21 @@ t.test("one round is reported as measured, without a range", async (t) => {
   t.notMatch(table, /median of/);
 });
 
+t.test("added p99 is the median of each round's difference to the direct baseline", async (t) => {
+  const withP99 = (directP99: number, mtlsdP99: number): ScenarioResult[] => {
+    const [direct, mtlsd] = round(50_000, 9000, 0.0002, 200);
+    direct!.fixed = measured(1000, [], 0);
+    direct!.fixed.result.p99_ms = directP99;
+    mtlsd!.fixed!.result.p99_ms = mtlsdP99;
+    return [direct!, mtlsd!];
+  };
+  // Differences 1, 2, 6: median 2. Medians of the p99s (2 and 5) would say 3.
+  const results = medianResults([withP99(1, 2), withP99(2, 4), withP99(3, 9)]);
+  t.equal(results[1]!.addedP99Ms, 2);
+  t.equal(results[0]!.addedP99Ms, undefined, "the baseline adds nothing to itself");
+  t.match(renderTable(results, machine(3), []), /\| 4\.00 \| 2\.000 \|/);
+});
+
 t.test("the table names the rounds and shows each median with its range", async (t) => {
   const results = medianResults([
     round(50_000, 9000, 0.0002, 200),
@@ -84,6 +108,7 @@ t.test("the table names the rounds and shows each median with its range", async 
   t.match(table, /req\/s \(median of 3 rounds, range\)/);
   t.match(table, /\| \(b\) mtlsd \| 8000 \(6000–9000\) \| 0\.13 \|/);
   t.match(table, /Every number is the median over 3 rounds/);
+  t.match(table, /mtlsd at abc1234, mtlsd run with `--max-semi-space-size=2`\./);
   t.match(table, /\| 0\.400 \/ 0\.200 \|/, "fixed-rate CPU per 1000 requests, outbound / inbound");
   t.match(table, /\| 150 \/ 150 \(150 \/ 150\) \| 75 \/ 75 \|/, "RSS and its private part");
 });

@@ -149,8 +149,16 @@ t.test("the env file sets the config path and stays plain KEY=value lines", asyn
   const lines = readRepoFile("deploy/systemd/mtlsd.env")
     .split("\n")
     .filter((line) => line.trim() !== "" && !line.startsWith("#"));
-  for (const line of lines) t.match(line, /^[A-Z_][A-Z0-9_]*=\S*$/, line);
+  for (const line of lines) t.match(line, /^[A-Z_][A-Z0-9_]*=(\S*|"[^"]*")$/, line);
   t.ok(lines.includes("MTLSD_CONFIG=/etc/mtlsd/mtlsd.yaml"));
+});
+
+t.test("the env file's commented alternatives are valid lines once uncommented", async (t) => {
+  const alternatives = readRepoFile("deploy/systemd/mtlsd.env")
+    .split("\n")
+    .filter((line) => /^#[A-Z_][A-Z0-9_]*=/.test(line));
+  t.ok(alternatives.length > 0, "there is at least one");
+  for (const line of alternatives) t.match(line.slice(1), /^[A-Z_][A-Z0-9_]*=(\S*|"[^"]*")$/, line);
 });
 
 /** The syscalls a SystemCallFilter allows: the listed groups expanded, minus the ~groups expanded. */

@@ -47,16 +47,18 @@ t.test(
       ...ours.matchAll(/mtlsd_request_duration_seconds_bucket\{le="([\d.e-]+)",direction="inbound"\}/g),
     ].map((match) => Number(match[1]));
     t.ok(bounds.length > 10, `the histogram has its buckets (${bounds.length})`);
+    const described = await metrics.registry.getMetricsAsJSON();
+    const helpOf = (name: string) => described.find((metric) => metric.name === name)!.help;
     const histogram = new Histogram({
       name: "mtlsd_request_duration_seconds",
-      help: "Time from request head to response end, as seen by the sidecar.",
+      help: helpOf("mtlsd_request_duration_seconds"),
       labelNames: ["direction"],
       buckets: bounds,
       registers: [registry],
     });
     const counter = new Counter({
       name: "mtlsd_requests_total",
-      help: "Requests handled, by direction, decision, peer identity (source inbound, destination outbound) and status class.",
+      help: helpOf("mtlsd_requests_total"),
       labelNames: ["direction", "decision", "source_identity", "destination_identity", "status_class"],
       registers: [registry],
     });
@@ -98,6 +100,17 @@ t.test("requests between scrapes are all counted, and a scrape does not count th
   for (let i = 0; i < 3; i++) metrics.request(record(1, 1));
   t.equal(await count(), 8);
   t.match(await metrics.metrics(), /mtlsd_request_duration_seconds_count\{direction="inbound"\} 8/);
+});
+
+t.test("resetting the registry forgets requests not yet scraped", async (t) => {
+  const metrics = new Metrics(sources, { processMetrics: false });
+  metrics.request(record(1, 1));
+  metrics.registry.resetMetrics();
+  const text = await metrics.metrics();
+  t.notMatch(text, /mtlsd_requests_total\{/);
+  t.notMatch(text, /mtlsd_request_duration_seconds_count/);
+  metrics.request(record(1, 1));
+  t.match(await metrics.metrics(), /mtlsd_requests_total\{[^}]*\} 1\n/);
 });
 
 t.test("with no request yet, both series are declared and empty", async (t) => {
