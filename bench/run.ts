@@ -68,14 +68,14 @@ const tools = {
   stunnel: hasCommand("stunnel4") || hasCommand("stunnel"),
 };
 
-/** The commit the sidecars were built from, marked when the tree has uncommitted changes. */
+/** The commit the sidecars were built from, marked when what goes into dist/ has uncommitted changes. */
 function sourceCommit(): string {
   try {
     const git = (...args: string[]) =>
       execFileSync("git", ["-C", ROOT, ...args], { encoding: "utf8" }).trim();
+    const built = ["src", "package.json", "package-lock.json", "tsconfig.json", "tsconfig.build.json"];
     return (
-      git("rev-parse", "--short", "HEAD") +
-      (git("status", "--porcelain", "--untracked-files=no") ? "+changes" : "")
+      git("rev-parse", "--short", "HEAD") + (git("status", "--porcelain", "--", ...built) ? "+changes" : "")
     );
   } catch {
     return "unknown";
