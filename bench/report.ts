@@ -91,24 +91,28 @@ function medianMeasured(runs: Measured[]): Measured {
   };
 }
 
-/** Folds rounds of the same scenarios into one result per scenario, every number the median over the rounds. */
+/**
+ * Folds rounds into one result per scenario, every number the median over the rounds it ran in (a round
+ * whose run of it failed has no result for it). Scenarios keep the order in which they first appear.
+ */
 export function medianResults(rounds: ScenarioResult[][]): ScenarioResult[] {
   if (rounds.length === 1) return rounds[0]!;
-  return rounds[0]!.map((first, index) => {
-    const runs = rounds.map((round) => round[index]!);
+  const names = [...new Set(rounds.flat().map((result) => result.name))];
+  return names.map((name) => {
+    const inRound = (round: ScenarioResult[]) => round.find((result) => result.name === name);
+    const runs = rounds.flatMap((round) => inRound(round) ?? []);
+    const first = runs[0]!;
     const rps = runs.map((run) => run.max.result.rps);
     const fixedRuns = runs.flatMap((run) => (run.fixed ? [run.fixed] : []));
     // Added latency is a difference within one round (same machine weather); only then the median.
-    const added = rounds.map((round, roundIndex) => {
+    const added = rounds.map((round) => {
       const direct = round.find((result) => result.name === "direct")?.fixed;
-      const fixed = runs[roundIndex]!.fixed;
-      return direct && fixed && first.name !== "direct"
-        ? fixed.result.p99_ms - direct.result.p99_ms
-        : Number.NaN;
+      const fixed = inRound(round)?.fixed;
+      return direct && fixed && name !== "direct" ? fixed.result.p99_ms - direct.result.p99_ms : Number.NaN;
     });
     const addedP99Ms = median(added);
     return {
-      name: first.name,
+      name,
       label: first.label,
       family: first.family,
       max: medianMeasured(runs.map((run) => run.max)),
@@ -139,7 +143,12 @@ function peakRss(measured: Measured, which: "peakRssBytes" | "peakPrivateBytes" 
   return measured.usage.map((usage) => fmt((usage[which] ?? Number.NaN) / 2 ** 20, 0)).join(" / ");
 }
 
-export function renderTable(results: ScenarioResult[], machine: Machine, skipped: string[]): string {
+export function renderTable(
+  results: ScenarioResult[],
+  machine: Machine,
+  skipped: string[],
+  failed: string[] = [],
+): string {
   const direct = results.find((result) => result.name === "direct");
   const bestPeer = (kind: string) =>
     results
@@ -184,6 +193,12 @@ export function renderTable(results: ScenarioResult[], machine: Machine, skipped
     `${rounds > 1 ? `Every number is the median over ${rounds} rounds (each round runs every scenario once, in a rotated order); added p99 is the median of each round's difference to the direct baseline, the × ratios are between medians; errors are summed. ` : ""}CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state) in the run outside the parentheses, the rest being file-backed pages (the executable and its libraries), shared only with processes that map the same files.`,
   );
   if (skipped.length > 0) lines.push("", "Skipped:", ...skipped.map((line) => `- ${line}`));
+  if (failed.length > 0)
+    lines.push(
+      "",
+      "Left out of the medians (the run failed; the scenario's median is over its other rounds):",
+      ...failed.map((line) => `- ${line}`),
+    );
   return lines.join("\n");
 }
 

@@ -567,6 +567,25 @@ async function runScenarios(work: string): Promise<void> {
     });
   }
 
+  const runScenario = async (scenario: Scenario): Promise<ScenarioResult> => {
+    const stack = await scenario.start();
+    try {
+      const spec = {
+        ...scenario.load,
+        url: `${scenario.load.tls ? "https://localhost" : "http://127.0.0.1"}:${stack.entryPort}/`,
+      };
+      const max = await measure(stack.proxies, (window) => closedLoop(spec, window));
+      const fixed = scenario.fixedRate
+        ? await measure(stack.proxies, (window) =>
+            nodeLoad(spec, ["--rate", String(rate), "--connections", "32"], window),
+          )
+        : undefined;
+      return { name: scenario.name, label: scenario.label, family: scenario.family, max, fixed };
+    } finally {
+      await Promise.all(stack.proxies.map(stop));
+    }
+  };
+
   const skipped: string[] = [];
   const selected = scenarios.filter((scenario) => {
     if (only && !only.has(scenario.name)) return false;
@@ -580,31 +599,26 @@ async function runScenarios(work: string): Promise<void> {
     return true;
   });
   const perRound: ScenarioResult[][] = [];
+  // A scenario failing in a later round costs that round's result, not the run: its median is over the
+  // others. In the first round a failure is a setup problem (a bad flag, a missing binary) and stops at once.
+  const failed: string[] = [];
   for (let round = 1; round <= rounds; round++) {
     const results: ScenarioResult[] = [];
     const shift = Math.floor(((round - 1) * selected.length) / rounds);
     const order = [...selected.slice(shift), ...selected.slice(0, shift)];
     for (const scenario of order) {
       process.stderr.write(`[bench] round ${round}/${rounds}: ${scenario.label}\n`);
-      const stack = await scenario.start();
       try {
-        const spec = {
-          ...scenario.load,
-          url: `${scenario.load.tls ? "https://localhost" : "http://127.0.0.1"}:${stack.entryPort}/`,
-        };
-        const max = await measure(stack.proxies, (window) => closedLoop(spec, window));
-        const fixed = scenario.fixedRate
-          ? await measure(stack.proxies, (window) =>
-              nodeLoad(spec, ["--rate", String(rate), "--connections", "32"], window),
-            )
-          : undefined;
-        results.push({ name: scenario.name, label: scenario.label, family: scenario.family, max, fixed });
-      } finally {
-        await Promise.all(stack.proxies.map(stop));
+        results.push(await runScenario(scenario));
+      } catch (error) {
+        if (round === 1) throw error;
+        const reason = `round ${round}, ${scenario.label}: ${(error as Error).message}`;
+        process.stderr.write(`[bench] left out of the medians: ${reason}\n`);
+        failed.push(reason);
       }
     }
-    // Rounds are folded by position: back in the listed order.
-    perRound.push(selected.map((scenario) => results.find((result) => result.name === scenario.name)!));
+    // Rounds are folded by name; keep the listed order.
+    perRound.push(selected.flatMap((scenario) => results.filter((result) => result.name === scenario.name)));
   }
   const results = medianResults(perRound);
   await stop(app);
@@ -628,22 +642,28 @@ async function runScenarios(work: string): Promise<void> {
       commit: sourceCommit(),
     },
   };
-  const table = renderTable(results, machine, skipped);
+  const table = renderTable(results, machine, skipped, failed);
   process.stdout.write(`${table}\n`);
   await mkdir(values.out, { recursive: true });
   const stamp = machine.date.replace(/[:.]/g, "-");
   await writeFile(
     path.join(values.out, `${stamp}.json`),
-    `${JSON.stringify({ machine, results, rounds: perRound, skipped }, null, 2)}\n`,
+    `${JSON.stringify({ machine, results, rounds: perRound, skipped, failed }, null, 2)}\n`,
   );
   await writeFile(path.join(values.out, `${stamp}.md`), `${table}\n`);
   await writeFile(path.join(values.out, "latest.md"), `${table}\n`);
   await writeFile(path.join(values.out, "latest.svg"), renderChart(results));
   await writeFile(
     path.join(values.out, "latest.json"),
-    `${JSON.stringify({ machine, results, rounds: perRound, skipped }, null, 2)}\n`,
+    `${JSON.stringify({ machine, results, rounds: perRound, skipped, failed }, null, 2)}\n`,
   );
   process.stderr.write(`[bench] wrote ${path.join(values.out, "latest.md")}, latest.json, latest.svg\n`);
+  if (failed.length > 0) {
+    process.stderr.write(
+      `[bench] ${failed.length} scenario run(s) failed and were left out (listed in the table)\n`,
+    );
+    process.exitCode = 1;
+  }
 }
 
 process.on("SIGINT", () => {

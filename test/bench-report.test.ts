@@ -98,6 +98,21 @@ t.test("added p99 is the median of each round's difference to the direct baselin
   t.match(renderTable(results, machine(3), []), /\| 4\.00 \| 2\.000 \|/);
 });
 
+t.test("a scenario that failed in a round is folded over the rounds it ran in", async (t) => {
+  const [direct, mtlsd] = round(50_000, 9000, 0.0002, 200);
+  const withoutMtlsd = round(60_000, 1, 0.0001, 100).slice(0, 1);
+  const results = medianResults([[direct!, mtlsd!], withoutMtlsd, round(70_000, 7000, 0.0002, 200)]);
+  t.same(
+    results.map((result) => result.name),
+    ["direct", "mtlsd-keepalive"],
+  );
+  t.equal(results[0]!.max.result.rps, 60_000, "direct: all three rounds");
+  t.equal(results[1]!.max.result.rps, 8000, "mtlsd: the median of its two rounds");
+  t.same(results[1]!.rpsRange, [7000, 9000]);
+  const table = renderTable(results, machine(3), [], ["round 2, (b) mtlsd: mtlsd orders-in exited (1)"]);
+  t.match(table, /Left out of the medians[^\n]*\n- round 2, \(b\) mtlsd: mtlsd orders-in exited \(1\)/);
+});
+
 t.test("the table names the rounds and shows each median with its range", async (t) => {
   const results = medianResults([
     round(50_000, 9000, 0.0002, 200),
