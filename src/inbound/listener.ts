@@ -19,12 +19,11 @@ import type { Policy } from "../policy/index.ts";
 import {
   type Deadline,
   type DrainResult,
-  describeClientError,
-  failForward,
   HttpDrain,
   httpLimits,
   rawErrorResponse,
   reportCapacity,
+  settleClientError,
 } from "../proxy/index.ts";
 import type { Logger, TrafficObserver } from "../telemetry/index.ts";
 import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
@@ -333,19 +332,9 @@ export class InboundListener {
   };
 
   readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
-    if (error.code === "ECONNRESET" || !socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const { status, statusText, reason, message } = describeClientError(error);
-    // Mid-request (a body too slow, or breaking its framing): the request being forwarded answers and logs it.
-    const res = this.#drain.responseOn(socket);
-    if (res && failForward(res, { status, reason, message })) return;
-    // Once a response has started on this connection, any bytes of ours would corrupt it: only cutting is honest.
-    if (res?.headersSent) {
-      socket.destroy();
-      return;
-    }
+    const answer = settleClientError(error, socket, this.#drain);
+    if (!answer) return;
+    const { status, statusText, reason, message } = answer;
     const connection = (socket as InboundSocket)[kConnection];
     this.#options.observer.request({
       direction: "inbound",

@@ -11,8 +11,6 @@ import { type DenyList, PeerIdentityCache } from "../identity/index.ts";
 import {
   type Deadline,
   type DrainResult,
-  describeClientError,
-  failForward,
   filterRequestHeaders,
   forward,
   HttpDrain,
@@ -20,6 +18,7 @@ import {
   rawErrorResponse,
   reportCapacity,
   sendError,
+  settleClientError,
   stopAccepting,
 } from "../proxy/index.ts";
 import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
@@ -167,20 +166,9 @@ export class OutboundListener {
       );
     });
     server.on("clientError", (error: Error & { code?: string }, socket: net.Socket) => {
-      if (error.code === "ECONNRESET" || !socket.writable) {
-        socket.destroy();
-        return;
-      }
-      const { status, statusText, reason, message } = describeClientError(error);
-      // Mid-request (a body too slow, or breaking its framing): the request being forwarded answers and logs it.
-      const res = this.#drain.responseOn(socket);
-      if (res && failForward(res, { status, reason, message })) return;
-      // Once a response has started on this connection, any bytes of ours would corrupt it: only cutting is honest.
-      if (res?.headersSent) {
-        socket.destroy();
-        return;
-      }
-      socket.end(rawErrorResponse(status, statusText, reason, message));
+      const answer = settleClientError(error, socket, this.#drain);
+      if (answer)
+        socket.end(rawErrorResponse(answer.status, answer.statusText, answer.reason, answer.message));
     });
     return server;
   }

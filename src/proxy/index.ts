@@ -1,5 +1,6 @@
 // The proxy module's public face: the forwarding engine, header rules, and the sidecar's own responses.
 
+export { type ClientErrorAnswer, settleClientError } from "./client-error.ts";
 export { Deadline, type DrainResult, HttpDrain, stopAccepting } from "./drain.ts";
 export {
   classifyForwardError,
@@ -23,4 +24,4 @@ export {
   type ResponseHeaders,
 } from "./headers.ts";
 export { type CapacityLog, connectionsCheckingInterval, httpLimits, reportCapacity } from "./limits.ts";
-export { describeClientError, type ResponseReason, rawErrorResponse, sendError } from "./respond.ts";
+export { type ResponseReason, rawErrorResponse, sendError } from "./respond.ts";
