@@ -12,7 +12,7 @@ import { type GateApp, startGateApp } from "./helpers/gate-app.ts";
 import { inboundAddress, startCaller, startUpstream } from "./helpers/outbound.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
-import { type ClientTls, RawConnection, rawGet } from "./helpers/raw-http.ts";
+import { type ClientTls, plainConnection, RawConnection, rawGet } from "./helpers/raw-http.ts";
 import { startSidecar } from "./helpers/sidecar.ts";
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -273,25 +273,19 @@ t.test("the outbound listener drains too, and the upstream pool closes after", a
   });
   t.teardown(() => caller.stop());
   const port = caller.outboundPort;
-  const app = net.connect(port, "127.0.0.1");
-  t.teardown(() => app.destroy());
-  let received = "";
-  app.setEncoding("latin1");
-  app.on("data", (chunk: string) => {
-    received += chunk;
-  });
-  const appClosed = once(app, "close");
-  app.write("GET /gate/outbound HTTP/1.1\r\nHost: orders\r\n\r\n");
+  const app = plainConnection(port);
+  t.teardown(() => app.socket.destroy());
+  app.socket.write("GET /gate/outbound HTTP/1.1\r\nHost: orders\r\n\r\n");
   await gate.arrived();
   t.equal(caller.sidecar.upstreamStats().orders?.connections, 1);
 
   const stopped = caller.sidecar.stop(10_000);
   t.ok(await refused(port), "the outbound listener no longer accepts");
   gate.release();
-  await Promise.race([appClosed, new Promise((resolve) => setTimeout(resolve, 5000))]);
-  t.match(received, /^HTTP\/1\.1 200 OK\r\n/);
-  t.match(received, /\r\nconnection: close\r\n/i);
-  t.match(received, /\r\n\r\nreleased$/);
+  await app.closedWithin(5000);
+  t.match(app.received(), /^HTTP\/1\.1 200 OK\r\n/);
+  t.match(app.received(), /\r\nconnection: close\r\n/i);
+  t.match(app.received(), /\r\n\r\nreleased$/);
   await stopped;
   t.equal(caller.sidecar.upstreamStats().orders?.connections, 0, "the pool's connections are closed");
   t.match(caller.logs.at(-1), { msg: "mtlsd stopped", in_flight: 1, cut: 0 });
@@ -308,15 +302,9 @@ t.test(
       orders: { address: inboundAddress(upstream), identity: orders.spiffeId },
     });
     t.teardown(() => caller.stop());
-    const app = net.connect(caller.outboundPort, "127.0.0.1");
-    t.teardown(() => app.destroy());
-    let received = "";
-    app.setEncoding("latin1");
-    app.on("data", (chunk: string) => {
-      received += chunk;
-    });
-    const appClosed = once(app, "close");
-    app.write("GET /gate/rotated HTTP/1.1\r\nHost: orders\r\n\r\n");
+    const app = plainConnection(caller.outboundPort);
+    t.teardown(() => app.socket.destroy());
+    app.socket.write("GET /gate/rotated HTTP/1.1\r\nHost: orders\r\n\r\n");
     await gate.arrived();
     // The rotation retires the pool that carries the request; the new pool has no connection yet.
     const next = await pki.identity("frontend-drain-next", { spiffeId: frontend.spiffeId });
@@ -330,8 +318,8 @@ t.test(
 
     const stopped = caller.sidecar.stop(10_000);
     gate.release();
-    await Promise.race([appClosed, new Promise((resolve) => setTimeout(resolve, 5000))]);
-    t.match(received, /^HTTP\/1\.1 200 OK\r\n/, "the request finished");
+    await app.closedWithin(5000);
+    t.match(app.received(), /^HTTP\/1\.1 200 OK\r\n/, "the request finished");
     await stopped;
     t.match(
       caller.sidecar.upstreamStats().orders,

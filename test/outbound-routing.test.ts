@@ -1,6 +1,6 @@
 // An app's plain request finds its upstream by proxy URL, then Host header, then the upstream's own port.
 import https from "node:https";
-import net from "node:net";
+import type net from "node:net";
 import t from "tap";
 import { EnvHttpProxyAgent, request } from "undici";
 import { startApp } from "./helpers/app.ts";
@@ -13,6 +13,7 @@ import {
   startUpstream,
 } from "./helpers/outbound.ts";
 import { createTestPki } from "./helpers/pki.ts";
+import { plainConnection } from "./helpers/raw-http.ts";
 import { waitForLog } from "./helpers/sidecar.ts";
 
 const pki = await createTestPki();
@@ -193,18 +194,10 @@ t.test("a request-target that is neither a path nor an http:// URL gets 400 bad_
 });
 
 t.test("a CONNECT tunnel request is refused with 405 and an explanation", async (t) => {
-  const socket = net.connect(caller.outboundPort, "127.0.0.1");
-  t.teardown(() => socket.destroy());
-  socket.write("CONNECT orders:443 HTTP/1.1\r\nHost: orders:443\r\n\r\n");
-  let received = "";
-  socket.setEncoding("latin1");
-  socket.on("data", (chunk: string) => {
-    received += chunk;
-  });
-  await new Promise<void>((resolve, reject) => {
-    socket.once("close", () => resolve());
-    setTimeout(() => reject(new Error("no reply to CONNECT within 3s")), 3000).unref();
-  });
-  t.match(received, /^HTTP\/1\.1 405 /);
-  t.match(received, "send plain http:// requests");
+  const app = plainConnection(caller.outboundPort);
+  t.teardown(() => app.socket.destroy());
+  app.socket.write("CONNECT orders:443 HTTP/1.1\r\nHost: orders:443\r\n\r\n");
+  await app.closedWithin(3000);
+  t.match(app.received(), /^HTTP\/1\.1 405 /);
+  t.match(app.received(), "send plain http:// requests");
 });

@@ -6,7 +6,7 @@ import { startApp } from "./helpers/app.ts";
 import { parseHttpResponse } from "./helpers/clients.ts";
 import { appRequest, inboundAddress, sidecarError, startCaller, startUpstream } from "./helpers/outbound.ts";
 import { createTestPki } from "./helpers/pki.ts";
-import { startWiretap } from "./helpers/raw-http.ts";
+import { plainConnection, startWiretap } from "./helpers/raw-http.ts";
 import { waitForLog } from "./helpers/sidecar.ts";
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -30,30 +30,6 @@ async function freeAddress(): Promise<string> {
   const { port } = server.address() as net.AddressInfo;
   await new Promise<void>((resolve) => server.close(() => resolve()));
   return `127.0.0.1:${port}`;
-}
-
-/** The app's side of one plain connection to the outbound listener: raw bytes out, everything back. */
-function appConnection(port: number) {
-  const socket = net.connect(port, "127.0.0.1");
-  let received = "";
-  socket.setEncoding("latin1");
-  socket.on("data", (chunk: string) => {
-    received += chunk;
-  });
-  socket.on("error", () => {});
-  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
-  return {
-    socket,
-    received: () => received,
-    /** Resolves once the sidecar closed the connection; rejects after `timeoutMs`. */
-    async closedWithin(timeoutMs: number) {
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`connection still open after ${timeoutMs}ms`)), timeoutMs);
-      });
-      await Promise.race([closed, late]).finally(() => clearTimeout(timer));
-    },
-  };
 }
 
 // Streams towards the app of every test below go through this tap, which keeps every byte the app was sent.
@@ -173,7 +149,7 @@ t.test("an upstream that dies mid-body gives the app an error, never a success",
     orders: { address: await listen(dying), identity: orders.spiffeId },
   });
   t.teardown(() => caller.stop());
-  const connection = appConnection(caller.outboundPort);
+  const connection = plainConnection(caller.outboundPort);
   t.teardown(() => connection.socket.destroy());
   const length = 256 * 1024;
   connection.socket.write(
@@ -196,7 +172,7 @@ async function abortMidBody(t: Test, path: string, head: string, part: string): 
     orders: { address: inboundAddress(upstream), identity: orders.spiffeId },
   });
   t.teardown(() => caller.stop());
-  const connection = appConnection(caller.outboundPort);
+  const connection = plainConnection(caller.outboundPort);
   connection.socket.write(`POST ${path} HTTP/1.1\r\nHost: orders\r\n${head}\r\n${part}`);
   const deadline = Date.now() + 5000;
   while (!wiretap.text().includes(`POST ${path} `)) {

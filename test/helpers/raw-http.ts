@@ -233,6 +233,30 @@ export class RawConnection {
   }
 }
 
+/** A plain TCP connection as an app holds one to a sidecar's listener: raw bytes out, everything back. */
+export function plainConnection(port: number) {
+  const socket = net.connect(port, "127.0.0.1");
+  let received = "";
+  socket.setEncoding("latin1");
+  socket.on("data", (chunk: string) => {
+    received += chunk;
+  });
+  socket.on("error", () => {});
+  const closed = new Promise<void>((resolve) => socket.once("close", () => resolve()));
+  return {
+    socket,
+    received: () => received,
+    /** Resolves once the sidecar closed the connection; rejects after `timeoutMs`. */
+    async closedWithin(timeoutMs: number) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`connection still open after ${timeoutMs}ms`)), timeoutMs);
+      });
+      await Promise.race([closed, late]).finally(() => clearTimeout(timer));
+    },
+  };
+}
+
 /**
  * Opens a connection, writes `bytes` in one go (several pipelined requests if you like), and waits for
  * `expect` responses or the server closing, whichever is first, then closes. Bounded by `timeoutMs`.
