@@ -7,7 +7,7 @@ import { parse as parseYaml, stringify } from "yaml";
 import { Policy } from "../src/policy/index.ts";
 import { Readiness } from "../src/telemetry/index.ts";
 import { startApp } from "./helpers/app.ts";
-import { createTestPki } from "./helpers/pki.ts";
+import { createTestPki, identityConfig } from "./helpers/pki.ts";
 import { startSidecar } from "./helpers/sidecar.ts";
 
 const pki = await createTestPki();
@@ -188,10 +188,7 @@ t.test(
     const rotating = await pki.identity("orders-rotating", { spiffeId: orders.spiffeId });
     const running = await startSidecar(pki, rotating, {
       identity: {
-        cert: rotating.certPath,
-        key: rotating.keyPath,
-        trustBundle: pki.bundlePath,
-        trustDomain: pki.trustDomain,
+        ...identityConfig(pki, rotating),
         // Only the reloads this test asks for.
         reload: { watch: false, interval: "1h" },
       },

@@ -5,7 +5,7 @@ import t from "tap";
 import { stringify } from "yaml";
 import { overridesOf } from "../src/cli/check.ts";
 import { runCli } from "./helpers/cli.ts";
-import { createTestPki, type IdentityFiles } from "./helpers/pki.ts";
+import { createTestPki, type IdentityFiles, identityConfig } from "./helpers/pki.ts";
 
 const pki = await createTestPki();
 t.teardown(() => pki.cleanup());
@@ -18,12 +18,7 @@ let configs = 0;
 async function writeConfig(identity: IdentityFiles, extra: Record<string, unknown> = {}): Promise<string> {
   const file = path.join(pki.dir, `check-${++configs}.yaml`);
   const config = {
-    identity: {
-      cert: identity.certPath,
-      key: identity.keyPath,
-      trustBundle: pki.bundlePath,
-      trustDomain: pki.trustDomain,
-    },
+    identity: identityConfig(pki, identity),
     inbound: {
       listen: "127.0.0.1:0",
       policy: {

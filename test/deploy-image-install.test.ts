@@ -13,7 +13,7 @@ import { startApp } from "./helpers/app.ts";
 import { curlRequest } from "./helpers/clients.ts";
 import { REPO, readRepoFile, repoPath, startMtlsd } from "./helpers/deploy.ts";
 import { parseDockerfile, type Stage } from "./helpers/dockerfile.ts";
-import { createTestPki } from "./helpers/pki.ts";
+import { createTestPki, identityConfig } from "./helpers/pki.ts";
 
 const pkg = JSON.parse(readRepoFile("package.json")) as {
   version: string;
@@ -192,12 +192,7 @@ t.test("mtlsd serves mTLS with a read-only root file system and drains on SIGTER
   await writeFile(
     config,
     stringify({
-      identity: {
-        cert: orders.certPath,
-        key: orders.keyPath,
-        trustBundle: pki.bundlePath,
-        trustDomain: pki.trustDomain,
-      },
+      identity: identityConfig(pki, orders),
       inbound: {
         listen: "127.0.0.1:0",
         app: echo.url,

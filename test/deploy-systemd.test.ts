@@ -9,7 +9,7 @@ import { parseDuration } from "../src/config/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { curlRequest } from "./helpers/clients.ts";
 import { readRepoFile, repoPath, startMtlsd, validateShippedConfig } from "./helpers/deploy.ts";
-import { createTestPki } from "./helpers/pki.ts";
+import { createTestPki, identityConfig } from "./helpers/pki.ts";
 import { CLI } from "./helpers/process.ts";
 
 const UNIT_PATH = repoPath("deploy/systemd/mtlsd.service");
@@ -203,12 +203,7 @@ t.test("every system call mtlsd makes while serving both directions passes the u
     default: "deny",
     rules: [{ name: "allow", action: "allow", from: [from] }],
   });
-  const identity = (who: typeof traced) => ({
-    cert: who.certPath,
-    key: who.keyPath,
-    trustBundle: pki.bundlePath,
-    trustDomain: pki.trustDomain,
-  });
+  const identity = (who: typeof traced) => identityConfig(pki, who);
   // The peer answers the traced mtlsd's outbound calls; it is not traced itself.
   const peerConfig = path.join(dir, "peer.yaml");
   await writeFile(

@@ -10,7 +10,7 @@ import { loadCredentials } from "../src/credentials/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { type GateApp, startGateApp } from "./helpers/gate-app.ts";
 import { inboundAddress, startCaller, startUpstream } from "./helpers/outbound.ts";
-import { createTestPki } from "./helpers/pki.ts";
+import { createTestPki, identityConfig } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
 import { type ClientTls, plainConnection, RawConnection, rawGet } from "./helpers/raw-http.ts";
 import { startSidecar } from "./helpers/sidecar.ts";
@@ -40,12 +40,7 @@ async function start(t: Test, drainTimeout = "10s"): Promise<Running> {
   await writeFile(
     configPath,
     stringify({
-      identity: {
-        cert: orders.certPath,
-        key: orders.keyPath,
-        trustBundle: pki.bundlePath,
-        trustDomain: pki.trustDomain,
-      },
+      identity: identityConfig(pki, orders),
       inbound: {
         listen: "127.0.0.1:0",
         app: gate.url,
@@ -373,10 +368,7 @@ t.test(
     t.teardown(() => app.stop());
     const next = await pki.identity("frontend-exit-next", { spiffeId: frontend.spiffeId });
     const identity = (who: { certPath: string; keyPath: string }) => ({
-      cert: who.certPath,
-      key: who.keyPath,
-      trustBundle: pki.bundlePath,
-      trustDomain: pki.trustDomain,
+      ...identityConfig(pki, who),
       // Watch and poll as in production, with a short poll so its timer is surely armed.
       reload: { watch: true, interval: "1s" },
     });

@@ -8,7 +8,7 @@ import { loadConfigFile } from "../src/config/index.ts";
 import { Sidecar } from "../src/sidecar.ts";
 import { startApp } from "./helpers/app.ts";
 import { curlRequest } from "./helpers/clients.ts";
-import { createTestPki, type IdentityFiles } from "./helpers/pki.ts";
+import { createTestPki, type IdentityFiles, identityConfig } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
 import { captureLogs, waitForLog } from "./helpers/sidecar.ts";
 
@@ -26,12 +26,7 @@ const REPORTING_RULE: Rule = { name: "reporting", action: "allow", from: [report
 
 function configText(rules: Rule[], inbound: Record<string, unknown> = {}, overrides: Rule[] = []): string {
   return stringify({
-    identity: {
-      cert: orders.certPath,
-      key: orders.keyPath,
-      trustBundle: pki.bundlePath,
-      trustDomain: pki.trustDomain,
-    },
+    identity: identityConfig(pki, orders),
     inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules, overrides }, ...inbound },
     // Tests run in parallel: the admin listener's default port would collide.
     admin: { listen: "127.0.0.1:0" },

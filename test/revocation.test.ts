@@ -10,7 +10,7 @@ import { normalizeSerial } from "../src/identity/index.ts";
 import { issueCrl } from "../src/pki/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { curl, curlRequest, openssl, parseHttpResponse } from "./helpers/clients.ts";
-import { createTestPki, type IdentityFiles } from "./helpers/pki.ts";
+import { createTestPki, type IdentityFiles, identityConfig } from "./helpers/pki.ts";
 import { type RunningSidecar, startSidecar, waitForLog } from "./helpers/sidecar.ts";
 
 const pki = await createTestPki();
@@ -47,10 +47,7 @@ function colonSerial(hex: string): string {
 function identityBlock(who: IdentityFiles, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     identity: {
-      cert: who.certPath,
-      key: who.keyPath,
-      trustBundle: pki.bundlePath,
-      trustDomain: pki.trustDomain,
+      ...identityConfig(pki, who),
       ...extra,
     },
   };

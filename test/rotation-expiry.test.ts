@@ -3,7 +3,7 @@ import { writeFile } from "node:fs/promises";
 import t from "tap";
 import type { LeafOptions } from "../src/pki/index.ts";
 import { startApp } from "./helpers/app.ts";
-import { createTestPki, type IdentityFiles } from "./helpers/pki.ts";
+import { createTestPki, type IdentityFiles, identityConfig } from "./helpers/pki.ts";
 import { reloadCount, sleep, waitFor, waitForSerial } from "./helpers/rotation.ts";
 import { type RunningSidecar, startSidecar, waitForLog } from "./helpers/sidecar.ts";
 
@@ -38,10 +38,7 @@ async function startOrders(
     identity,
     {
       identity: {
-        cert: identity.certPath,
-        key: identity.keyPath,
-        trustBundle: pki.bundlePath,
-        trustDomain: pki.trustDomain,
+        ...identityConfig(pki, identity),
         reload: { watch: true, interval: "100ms" },
       },
       inbound: { listen: "127.0.0.1:0", app: app.url, policy: { default: "allow" } },

@@ -35,6 +35,19 @@ export interface TestPki {
   cleanup(): Promise<void>;
 }
 
+/** The `identity:` config block for a sidecar running as `identity` and trusting `pki`'s root. */
+export function identityConfig(
+  pki: Pick<TestPki, "bundlePath" | "trustDomain">,
+  identity: Pick<IdentityFiles, "certPath" | "keyPath">,
+): { cert: string; key: string; trustBundle: string; trustDomain: string } {
+  return {
+    cert: identity.certPath,
+    key: identity.keyPath,
+    trustBundle: pki.bundlePath,
+    trustDomain: pki.trustDomain,
+  };
+}
+
 export async function createTestPki(trustDomain = "example.org"): Promise<TestPki> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "mtlsd-test-"));
   const root = await createRootCA({ trustDomain });

@@ -4,7 +4,7 @@ import path from "node:path";
 import { stringify } from "yaml";
 import { parseConfig } from "../../src/config/index.ts";
 import { Sidecar, type SidecarOptions } from "../../src/sidecar.ts";
-import type { IdentityFiles, TestPki } from "./pki.ts";
+import { type IdentityFiles, identityConfig, type TestPki } from "./pki.ts";
 
 export type LogLine = Record<string, unknown> & { level: string; msg: string };
 
@@ -34,12 +34,7 @@ export async function startSidecar(
   options: Omit<SidecarOptions, "logStream"> = {},
 ): Promise<RunningSidecar> {
   const full = {
-    identity: {
-      cert: identity.certPath,
-      key: identity.keyPath,
-      trustBundle: pki.bundlePath,
-      trustDomain: pki.trustDomain,
-    },
+    identity: identityConfig(pki, identity),
     log: { level: "debug" },
     // Tests run in parallel: the admin listener's default port would collide.
     admin: { listen: "127.0.0.1:0" },
