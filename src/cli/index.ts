@@ -23,7 +23,7 @@ Usage:
 
 SIGTERM or SIGINT drains (limits.drainTimeout) and exits 0; a second one exits 1 at once.
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
-Docs: README.md; config reference: config/mtlsd.example.yaml and config/mtlsd.schema.json
+Docs: README.md and docs/ (every config key: docs/configuration.md; a full example: config/mtlsd.example.yaml)
 `;
 
 // Each command is loaded on use: `certs`, `check` and `--version` need neither the data path nor its
