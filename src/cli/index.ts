@@ -1,5 +1,6 @@
 // The `mtlsd` command: parses the subcommand, dispatches, and turns outcomes into exit codes.
 import { readFileSync } from "node:fs";
+import { getAsset, isSea } from "node:sea";
 import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
 
 export type { CliIo } from "./io.ts";
@@ -37,9 +38,11 @@ const COMMANDS: Record<string, (args: string[], io: CliIo) => Promise<number>> =
 };
 
 export function version(): string {
-  const manifest = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
-    version: string;
-  };
+  // The single binary (scripts/build-binary.ts) carries package.json as an asset: it has no file beside it.
+  const text = isSea()
+    ? getAsset("package.json", "utf8")
+    : readFileSync(new URL("../../package.json", import.meta.url), "utf8");
+  const manifest = JSON.parse(text) as { version: string };
   return manifest.version;
 }
 
