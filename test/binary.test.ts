@@ -1,6 +1,6 @@
 // The single binary as a VM operator gets it: built once, unpacked from its release tarball, run with no Node on PATH.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { once } from "node:events";
+import { EventEmitter, once } from "node:events";
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -130,6 +130,30 @@ interface RunningBinary {
   child: ChildProcess;
   logs: Record<string, unknown>[];
   listeners: Record<string, string>;
+  /** Emits "line" with each parsed log entry. */
+  lines: EventEmitter;
+}
+
+/** The first log line of `sidecar` that matches, waiting up to 5 s for it to be written. */
+async function logLine(
+  sidecar: RunningBinary,
+  matches: (entry: Record<string, unknown>) => boolean,
+): Promise<Record<string, unknown>> {
+  const found = sidecar.logs.find(matches);
+  if (found) return found;
+  return await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      sidecar.lines.off("line", onLine);
+      reject(new Error("no matching log line within 5s"));
+    }, 5000);
+    const onLine = (entry: Record<string, unknown>) => {
+      if (!matches(entry)) return;
+      clearTimeout(timer);
+      sidecar.lines.off("line", onLine);
+      resolve(entry);
+    };
+    sidecar.lines.on("line", onLine);
+  });
 }
 
 /** Starts the binary's `mtlsd run` on a config and resolves on its `mtlsd started` log line. */
@@ -145,11 +169,13 @@ async function startBinary(name: string, config: Record<string, unknown>): Promi
     stderr += chunk.toString();
   });
   const logs: Record<string, unknown>[] = [];
+  const lines = new EventEmitter();
   const started = await new Promise<Record<string, unknown>>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`mtlsd did not start within 10s: ${stderr}`)), 10_000);
     createInterface({ input: child.stdout! }).on("line", (line) => {
       const entry = JSON.parse(line) as Record<string, unknown>;
       logs.push(entry);
+      lines.emit("line", entry);
       if (entry.msg === "mtlsd started") {
         clearTimeout(timer);
         resolve(entry);
@@ -160,7 +186,7 @@ async function startBinary(name: string, config: Record<string, unknown>): Promi
       reject(new Error(`mtlsd exited with ${code} before starting: ${stderr}`));
     });
   });
-  return { child, logs, listeners: started.listeners as Record<string, string> };
+  return { child, logs, lines, listeners: started.listeners as Record<string, string> };
 }
 
 // A short `mtlsd run` of two binaries with real traffic: a frontend sidecar (outbound) calling an orders
@@ -216,8 +242,9 @@ t.test("mtlsd run refuses a request its policy denies, with the reason", async (
   });
   t.equal(result.response?.status, 403);
   t.equal(result.response?.headers["x-mtlsd-reason"], "policy_denied");
-  const line = ordersSidecar.logs.find((entry) => entry.path === "/admin");
-  t.equal(line?.decision, "deny", "the JSON log line records the denial");
+  // The log is written asynchronously (pino's non-blocking stdout): the line may follow the response.
+  const line = await logLine(ordersSidecar, (entry) => entry.path === "/admin");
+  t.equal(line.decision, "deny", "the JSON log line records the denial");
 });
 
 t.test("mtlsd run carries the app's plain HTTP call to its upstream over mTLS", async (t) => {
@@ -239,9 +266,10 @@ t.test("mtlsd run serves its metrics on the admin listener", async (t) => {
 
 t.test("mtlsd run drains and exits 0 on SIGTERM", async (t) => {
   for (const sidecar of [frontendSidecar, ordersSidecar]) {
-    const exited = once(sidecar.child, "exit");
+    // "close", not "exit": by then its stdout has been read to the end, last log line included.
+    const closed = once(sidecar.child, "close");
     sidecar.child.kill("SIGTERM");
-    const [code] = (await exited) as [number | null];
+    const [code] = (await closed) as [number | null];
     t.equal(code, 0);
     t.ok(
       sidecar.logs.some((entry) => entry.msg === "mtlsd stopped"),
