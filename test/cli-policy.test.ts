@@ -344,7 +344,7 @@ t.test("a config whose override expires too far ahead is refused with exit 2 nam
   }
 });
 
-t.test("the example cases file passes against the example config, as the README shows", async (t) => {
+t.test("the example cases file passes against the example config, as docs/policy.md shows", async (t) => {
   const root = new URL("../config/", import.meta.url).pathname;
   const result = await runCli([
     "policy",

@@ -614,7 +614,7 @@ export async function demoCommand(args: string[], io: CliIo): Promise<number> {
         `\nDone in ${formatSpan(Date.now() - started)}; stopped everything and removed ${demo.dir}.\n`,
       );
       io.stdout.write(
-        "Next: `mtlsd demo --keep` to try it with curl, and README.md to run mtlsd next to your own app.\n",
+        "Next: `mtlsd demo --keep` to try it with curl, and docs/getting-started.md to run mtlsd next to your own app.\n",
       );
       return EXIT_OK;
     }

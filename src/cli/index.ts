@@ -1,5 +1,6 @@
 // The `mtlsd` command: parses the subcommand, dispatches, and turns outcomes into exit codes.
 import { readFileSync } from "node:fs";
+import { getAsset, isSea } from "node:sea";
 import { type CliIo, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
 
 export type { CliIo } from "./io.ts";
@@ -23,7 +24,7 @@ Usage:
 
 SIGTERM or SIGINT drains (limits.drainTimeout) and exits 0; a second one exits 1 at once.
 Exit codes: 0 ok, 1 runtime failure, 2 usage or config error.
-Docs: README.md; config reference: config/mtlsd.example.yaml and config/mtlsd.schema.json
+Docs: README.md and docs/ (every config key: docs/configuration.md; a full example: config/mtlsd.example.yaml)
 `;
 
 // Each command is loaded on use: `certs`, `check` and `--version` need neither the data path nor its
@@ -37,9 +38,11 @@ const COMMANDS: Record<string, (args: string[], io: CliIo) => Promise<number>> =
 };
 
 export function version(): string {
-  const manifest = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
-    version: string;
-  };
+  // The single binary (scripts/build-binary.ts) carries package.json as an asset: it has no file beside it.
+  const text = isSea()
+    ? getAsset("package.json", "utf8")
+    : readFileSync(new URL("../../package.json", import.meta.url), "utf8");
+  const manifest = JSON.parse(text) as { version: string };
   return manifest.version;
 }
 

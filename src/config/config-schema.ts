@@ -108,10 +108,12 @@ const policyTo = s.object({
 });
 
 const policyRule = s.object({
-  name: s.string({
-    expected: "a rule name (letters, digits, . _ -)",
-    pattern: /^[A-Za-z0-9][A-Za-z0-9._-]*$/,
-  }),
+  name: s
+    .string({
+      expected: "a rule name (letters, digits, . _ -)",
+      pattern: /^[A-Za-z0-9][A-Za-z0-9._-]*$/,
+    })
+    .describe("Names the rule in decisions, logs and metrics."),
   action: s.enum("allow", "deny").describe("allow or deny; a matching deny always wins."),
   from: s
     .array(spiffeIdPattern(), 1)
@@ -143,7 +145,10 @@ const policyOverride = s.object({
 
 const policy = s.object({
   default: s.enum("deny", "allow").default("deny").describe("Decision when no rule matches."),
-  rules: s.array(policyRule).default([]),
+  rules: s
+    .array(policyRule)
+    .default([])
+    .describe("Evaluated together: a matching deny wins, else a matching allow allows, else the default."),
   overrides: s
     .array(policyOverride)
     .default([])
@@ -166,9 +171,15 @@ const certificateSerial = () =>
 export const configSchema = s.object({
   identity: s
     .object({
-      cert: file("this workload's certificate: PEM leaf, then intermediates"),
-      key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)"),
-      trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)"),
+      cert: file("this workload's certificate: PEM leaf, then intermediates").describe(
+        "This workload's X509-SVID: the leaf first, then its intermediates. Reloaded when it changes.",
+      ),
+      key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)").describe(
+        "The certificate's private key, unencrypted. Reloaded with the certificate.",
+      ),
+      trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)").describe(
+        "The roots peers' chains must lead to; list old and new roots together during a CA rotation.",
+      ),
       crl: file("certificate revocation lists (PEM X509 CRL blocks, one per CA)")
         .optional()
         .describe(
@@ -216,7 +227,7 @@ export const configSchema = s.object({
     ),
   inbound: s
     .object({
-      listen: listenAddress().default("0.0.0.0:15006"),
+      listen: listenAddress().default("0.0.0.0:15006").describe("Where peers connect with mTLS."),
       app: appUrl()
         .default("http://127.0.0.1:8080")
         .describe("Where allowed requests are forwarded, as plain HTTP."),
@@ -230,12 +241,17 @@ export const configSchema = s.object({
         .describe(
           "strict: mTLS only, plaintext gets 400. permissive: plaintext too on the same port, as unauthenticated.",
         ),
-      minTLSVersion: s.enum("TLSv1.3", "TLSv1.2").default("TLSv1.3"),
+      minTLSVersion: s
+        .enum("TLSv1.3", "TLSv1.2")
+        .default("TLSv1.3")
+        .describe("The oldest TLS version a peer may use; TLSv1.2 only for legacy peers."),
       xfcc: s
         .enum("sanitize_set", "append_forward", "sanitize", "forward_only")
         .default("sanitize_set")
         .describe("How X-Forwarded-Client-Cert is set for the app (Envoy's modes)."),
-      policy: policy.default({ default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 }),
+      policy: policy
+        .default({ default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 })
+        .describe("Which peer identities may make which requests; reloaded when the config file changes."),
     })
     .optional()
     .describe("Accept mTLS from peers, authorize, forward to the app."),
@@ -265,7 +281,8 @@ export const configSchema = s.object({
               .object({
                 connections: s.integer(1, 1024).default(16).describe("Keep-alive connections at most."),
               })
-              .default({ connections: 16 }),
+              .default({ connections: 16 })
+              .describe("The keep-alive pool of mTLS connections to this upstream."),
           }),
           /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
           "an upstream name: lowercase letters, digits and -, as in a DNS label (apps may use it as Host)",
@@ -305,6 +322,7 @@ export const configSchema = s.object({
           "On SIGTERM/SIGINT, in-flight requests get this long to finish before their connections are cut.",
         ),
     })
+    .describe("Bounds on every listener (inbound, outbound, per-upstream ports, admin).")
     .default({
       maxConnections: 10_000,
       maxHeaderSize: 16 * 1024,
@@ -332,7 +350,12 @@ export const configSchema = s.object({
     .default({ maxIdentityLabels: 100 })
     .describe("Prometheus metrics, served on the admin listener."),
   log: s
-    .object({ level: s.enum("trace", "debug", "info", "warn", "error", "fatal", "silent").default("info") })
+    .object({
+      level: s
+        .enum("trace", "debug", "info", "warn", "error", "fatal", "silent")
+        .default("info")
+        .describe("Allowed requests log at info, denials and failures at warn."),
+    })
     .default({ level: "info" })
     .describe("pino JSON lines on stdout."),
 });

@@ -25,3 +25,9 @@ export function configJsonSchema(): Record<string, unknown> {
     ...configSchema.toJsonSchema(),
   };
 }
+export {
+  configReferenceMarkdown,
+  configReferenceRows,
+  type ReferenceRow,
+  replaceGeneratedReference,
+} from "./reference.ts";

@@ -268,23 +268,29 @@ interface Unit {
 /** A number written with a unit, within bounds; the bounds are named in the unit in the error. */
 class QuantitySchema extends Schema<number> {
   readonly #unit: Unit;
-  readonly #min: number;
-  readonly #max: number;
+  /** The bounds, in the unit's base (ms, bytes); public so the configuration reference can print them. */
+  readonly min: number;
+  readonly max: number;
 
   constructor(unit: Unit, min: number, max: number) {
     super();
     this.#unit = unit;
-    this.#min = min;
-    this.#max = max;
+    this.min = min;
+    this.max = max;
+  }
+
+  /** How a config file writes `amount` ("30s", "16KiB"). */
+  format(amount: number): string {
+    return this.#unit.format(amount);
   }
 
   read(value: unknown, path: string, issues: Issue[]): number | Invalid {
     const amount = this.#unit.parse(value);
-    if (amount === undefined || amount < this.#min || amount > this.#max) {
+    if (amount === undefined || amount < this.min || amount > this.max) {
       const { like, format } = this.#unit;
       issues.push({
         path,
-        expected: `${like}, from ${format(this.#min)} to ${format(this.#max)}`,
+        expected: `${like}, from ${format(this.min)} to ${format(this.max)}`,
         found: describeValue(value),
       });
       return INVALID;
