@@ -34,6 +34,8 @@ const { values } = parseArgs({
     // does not fall on the same scenarios every time; the table shows each number's median over the rounds.
     rounds: { type: "string", default: "3" },
     only: { type: "string" },
+    // The protocol between the two sidecars (upstreams.NAME.protocol): auto (as shipped) | http1 | h2.
+    "mtlsd-protocol": { type: "string", default: "auto" },
     // Node flags for the mtlsd processes only (e.g. "--max-semi-space-size=1" to study memory); none by default, as shipped.
     "mtlsd-node-flags": { type: "string", default: "" },
     out: { type: "string", default: path.join(ROOT, "bench", "results") },
@@ -423,6 +425,7 @@ async function runScenarios(work: string): Promise<void> {
               identity: "spiffe://example.org/ns/orders/sa/orders",
               listen: `127.0.0.1:${upstreamPort}`,
               pool: { connections },
+              protocol: values["mtlsd-protocol"],
             },
           },
         },

@@ -149,6 +149,9 @@ t.test("defaults fill in what the file leaves out, durations in ms and sizes in 
     mode: "strict",
     minTLSVersion: "TLSv1.3",
     xfcc: "sanitize_set",
+    appProtocol: "http1",
+    upgrades: ["websocket"],
+    streamIdleTimeout: 300_000,
     policy: { default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 },
   });
   t.same(config.identity.deny, { serials: [], spiffeIds: [] });
@@ -160,6 +163,7 @@ t.test("defaults fill in what the file leaves out, durations in ms and sizes in 
     headersTimeout: 10_000,
     requestTimeout: 300_000,
     keepAliveTimeout: 60_000,
+    maxConcurrentStreams: 100,
     drainTimeout: 30_000,
   });
   t.same(config.admin, { listen: "127.0.0.1:15000" });

@@ -14,6 +14,8 @@ function record(index: number, durationMs: number): RequestRecord {
     destination_identity: `spiffe://example.org/callee/${index % 5}`,
     method: "GET",
     path: "/",
+    protocol: ["http/1.1", "h2"][index % 2]!,
+    ...(index % 4 === 1 ? { grpc_status: String(index % 17) } : {}),
     decision: index % 7 === 0 ? "deny" : "allow",
     reason: "",
     status: [200, 404, 503][index % 3]!,
@@ -44,7 +46,9 @@ t.test(
     // The reference: prom-client's classes fed the same requests, with the same bounds and label cap.
     const registry = new Registry();
     const bounds = [
-      ...ours.matchAll(/mtlsd_request_duration_seconds_bucket\{le="([\d.e-]+)",direction="inbound"\}/g),
+      ...ours.matchAll(
+        /mtlsd_request_duration_seconds_bucket\{le="([\d.e-]+)",direction="inbound",protocol="h2"\}/g,
+      ),
     ].map((match) => Number(match[1]));
     t.ok(bounds.length > 10, `the histogram has its buckets (${bounds.length})`);
     const described = await metrics.registry.getMetricsAsJSON();
@@ -52,14 +56,22 @@ t.test(
     const histogram = new Histogram({
       name: "mtlsd_request_duration_seconds",
       help: helpOf("mtlsd_request_duration_seconds"),
-      labelNames: ["direction"],
+      labelNames: ["direction", "protocol"],
       buckets: bounds,
       registers: [registry],
     });
     const counter = new Counter({
       name: "mtlsd_requests_total",
       help: helpOf("mtlsd_requests_total"),
-      labelNames: ["direction", "decision", "source_identity", "destination_identity", "status_class"],
+      labelNames: [
+        "direction",
+        "decision",
+        "source_identity",
+        "destination_identity",
+        "status_class",
+        "protocol",
+        "grpc_status",
+      ],
       registers: [registry],
     });
     DURATIONS_MS.forEach((duration, index) => {
@@ -72,8 +84,10 @@ t.test(
         decision: request.decision,
         status_class: `${Math.floor(request.status / 100)}xx`,
         ...(request.direction === "inbound" ? { source_identity: peer } : { destination_identity: peer }),
+        protocol: request.protocol,
+        ...(request.grpc_status !== undefined ? { grpc_status: request.grpc_status } : {}),
       });
-      histogram.observe({ direction: request.direction }, duration / 1000);
+      histogram.observe({ direction: request.direction, protocol: request.protocol }, duration / 1000);
     });
     const reference = await registry.metrics();
 
@@ -99,7 +113,10 @@ t.test("requests between scrapes are all counted, and a scrape does not count th
   t.equal(await count(), 5, "a second scrape with no new requests");
   for (let i = 0; i < 3; i++) metrics.request(record(1, 1));
   t.equal(await count(), 8);
-  t.match(await metrics.metrics(), /mtlsd_request_duration_seconds_count\{direction="inbound"\} 8/);
+  t.match(
+    await metrics.metrics(),
+    /mtlsd_request_duration_seconds_count\{direction="inbound",protocol="h2"\} 8/,
+  );
 });
 
 t.test("resetting the registry forgets requests not yet scraped", async (t) => {

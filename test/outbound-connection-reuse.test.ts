@@ -63,7 +63,13 @@ t.test("concurrent requests open at most pool.connections upstream connections",
   const upstream = await startUpstream(pki, orders, app, [frontend.spiffeId]);
   t.teardown(() => upstream.stop());
   const caller = await startCaller(pki, frontend, {
-    orders: { address: inboundAddress(upstream), identity: orders.spiffeId, pool: { connections: 2 } },
+    orders: {
+      address: inboundAddress(upstream),
+      identity: orders.spiffeId,
+      pool: { connections: 2 },
+      // The HTTP/1.1 pool: one request per connection at a time (HTTP/2: test/outbound-http2.test.ts).
+      protocol: "http1",
+    },
   });
   t.teardown(() => caller.stop());
   const results = await Promise.all(
@@ -81,7 +87,7 @@ t.test("concurrent requests open at most pool.connections upstream connections",
 
 t.test("when pooled connections churn, new ones resume the TLS session", async (t) => {
   const caller = await startCaller(pki, frontend, {
-    orders: { address: inboundAddress(churning), identity: orders.spiffeId },
+    orders: { address: inboundAddress(churning), identity: orders.spiffeId, protocol: "http1" },
   });
   t.teardown(() => caller.stop());
   const before = accepted(churning);
@@ -98,7 +104,7 @@ t.test("when pooled connections churn, new ones resume the TLS session", async (
 
 t.test("SecureContexts are built once per credential version, never per connection", async (t) => {
   const caller = await startCaller(pki, frontend, {
-    orders: { address: inboundAddress(churning), identity: orders.spiffeId },
+    orders: { address: inboundAddress(churning), identity: orders.spiffeId, protocol: "http1" },
   });
   t.teardown(() => caller.stop());
   // Every outbound connection goes through tls.connect: record what each was given.

@@ -193,11 +193,14 @@ t.test("a request-target that is neither a path nor an http:// URL gets 400 bad_
   }
 });
 
-t.test("a CONNECT tunnel request is refused with 405 and an explanation", async (t) => {
-  const app = plainConnection(caller.outboundPort);
-  t.teardown(() => app.socket.destroy());
-  app.socket.write("CONNECT orders:443 HTTP/1.1\r\nHost: orders:443\r\n\r\n");
-  await app.closedWithin(3000);
-  t.match(app.received(), /^HTTP\/1\.1 405 /);
-  t.match(app.received(), "send plain http:// requests");
-});
+t.test(
+  "a CONNECT tunnel to anything but a configured upstream is refused with 405 and an explanation",
+  async (t) => {
+    const app = plainConnection(caller.outboundPort);
+    t.teardown(() => app.socket.destroy());
+    app.socket.write("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    await app.closedWithin(3000);
+    t.match(app.received(), /^HTTP\/1\.1 405 /);
+    t.match(app.received(), "send plain http:// requests");
+  },
+);

@@ -97,6 +97,30 @@ const appUrl = () =>
     },
   });
 
+/** An HTTP/1.1 Upgrade token mtlsd may pass on after policy; h2c never (a tunnel past per-request policy). */
+const upgradeTokens = () =>
+  s
+    .array(
+      s.string({
+        expected: "an Upgrade token in lower case, like websocket",
+        pattern: /^[a-z0-9!#$%&'*+.^_`|~-]+$/,
+        check: (value) =>
+          value === "h2c"
+            ? "h2c is never honored: an h2c upgrade would open a tunnel past per-request policy (use HTTP/2 over TLS)"
+            : undefined,
+      }),
+    )
+    .default(["websocket"]);
+
+/** How long a long-lived stream (gRPC, SSE, WebSocket) may stay silent both ways. */
+const streamIdleTimeout = () =>
+  s
+    .duration(1000)
+    .default(300_000)
+    .describe(
+      "A stream (gRPC, server-sent events, an upgraded WebSocket) with no byte either way for this long is closed. An idle limit, not a total: streams may live for hours.",
+    );
+
 const file = (what: string) => s.string({ expected: `the path of ${what}`, minLength: 1 });
 
 const policyTo = s.object({
@@ -249,6 +273,16 @@ export const configSchema = s.object({
         .enum("sanitize_set", "append_forward", "sanitize", "forward_only")
         .default("sanitize_set")
         .describe("How X-Forwarded-Client-Cert is set for the app (Envoy's modes)."),
+      appProtocol: s
+        .enum("http1", "h2c")
+        .default("http1")
+        .describe(
+          "How mtlsd speaks to the app: http1 (HTTP/1.1; HTTP/2 requests are translated), or h2c (HTTP/2 with prior knowledge: gRPC apps).",
+        ),
+      upgrades: upgradeTokens().describe(
+        "HTTP/1.1 Upgrade tokens passed to the app after policy (WebSocket); [] = none. Other tokens are ignored, h2c is refused.",
+      ),
+      streamIdleTimeout: streamIdleTimeout(),
       policy: policy
         .default({ default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 })
         .describe("Which peer identities may make which requests; reloaded when the config file changes."),
@@ -276,10 +310,23 @@ export const configSchema = s.object({
             timeout: s
               .duration()
               .default(30_000)
-              .describe("No response head within this time: 504 upstream_timeout."),
+              .describe(
+                "No response head within this time: 504 upstream_timeout (gRPC calls: their own deadline).",
+              ),
+            protocol: s
+              .enum("auto", "http1", "h2")
+              .default("auto")
+              .describe(
+                "Between the sidecars: auto offers ALPN h2 and http/1.1 and uses what the upstream chose; http1 or h2 insist. Upgrades (WebSocket) always use HTTP/1.1.",
+              ),
             pool: s
               .object({
-                connections: s.integer(1, 1024).default(16).describe("Keep-alive connections at most."),
+                connections: s
+                  .integer(1, 1024)
+                  .default(16)
+                  .describe(
+                    "Keep-alive connections at most (HTTP/2: sessions, each carrying as many streams as the upstream allows).",
+                  ),
               })
               .default({ connections: 16 })
               .describe("The keep-alive pool of mTLS connections to this upstream."),
@@ -289,6 +336,10 @@ export const configSchema = s.object({
           1,
         )
         .describe("The services the app may call; anything else gets 502 unknown_upstream."),
+      upgrades: upgradeTokens().describe(
+        "HTTP/1.1 Upgrade tokens carried to upstreams (WebSocket); [] = none. Other tokens are ignored, h2c is refused.",
+      ),
+      streamIdleTimeout: streamIdleTimeout(),
     })
     .optional()
     .describe("Carry the app's plain HTTP to upstream sidecars over mTLS, on pooled connections."),
@@ -315,6 +366,12 @@ export const configSchema = s.object({
         .duration()
         .default(60_000)
         .describe("Idle connections are closed after this: client connections and pooled upstream ones."),
+      maxConcurrentStreams: s
+        .integer(1, 10_000)
+        .default(100)
+        .describe(
+          "HTTP/2 streams a client may have open on one connection; more are refused (REFUSED_STREAM).",
+        ),
       drainTimeout: s
         .duration(0)
         .default(30_000)
@@ -330,6 +387,7 @@ export const configSchema = s.object({
       headersTimeout: 10_000,
       requestTimeout: 300_000,
       keepAliveTimeout: 60_000,
+      maxConcurrentStreams: 100,
       drainTimeout: 30_000,
     }),
   admin: s

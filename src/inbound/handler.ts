@@ -1,26 +1,53 @@
 // Per-request work on the inbound side: normalize the path, ask the policy, set XFCC, forward to the app.
-import type { IncomingMessage, ServerResponse } from "node:http";
+//
+// It never learns which protocol carried a request: HTTP/1.1 and HTTP/2 both arrive as a Downstream, and an
+// upgrade (WebSocket) takes the same decision before its tunnel opens.
+import type { IncomingMessage } from "node:http";
 import { performance } from "node:perf_hooks";
-import type { Dispatcher } from "undici";
+import type { Duplex } from "node:stream";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
 import type { CredentialStore } from "../credentials/index.ts";
 import { type Decision, normalizePath, type Policy } from "../policy/index.ts";
-import { type ForwardOutcome, forward, sendError } from "../proxy/index.ts";
+import {
+  type Downstream,
+  type ForwardOutcome,
+  forward,
+  forwardUpgrade,
+  rawErrorResponse,
+  sendError,
+  type Tunnels,
+  type UpstreamDispatcher,
+  wireStatus,
+} from "../proxy/index.ts";
 import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
-import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
+import type { InboundConnection } from "./connection.ts";
 import { buildInboundHeaders } from "./headers.ts";
 
+/** How the sidecar reaches the app: requests on `dispatcher` (HTTP/1.1 or h2c), upgrades always on HTTP/1.1. */
+export interface AppClient {
+  dispatcher: UpstreamDispatcher;
+  http1(): UpstreamDispatcher;
+}
+
 export interface InboundHandlerOptions {
-  app: Dispatcher;
+  app: AppClient;
   config: InboundConfig;
   limits: LimitsConfig;
   policy: Policy;
   store: CredentialStore;
   observer: TrafficObserver;
+  tunnels: Tunnels;
 }
 
 const UNAUTHENTICATED = "unauthenticated";
-const NO_CONNECTION: InboundConnection = { peer: null, xfcc: null, plaintext: true };
+const GRPC_NEEDS_H2C = "gRPC needs HTTP/2 to the app: set inbound.appProtocol: h2c";
+
+/** A request that passed identity, path normalization and policy, with the headers the app gets. */
+interface Admitted {
+  path: string;
+  headers: string[];
+  hasBody: boolean;
+}
 
 export class InboundHandler {
   /** Swapped whole on a policy reload; a request uses the policy it started with. */
@@ -32,78 +59,195 @@ export class InboundHandler {
     this.policy = options.policy;
   }
 
-  readonly handle = (req: IncomingMessage, res: ServerResponse): void => {
+  /** A request, over HTTP/1.1 or HTTP/2. `expectsContinue`: the client waits for a 100 before its body. */
+  handle(down: Downstream, connection: InboundConnection, expectsContinue = false): void {
     const started = performance.now();
-    const connection = (req.socket as InboundSocket)[kConnection] ?? NO_CONNECTION;
-    const source = connection.peer?.spiffeId ?? null;
-    const method = req.method!;
-    const record: RequestRecord = {
-      direction: "inbound",
-      source_identity: source ?? UNAUTHENTICATED,
-      destination_identity: this.#options.store.current.spiffeId,
-      method,
-      path: "",
-      decision: "deny",
-      reason: "",
-      status: 0,
-      duration_ms: 0,
-    };
-    if (connection.plaintext) record.plaintext = true;
-
-    // "Policy sees what the app sees": authorize the normalized path and forward exactly that.
-    const target = normalizePath(req.url!);
-    if (!target.ok) {
-      record.path = req.url!.split("?")[0]!.slice(0, 200);
-      sendError(res, 400, "bad_path", `request path refused: ${target.detail}`);
-      this.#finish(record, started, 400, "bad_path");
-      return;
-    }
-    record.path = target.path;
-    const decision = this.policy.evaluate({ source, method, path: target.path });
-    applyDecision(record, decision);
-    if (!decision.allow) {
-      sendError(res, 403, "policy_denied", "denied by policy");
-      this.#finish(record, started, 403, "policy_denied");
-      return;
-    }
-    const built = buildInboundHeaders(
-      req.rawHeaders,
-      this.#options.config.xfcc,
-      connection.xfcc,
-      connection.plaintext ? "http" : "https",
+    const record = this.#record(down.method, connection, down.protocol);
+    const admitted = this.#admit(
+      down.target,
+      down.rawHeaders,
+      connection,
+      record,
+      (status, reason, message) => {
+        const grpcStatus = sendError(down, status, reason, message, reason === "bad_request");
+        this.#finish(record, started, wireStatus(status, grpcStatus), reason, grpcStatus);
+      },
     );
-    if (!built.ok) {
-      record.decision = "deny";
-      sendError(res, 400, "bad_request", built.detail, true);
-      this.#finish(record, started, 400, "bad_request");
+    if (!admitted) return;
+    if (down.grpc && this.#options.config.appProtocol === "http1") {
+      const grpcStatus = sendError(down, 502, "app_protocol_mismatch", GRPC_NEEDS_H2C);
+      this.#finish(
+        record,
+        started,
+        wireStatus(502, grpcStatus),
+        "app_protocol_mismatch",
+        grpcStatus,
+        GRPC_NEEDS_H2C,
+      );
       return;
     }
+    // Only now, once the request is allowed, may the client send its body.
+    if (expectsContinue) down.writeContinue();
+    const { config } = this.#options;
+    const idle = config.streamIdleTimeout;
     forward(
-      req,
-      res,
+      down,
       {
-        dispatcher: this.#options.app,
+        dispatcher: this.#options.app.dispatcher,
         upstream: "app",
-        method,
-        path: target.path + target.query,
-        headers: built.headers,
-        hasBody: built.hasBody,
-        headersTimeout: this.#options.config.appTimeout,
-        bodyTimeout: this.#options.limits.requestTimeout,
+        method: down.method,
+        path: admitted.path,
+        headers: admitted.headers,
+        hasBody: down.hasBody ?? admitted.hasBody,
+        // A gRPC stream may wait long for its first message: its deadline is the client's (grpc-timeout).
+        headersTimeout: down.grpc ? idle : config.appTimeout,
+        bodyTimeout: idle,
       },
       (outcome: ForwardOutcome) => {
         if (outcome.failure) {
           record.reason = outcome.failure.reason;
           record.error = outcome.failure.message;
         }
+        this.#finish(record, started, outcome.status, undefined, outcome.grpcStatus);
+      },
+    );
+  }
+
+  /**
+   * An HTTP/1.1 Upgrade request whose token is honored: decided like any request, then forwarded on an HTTP/1.1
+   * connection to the app; on its 101 the connections are joined until either closes.
+   */
+  handleUpgrade(
+    req: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    connection: InboundConnection,
+    token: string,
+  ): void {
+    const started = performance.now();
+    const record = this.#record(req.method!, connection, token);
+    const admitted = this.#admit(req.url!, req.rawHeaders, connection, record, (status, reason, message) => {
+      socket.end(rawErrorResponse(status, status === 403 ? "Forbidden" : "Bad Request", reason, message));
+      this.#finish(record, started, status, reason);
+    });
+    if (!admitted) return;
+    forwardUpgrade(
+      socket,
+      head,
+      {
+        dispatcher: this.#options.app.http1(),
+        upstream: "app",
+        method: req.method!,
+        path: admitted.path,
+        headers: admitted.headers,
+        token,
+        headersTimeout: this.#options.config.appTimeout,
+        idleMs: this.#options.config.streamIdleTimeout,
+        tunnels: this.#options.tunnels,
+      },
+      (outcome) => {
+        if (outcome.failure) {
+          record.reason = outcome.failure.reason;
+          record.error = outcome.failure.message;
+        }
+        if (outcome.tunnel) {
+          record.bytes_up = outcome.tunnel.bytesUp;
+          record.bytes_down = outcome.tunnel.bytesDown;
+          record.ended_by = outcome.tunnel.endedBy;
+        }
         this.#finish(record, started, outcome.status);
       },
     );
-  };
+  }
 
-  #finish(record: RequestRecord, started: number, status: number, reason?: string): void {
+  /**
+   * A request the listener refuses before it is decided (an upgrade we never honor, CONNECT, a malformed HTTP/2
+   * stream): logged and counted like any other refusal.
+   */
+  refused(
+    method: string,
+    target: string,
+    connection: InboundConnection,
+    protocol: string,
+    status: number,
+    reason: string,
+    error: string,
+  ): void {
+    const record = this.#record(method, connection, protocol);
+    record.path = target.split("?")[0]!.slice(0, 200);
+    record.error = error;
+    this.#finish(record, performance.now(), status, reason);
+  }
+
+  #record(method: string, connection: InboundConnection, protocol: string): RequestRecord {
+    const record: RequestRecord = {
+      direction: "inbound",
+      source_identity: connection.peer?.spiffeId ?? UNAUTHENTICATED,
+      destination_identity: this.#options.store.current.spiffeId,
+      method,
+      path: "",
+      protocol,
+      decision: "deny",
+      reason: "",
+      status: 0,
+      duration_ms: 0,
+    };
+    if (connection.plaintext) record.plaintext = true;
+    return record;
+  }
+
+  /** Normalizes, decides and builds the app's headers; on refusal calls `refuse` and returns undefined. */
+  #admit(
+    target: string,
+    rawHeaders: readonly string[],
+    connection: InboundConnection,
+    record: RequestRecord,
+    refuse: (status: number, reason: "bad_path" | "policy_denied" | "bad_request", message: string) => void,
+  ): Admitted | undefined {
+    // "Policy sees what the app sees": authorize the normalized path and forward exactly that.
+    const normalized = normalizePath(target);
+    if (!normalized.ok) {
+      record.path = target.split("?")[0]!.slice(0, 200);
+      refuse(400, "bad_path", `request path refused: ${normalized.detail}`);
+      return undefined;
+    }
+    record.path = normalized.path;
+    const decision = this.policy.evaluate({
+      source: connection.peer?.spiffeId ?? null,
+      method: record.method,
+      path: normalized.path,
+    });
+    applyDecision(record, decision);
+    if (!decision.allow) {
+      refuse(403, "policy_denied", "denied by policy");
+      return undefined;
+    }
+    const built = buildInboundHeaders(
+      rawHeaders,
+      this.#options.config.xfcc,
+      connection.xfcc,
+      connection.plaintext ? "http" : "https",
+    );
+    if (!built.ok) {
+      record.decision = "deny";
+      refuse(400, "bad_request", built.detail);
+      return undefined;
+    }
+    return { path: normalized.path + normalized.query, headers: built.headers, hasBody: built.hasBody };
+  }
+
+  #finish(
+    record: RequestRecord,
+    started: number,
+    status: number,
+    reason?: string,
+    grpcStatus?: string | number,
+    error?: string,
+  ): void {
     record.status = status;
     if (reason) record.reason = reason;
+    if (error) record.error = error;
+    if (grpcStatus !== undefined) record.grpc_status = String(grpcStatus);
     record.duration_ms = Math.round((performance.now() - started) * 1000) / 1000;
     this.#options.observer.request(record);
   }

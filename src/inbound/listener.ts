@@ -1,8 +1,10 @@
 // The inbound listener: terminates mTLS, identifies the peer once per connection, and serves HTTP on top.
 import { randomBytes } from "node:crypto";
 import http from "node:http";
+import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import net from "node:net";
+import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import { Pool } from "undici";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
@@ -19,15 +21,32 @@ import type { Policy } from "../policy/index.ts";
 import {
   type Deadline,
   type DrainResult,
+  failForward,
+  feed,
+  H1Downstream,
+  H2Client,
+  H2Downstream,
+  H2Sessions,
   HttpDrain,
+  h2ServerOptions,
   httpLimits,
+  malformedH2Request,
+  NGHTTP2_PROTOCOL_ERROR,
+  REFUSAL_MARK,
   rawErrorResponse,
   reportCapacity,
+  resetStream,
+  sendError,
   settleClientError,
+  sniffHttp2Preface,
+  Tunnels,
+  tcpConnector,
+  type UpstreamDispatcher,
+  upgradeToken,
 } from "../proxy/index.ts";
 import type { Logger, TrafficObserver } from "../telemetry/index.ts";
 import { type InboundConnection, type InboundSocket, kConnection } from "./connection.ts";
-import { InboundHandler } from "./handler.ts";
+import { type AppClient, InboundHandler } from "./handler.ts";
 import { formatXfccElement } from "./xfcc.ts";
 
 const TLS_HANDSHAKE_RECORD = 0x16;
@@ -35,6 +54,8 @@ const TLS_HANDSHAKE_RECORD = 0x16;
 const REFUSAL_LINGER_MS = 2000;
 /** Permissive mode: a plaintext connection has no peer, so the policy sees it as unauthenticated. */
 const PLAINTEXT_CONNECTION: InboundConnection = Object.freeze({ peer: null, xfcc: null, plaintext: true });
+/** Upgrade tokens that open a tunnel: refused with a reason when not honored, never passed on as plain requests. */
+const TUNNEL_TOKENS = new Set(["websocket", "h2c"]);
 
 /** TLS connections whose handshake completed (refused peers included), and how many resumed a session. */
 export interface InboundStats {
@@ -55,9 +76,9 @@ export interface InboundOptions {
 }
 
 /**
- * One TCP port, three layers: a net.Server that looks at the first byte (TLS or not), a tls.Server that is
- * fed connections and never listens itself, and an http.Server that is fed the verified TLS sockets (and, in
- * permissive mode, the plaintext ones).
+ * One TCP port, four layers: a net.Server that looks at the first byte (TLS or not), a tls.Server that is
+ * fed connections and never listens itself, and an http.Server and an http2 server that are fed the verified
+ * TLS sockets by the protocol their ALPN chose (and, in permissive mode, the plaintext ones by their preface).
  * Feeding the layers by hand lets us classify every refusal and explain it to the peer, which a plain
  * `https.Server` with `rejectUnauthorized` would turn into a silent disconnect.
  */
@@ -66,9 +87,14 @@ export class InboundListener {
   readonly #net: net.Server;
   readonly #tls: tls.Server;
   readonly #http: http.Server;
-  readonly #app: Pool;
+  readonly #h2: http2.Http2Server;
+  /** Where a refused peer that chose HTTP/2 learns why, in HTTP/2. */
+  readonly #refusals: http2.Http2Server;
+  readonly #app: InboundApp;
   readonly #handler: InboundHandler;
   readonly #drain = new HttpDrain();
+  readonly #sessions = new H2Sessions();
+  readonly #tunnels = new Tunnels();
   /** Every accepted TCP connection, from accept to close. */
   readonly #sockets = new Set<net.Socket>();
   readonly #stats: InboundStats = { connections: 0, resumed: 0 };
@@ -85,7 +111,7 @@ export class InboundListener {
     this.#bundleSha256 = store.current.bundleSha256;
     this.#crlPem = store.current.crlPem;
     this.#ticketKeys = randomBytes(48);
-    this.#app = new Pool(config.app, { connections: null, pipelining: 1 });
+    this.#app = new InboundApp(config, limits);
     this.#handler = new InboundHandler({
       app: this.#app,
       config,
@@ -93,6 +119,7 @@ export class InboundListener {
       policy: options.policy,
       store,
       observer: options.observer,
+      tunnels: this.#tunnels,
     });
 
     this.#tls = tls.createServer({
@@ -101,7 +128,7 @@ export class InboundListener {
       // We check the verdict ourselves in `secureConnection`, so every refusal gets a reason and a reply.
       rejectUnauthorized: false,
       handshakeTimeout: limits.handshakeTimeout,
-      ALPNProtocols: ["http/1.1"],
+      ALPNCallback: selectProtocol,
     });
     this.#tls.on("secureConnection", this.#onSecureConnection);
     this.#tls.on("tlsClientError", this.#onTlsClientError);
@@ -113,14 +140,26 @@ export class InboundListener {
         requireHostHeader: false,
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
+        // Upgrades that open a tunnel come to `upgrade` (to be decided, or refused with a reason); any other
+        // token is ignored, as RFC 9110 §7.8 allows, and the request is served as plain HTTP/1.1.
+        shouldUpgradeCallback: (req) => {
+          const token = upgradeToken(req.rawHeaders);
+          return token !== undefined && (TUNNEL_TOKENS.has(token) || config.upgrades.includes(token));
+        },
       },
-      (req, res) => {
-        this.#drain.request(req, res);
-        this.#handler.handle(req, res);
-      },
+      (req, res) => this.#onRequest(req, res, false),
     );
+    this.#http.on("checkContinue", (req, res) => this.#onRequest(req, res, true));
+    this.#http.on("upgrade", this.#onUpgrade);
+    this.#http.on("connect", this.#onConnect);
     this.#http.on("clientError", this.#onClientError);
     this.#drain.watch(this.#http);
+
+    this.#h2 = http2.createServer(h2ServerOptions(limits));
+    this.#h2.on("stream", this.#onStream);
+    this.#refusals = http2.createServer(h2ServerOptions(limits));
+    this.#refusals.on("stream", this.#onRefusedStream);
+    this.#sessions.watch(this.#h2, limits.keepAliveTimeout);
 
     this.#net = net.createServer({ noDelay: true }, this.#onConnection);
     this.#net.maxConnections = limits.maxConnections;
@@ -175,12 +214,21 @@ export class InboundListener {
   async drain(deadline: Deadline): Promise<DrainResult> {
     this.#unsubscribe();
     const closed = new Promise<void>((resolve) => this.#net.close(() => resolve()));
+    // HTTP/2 sessions get GOAWAY at once; their streams in flight finish. Tunnels (WebSocket) have no end of
+    // their own: they are open connections like any other until the deadline.
+    const streams = this.#sessions.openStreams + this.#tunnels.size;
+    this.#sessions.drain();
     const result = await this.#drain.drain(deadline, () => this.#sockets.size);
+    result.inFlight += streams;
+    this.#tunnels.closeAll();
+    this.#sessions.destroy();
     for (const socket of this.#sockets) socket.destroy();
     this.#drain.close();
+    this.#h2.close();
+    this.#refusals.close();
     await closed;
     // Every client connection is gone, so no forward is left: close without waiting on anything.
-    await this.#app.close().catch(() => this.#app.destroy());
+    await this.#app.close();
     return result;
   }
 
@@ -247,13 +295,10 @@ export class InboundListener {
     });
   };
 
-  /** Istio's PERMISSIVE: the first byte was not a TLS record, so serve HTTP without an identity. */
+  /** Istio's PERMISSIVE: the first byte was not a TLS record, so serve HTTP (1.1, or h2c) without an identity. */
   #acceptPlaintext(socket: net.Socket): void {
     (socket as InboundSocket)[kConnection] = PLAINTEXT_CONNECTION;
-    this.#http.emit("connection", socket);
-    // The sniffed bytes wait in the socket's buffer, paused; the HTTP server reads new bytes straight from the
-    // handle, so let the buffered ones flow to it first (they are delivered before any later read).
-    socket.resume();
+    sniffHttp2Preface(socket, (isHttp2) => feed(isHttp2 ? this.#h2 : this.#http, socket));
   }
 
   #refusePlaintext(socket: net.Socket): void {
@@ -315,7 +360,87 @@ export class InboundListener {
       plaintext: false,
     };
     (socket as InboundSocket)[kConnection] = connection;
-    this.#http.emit("connection", socket);
+    (socket.alpnProtocol === "h2" ? this.#h2 : this.#http).emit("connection", socket);
+  };
+
+  #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
+    this.#drain.request(req, res);
+    this.#handler.handle(new H1Downstream(req, res), connectionOf(req.socket), expectsContinue);
+  }
+
+  readonly #onStream = (
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    _flags: number,
+    rawHeaders: string[],
+  ): void => {
+    stream.on("error", noop);
+    const connection = connectionOf(stream.session?.socket);
+    const method = headers[":method"] ?? "";
+    const target = headers[":path"] ?? "";
+    // RFC 9113 §8.1.1: a malformed request is a stream error, never forwarded; the connection's other streams
+    // are untouched.
+    const malformed = malformedH2Request(headers);
+    if (malformed) {
+      stream.close(NGHTTP2_PROTOCOL_ERROR);
+      this.#handler.refused(
+        method,
+        target,
+        connection,
+        "h2",
+        400,
+        "bad_request",
+        `malformed HTTP/2 request: ${malformed}`,
+      );
+      return;
+    }
+    const down = new H2Downstream(stream, headers, rawHeaders);
+    if (method === "CONNECT") {
+      sendError(down, 405, "method_not_allowed", CONNECT_REFUSED);
+      this.#handler.refused(
+        method,
+        headers[":authority"] ?? "",
+        connection,
+        "h2",
+        405,
+        "method_not_allowed",
+        CONNECT_REFUSED,
+      );
+      return;
+    }
+    // Long-lived streams (gRPC, SSE) are timed by their idleness, never by a total.
+    stream.setTimeout(this.#options.config.streamIdleTimeout, () => {
+      if (!failForward(stream, STREAM_IDLE)) resetStream(stream, true);
+    });
+    this.#handler.handle(down, connection, headers.expect === "100-continue");
+  };
+
+  readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const connection = connectionOf(req.socket);
+    const token = upgradeToken(req.rawHeaders)!;
+    if (token === "h2c" || !this.#options.config.upgrades.includes(token)) {
+      const message =
+        token === "h2c"
+          ? "Upgrade: h2c is never honored: speak HTTP/2 over TLS (ALPN h2) instead"
+          : `Upgrade: ${token} is not in inbound.upgrades`;
+      socket.end(rawErrorResponse(400, "Bad Request", "upgrade_refused", message));
+      this.#handler.refused(req.method!, req.url!, connection, token, 400, "upgrade_refused", message);
+      return;
+    }
+    this.#handler.handleUpgrade(req, socket, head, connection, token);
+  };
+
+  readonly #onConnect = (req: http.IncomingMessage, socket: Duplex): void => {
+    socket.end(rawErrorResponse(405, "Method Not Allowed", "method_not_allowed", CONNECT_REFUSED));
+    this.#handler.refused(
+      req.method!,
+      req.url!,
+      connectionOf(req.socket),
+      "http/1.1",
+      405,
+      "method_not_allowed",
+      CONNECT_REFUSED,
+    );
   };
 
   readonly #onTlsClientError = (error: Error & { code?: string }, socket: tls.TLSSocket): void => {
@@ -342,6 +467,7 @@ export class InboundListener {
       destination_identity: this.#options.store.current.spiffeId,
       method: "-",
       path: "-",
+      protocol: "http/1.1",
       decision: "deny",
       reason,
       status,
@@ -352,13 +478,37 @@ export class InboundListener {
     socket.end(rawErrorResponse(status, statusText, reason, message));
   };
 
-  /** Logs the refusal, then tells the peer why in an HTTP response (as nginx does) and closes. */
+  /**
+   * Logs the refusal, then tells the peer why in an HTTP response (as nginx does) and closes. A peer that chose
+   * HTTP/2 reads it as HTTP/2: its first stream is answered 403 (a gRPC client: PERMISSION_DENIED), then GOAWAY.
+   */
   #refuse(socket: tls.TLSSocket, reason: HandshakeFailureReason, detail: string, spiffeId?: string): void {
     this.#handshakeFailure(socket, reason, detail, spiffeId);
+    if (socket.alpnProtocol === "h2") {
+      (socket as RefusedSocket)[kRefusal] = reason;
+      socket.setTimeout(REFUSAL_LINGER_MS, () => socket.destroy());
+      this.#refusals.emit("connection", socket);
+      return;
+    }
     linger(socket);
     // The peer learns the category, not our trust configuration; the full detail is in our log.
-    socket.end(rawErrorResponse(403, "Forbidden", reason, `client certificate refused (${reason})`));
+    socket.end(rawErrorResponse(403, "Forbidden", reason, refusalMessage(reason)));
   }
+
+  readonly #onRefusedStream = (
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    _flags: number,
+    rawHeaders: string[],
+  ): void => {
+    stream.on("error", noop);
+    const reason = (stream.session?.socket as RefusedSocket | undefined)?.[kRefusal] ?? "tls_protocol";
+    sendError(new H2Downstream(stream, headers, rawHeaders), 403, reason, refusalMessage(reason), false, [
+      REFUSAL_MARK,
+      reason,
+    ]);
+    stream.session?.close();
+  };
 
   #handshakeFailure(
     socket: net.Socket,
@@ -379,6 +529,84 @@ export class InboundListener {
 }
 
 function noop(): void {}
+
+const kRefusal = Symbol("mtlsd.refusal");
+type RefusedSocket = net.Socket & { [kRefusal]?: HandshakeFailureReason };
+
+/** The peer learns the category, not our trust configuration; the full detail is in our log. */
+function refusalMessage(reason: HandshakeFailureReason): string {
+  return `client certificate refused (${reason})`;
+}
+
+const CONNECT_REFUSED = "CONNECT is not served on the inbound listener: no tunnel bypasses the policy";
+const STREAM_IDLE = {
+  status: 408,
+  reason: "request_timeout" as const,
+  message: "the stream was idle longer than inbound.streamIdleTimeout",
+};
+const NO_CONNECTION: InboundConnection = { peer: null, xfcc: null, plaintext: true };
+
+/** What the handshake learnt about the connection a request arrived on. */
+function connectionOf(socket: net.Socket | undefined): InboundConnection {
+  return (socket as InboundSocket | undefined)?.[kConnection] ?? NO_CONNECTION;
+}
+
+/**
+ * ALPN: HTTP/2 when the peer offers it, else HTTP/1.1. A client that offers neither (`curl --http1.0` offers only
+ * `http/1.0`) gets one of its own protocols named and is served by the HTTP/1.1 server, which speaks 1.0 too;
+ * refusing it with `no_application_protocol`, as a fixed ALPN list does, would lock out a working client.
+ */
+function selectProtocol({ protocols }: { protocols: string[] }): string | undefined {
+  if (protocols.includes("h2")) return "h2";
+  if (protocols.includes("http/1.1")) return "http/1.1";
+  return protocols[0];
+}
+
+/** How the inbound reaches the app: `inbound.appProtocol` decides requests; upgrades always use HTTP/1.1. */
+class InboundApp implements AppClient {
+  readonly dispatcher: UpstreamDispatcher;
+  readonly #origin: string;
+  #http1: Pool | undefined;
+  readonly #h2: H2Client | undefined;
+
+  constructor(config: InboundConfig, limits: LimitsConfig) {
+    this.#origin = config.app;
+    if (config.appProtocol === "h2c") {
+      const url = new URL(config.app);
+      const port = Number(url.port || 80);
+      const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+      this.#h2 = new H2Client({
+        scheme: "http",
+        authority: url.host,
+        connect: tcpConnector(host, port, limits.handshakeTimeout),
+        // A session opens only when those open carry as many streams as the app allows.
+        maxSessions: 16,
+        idleTimeoutMs: limits.keepAliveTimeout,
+      });
+      this.dispatcher = this.#h2;
+    } else {
+      this.#http1 = http1Pool(config.app);
+      this.dispatcher = this.#http1;
+    }
+  }
+
+  http1(): UpstreamDispatcher {
+    this.#http1 ??= http1Pool(this.#origin);
+    return this.#http1;
+  }
+
+  /** Every client connection is gone, so no forward is left: close without waiting on anything. */
+  async close(): Promise<void> {
+    await Promise.all([
+      this.#http1?.close().catch(() => this.#http1?.destroy()),
+      this.#h2?.close().catch(() => this.#h2?.destroy()),
+    ]);
+  }
+}
+
+function http1Pool(origin: string): Pool {
+  return new Pool(origin, { connections: null, pipelining: 1, allowH2: false });
+}
 
 /** What is known about an accepted TCP connection until its peer is verified. */
 interface PendingHandshake {

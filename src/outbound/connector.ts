@@ -30,6 +30,8 @@ export interface ConnectorOptions {
   denyList: DenyList;
   /** TCP connect plus TLS handshake must finish within this many ms. */
   timeoutMs: number;
+  /** ALPN protocols to offer, in order of preference: ["http/1.1"], ["h2"], or both for `protocol: auto`. */
+  alpn: readonly string[];
   /** Called after every successful handshake, to count how many were resumed. */
   onHandshake?: (resumed: boolean) => void;
   /** Called once for each connection refused during or right after its handshake, by either side. */
@@ -68,7 +70,7 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
       host: hostname,
       port: Number(port) || 443,
       secureContext: options.context,
-      ALPNProtocols: ["http/1.1"],
+      ALPNProtocols: [...options.alpn],
       rejectUnauthorized: true,
       checkServerIdentity: () => undefined,
     };

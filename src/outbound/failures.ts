@@ -1,6 +1,6 @@
 // How an upstream's failures read to the app: TLS causes named, and a peer's refusal of our certificate as one.
 import { HANDSHAKE_FAILURE_REASONS, type HandshakeFailureReason } from "../identity/index.ts";
-import type { FailureInterpreter, ResponseHeaders } from "../proxy/index.ts";
+import { type FailureInterpreter, REFUSAL_MARK, type ResponseHeaders } from "../proxy/index.ts";
 import { isTlsFailure, tlsFailure, type UpstreamHandshakeFailure } from "./connector.ts";
 
 const REFUSAL_REASONS: ReadonlySet<string> = new Set(HANDSHAKE_FAILURE_REASONS);
@@ -34,13 +34,15 @@ export function upstreamFailures(
 
 /**
  * The reason of a peer sidecar's certificate refusal, or undefined for any other response. A refusal is a
- * 403 whose x-mtlsd-reason is a handshake reason and which closes the connection: an app's own response
- * passes through its sidecar, which drops the app's Connection header, so an app cannot pose as a refusal.
+ * 403 whose x-mtlsd-reason is a handshake reason and which closes the connection (HTTP/1.1), or carries the
+ * refusal mark (HTTP/2, which has no Connection header): an app's own response passes through its sidecar, which
+ * drops the app's Connection header and any refusal mark, so an app cannot pose as a refusal.
  */
 function refusalReason(statusCode: number, headers: ResponseHeaders): HandshakeFailureReason | undefined {
   if (statusCode !== 403) return undefined;
   const reason = headers["x-mtlsd-reason"];
   if (typeof reason !== "string" || !REFUSAL_REASONS.has(reason)) return undefined;
+  if (headers[REFUSAL_MARK] === reason) return reason as HandshakeFailureReason;
   const connection = headers.connection;
   if (typeof connection !== "string" || !/(^|,)\s*close\s*(,|$)/i.test(connection)) return undefined;
   return reason as HandshakeFailureReason;

@@ -1,8 +1,10 @@
-// The outbound listener: plain HTTP from the app on localhost, carried to upstreams over pooled mTLS.
+// The outbound listener: plain HTTP/1.1 and h2c from the app on localhost, carried to upstreams over pooled mTLS.
 import http from "node:http";
-import type net from "node:net";
+import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
+import net from "node:net";
 import { performance } from "node:perf_hooks";
+import type { Duplex } from "node:stream";
 import tls from "node:tls";
 import type { LimitsConfig, OutboundConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
@@ -10,16 +12,28 @@ import { type CredentialStore, type Credentials, crlOption } from "../credential
 import { type DenyList, PeerIdentityCache } from "../identity/index.ts";
 import {
   type Deadline,
+  type Downstream,
   type DrainResult,
+  failForward,
+  feed,
   filterRequestHeaders,
   forward,
+  forwardUpgrade,
+  H1Downstream,
+  H2Downstream,
+  H2Sessions,
   HttpDrain,
+  h2ServerOptions,
   httpLimits,
   rawErrorResponse,
   reportCapacity,
+  resetStream,
   sendError,
   settleClientError,
-  stopAccepting,
+  sniffHttp2Preface,
+  Tunnels,
+  upgradeToken,
+  wireStatus,
 } from "../proxy/index.ts";
 import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
@@ -49,14 +63,38 @@ export function clientContext(credentials: Credentials): tls.SecureContext {
   });
 }
 
+/** Which upstream a connection from the app is bound to, if any. */
+interface BoundRoute {
+  upstream: Upstream;
+  /** A CONNECT tunnel names its upstream once for all its requests; their Host cannot reroute them. */
+  pinned: boolean;
+}
+
+const kRoute = Symbol("mtlsd.outboundRoute");
+type AppSocket = net.Socket & { [kRoute]?: BoundRoute };
+
+/** Upgrade tokens that open a tunnel: refused with a reason when not honored, never passed on as plain requests. */
+const TUNNEL_TOKENS = new Set(["websocket", "h2c"]);
+const CONNECT_ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
+
+/**
+ * Every listen address is a net.Server whose connections go, by their first bytes, to one http.Server (HTTP/1.1)
+ * or one http2 server (h2c with prior knowledge). A connection on an upstream's own port, or through a CONNECT
+ * tunnel, carries that upstream on its socket.
+ */
 export class OutboundListener {
   readonly #options: OutboundOptions;
   readonly #upstreams: Upstream[];
   readonly #router: Router;
   /** The shared listener first, then one per upstream that has a `listen` of its own. */
-  readonly #servers: { field: string; server: http.Server; address: string }[] = [];
+  readonly #listeners: { field: string; server: net.Server; address: string; upstream?: Upstream }[] = [];
+  readonly #http: http.Server;
+  readonly #h2: http2.Http2Server;
+  readonly #sockets = new Set<net.Socket>();
   readonly #unsubscribe: () => void;
   readonly #drain = new HttpDrain();
+  readonly #sessions = new H2Sessions();
+  readonly #tunnels = new Tunnels();
 
   constructor(options: OutboundOptions) {
     this.#options = options;
@@ -77,18 +115,38 @@ export class OutboundListener {
         }),
     );
     this.#router = new Router(this.#upstreams);
-    this.#servers.push({
-      field: "outbound.listen",
-      server: this.#createServer("outbound.listen", undefined),
-      address: config.listen,
+
+    this.#http = http.createServer(
+      {
+        ...httpLimits(limits),
+        joinDuplicateHeaders: false,
+        insecureHTTPParser: false,
+        shouldUpgradeCallback: (req) => {
+          const token = upgradeToken(req.rawHeaders);
+          return token !== undefined && (TUNNEL_TOKENS.has(token) || config.upgrades.includes(token));
+        },
+      },
+      (req, res) => this.#onRequest(req, res, false),
+    );
+    // The app waits for a 100 before its body: there is no policy on this side, so once routed it may send.
+    this.#http.on("checkContinue", (req, res) => this.#onRequest(req, res, true));
+    this.#http.on("upgrade", this.#onUpgrade);
+    this.#http.on("connect", this.#onConnect);
+    this.#http.on("clientError", (error: Error & { code?: string }, socket: net.Socket) => {
+      const answer = settleClientError(error, socket, this.#drain);
+      if (answer)
+        socket.end(rawErrorResponse(answer.status, answer.statusText, answer.reason, answer.message));
     });
+    this.#drain.watch(this.#http);
+
+    this.#h2 = http2.createServer(h2ServerOptions(limits));
+    this.#h2.on("stream", this.#onStream);
+    this.#sessions.watch(this.#h2, limits.keepAliveTimeout);
+
+    this.#addListener("outbound.listen", config.listen, undefined);
     for (const upstream of this.#upstreams) {
       if (upstream.config.listen) {
-        this.#servers.push({
-          field: `outbound.upstreams.${upstream.name}.listen`,
-          server: this.#createServer(`outbound.upstreams.${upstream.name}.listen`, upstream),
-          address: upstream.config.listen,
-        });
+        this.#addListener(`outbound.upstreams.${upstream.name}.listen`, upstream.config.listen, upstream);
       }
     }
     this.#unsubscribe = store.subscribe((next) => {
@@ -100,7 +158,7 @@ export class OutboundListener {
   /** Binds every listener; on failure, the field that could not be bound is named. */
   async listen(): Promise<Record<string, AddressInfo>> {
     const bound: Record<string, AddressInfo> = {};
-    for (const { field, server, address } of this.#servers) {
+    for (const { field, server, address } of this.#listeners) {
       const { host, port } = parseHostPort(address)!;
       await new Promise<void>((resolve, reject) => {
         server.once("error", (error: Error) => reject(Object.assign(error, { field })));
@@ -108,6 +166,9 @@ export class OutboundListener {
       });
       bound[field] = server.address() as AddressInfo;
     }
+    // The http.Server is fed sockets and never listens itself, but Node starts the timer that enforces
+    // headersTimeout and requestTimeout on "listening" (see the inbound listener).
+    this.#http.emit("listening");
     return bound;
   }
 
@@ -117,89 +178,103 @@ export class OutboundListener {
 
   /** Whether each listener accepts connections, by config field. */
   listening(): Record<string, boolean> {
-    return Object.fromEntries(this.#servers.map(({ field, server }) => [field, server.listening]));
+    return Object.fromEntries(this.#listeners.map(({ field, server }) => [field, server.listening]));
   }
 
-  /** Open connections from the app, over every listener. */
+  /** Open connections from the app, over every listener (tunnels and WebSockets included). */
   get connections(): number {
-    return this.#drain.connections;
+    return this.#sockets.size;
   }
 
   /**
    * Stops accepting on every listener and drains (see HttpDrain): requests in flight finish with
-   * `Connection: close`, idle connections close at once, the rest are cut at the deadline. Then the upstream
-   * pools close.
+   * `Connection: close` (HTTP/2: GOAWAY), idle connections close at once, the rest — WebSockets among them — are
+   * cut at the deadline. Then the upstream pools close.
    */
   async drain(deadline: Deadline): Promise<DrainResult> {
     this.#unsubscribe();
-    for (const { server } of this.#servers) stopAccepting(server);
-    const result = await this.#drain.drain(deadline);
+    const closed = Promise.all(
+      this.#listeners.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))),
+    );
+    const streams = this.#sessions.openStreams + this.#tunnels.size;
+    this.#sessions.drain();
+    const result = await this.#drain.drain(deadline, () => this.#sockets.size);
+    result.inFlight += streams;
+    this.#tunnels.closeAll();
+    this.#sessions.destroy();
+    for (const socket of this.#sockets) socket.destroy();
     this.#drain.close();
+    this.#h2.close();
+    await closed;
     // No client connection is left, so nothing is in flight on the pools; a pool that still fails to close
     // (a connection mid-handshake) is destroyed.
     await Promise.all(this.#upstreams.map((upstream) => upstream.close().catch(() => upstream.destroy())));
     return result;
   }
 
-  #createServer(field: string, portUpstream: Upstream | undefined): http.Server {
-    const { limits } = this.#options;
-    const server = http.createServer(
-      {
-        ...httpLimits(limits),
-        joinDuplicateHeaders: false,
-        insecureHTTPParser: false,
-        noDelay: true,
-      },
-      (req, res) => this.#handle(req, res, portUpstream),
-    );
+  #addListener(field: string, address: string, upstream: Upstream | undefined): void {
+    const { limits, logger } = this.#options;
+    const server = net.createServer({ noDelay: true }, (socket: AppSocket) => {
+      if (upstream) socket[kRoute] = { upstream, pinned: false };
+      this.#accept(socket);
+    });
     server.maxConnections = limits.maxConnections;
-    reportCapacity(server, field, this.#options.logger);
-    this.#drain.watch(server);
-    server.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => {
-      socket.end(
-        rawErrorResponse(
-          405,
-          "Method Not Allowed",
-          "bad_request",
-          "CONNECT tunnels are not supported: send plain http:// requests and mtlsd adds the mutual TLS",
-        ),
-      );
-    });
-    server.on("clientError", (error: Error & { code?: string }, socket: net.Socket) => {
-      const answer = settleClientError(error, socket, this.#drain);
-      if (answer)
-        socket.end(rawErrorResponse(answer.status, answer.statusText, answer.reason, answer.message));
-    });
-    return server;
+    reportCapacity(server, field, logger);
+    this.#listeners.push({ field, server, address, ...(upstream ? { upstream } : {}) });
   }
 
-  #handle(req: http.IncomingMessage, res: http.ServerResponse, portUpstream: Upstream | undefined): void {
-    const started = performance.now();
+  /** A connection from the app (or a tunnel inside one): HTTP/1.1 or h2c, by its first bytes. */
+  #accept(socket: net.Socket): void {
+    if (!this.#sockets.has(socket)) {
+      this.#sockets.add(socket);
+      socket.on("error", noop);
+      socket.once("close", () => this.#sockets.delete(socket));
+    }
+    sniffHttp2Preface(socket, (isHttp2) => feed(isHttp2 ? this.#h2 : this.#http, socket));
+  }
+
+  #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     this.#drain.request(req, res);
-    const method = req.method!;
+    this.#handle(new H1Downstream(req, res), (req.socket as AppSocket)[kRoute], expectsContinue);
+  }
+
+  readonly #onStream = (
+    stream: http2.ServerHttp2Stream,
+    headers: http2.IncomingHttpHeaders,
+    _flags: number,
+    rawHeaders: string[],
+  ): void => {
+    stream.on("error", noop);
+    const down = new H2Downstream(stream, headers, rawHeaders);
+    const route = (stream.session?.socket as AppSocket | undefined)?.[kRoute];
+    stream.setTimeout(this.#options.config.streamIdleTimeout, () => {
+      if (!failForward(stream, STREAM_IDLE)) resetStream(stream, true);
+    });
+    if (down.method === "CONNECT") {
+      const detail = "CONNECT inside HTTP/2 is not supported: send requests, or CONNECT over HTTP/1.1";
+      const record = this.#record(down.method, down.target || (headers[":authority"] ?? ""), down.protocol);
+      sendError(down, 405, "method_not_allowed", detail);
+      this.#finish(record, performance.now(), 405, "method_not_allowed", detail);
+      return;
+    }
+    this.#handle(down, route, headers.expect === "100-continue");
+  };
+
+  #handle(down: Downstream, bound: BoundRoute | undefined, expectsContinue: boolean): void {
+    const started = performance.now();
     // A `Connection: close` from the app ends only the app's own connection, never a pooled one.
-    const headers = filterRequestHeaders(req.rawHeaders);
-    const record: RequestRecord = {
-      direction: "outbound",
-      source_identity: this.#options.store.current.spiffeId,
-      destination_identity: "",
-      method,
-      path: "",
-      decision: "allow",
-      reason: "forwarded",
-      status: 0,
-      duration_ms: 0,
-    };
-    const route = this.#router.route(req.url!, headers.host, portUpstream);
+    const headers = filterRequestHeaders(down.rawHeaders);
+    const record = this.#record(down.method, "", down.protocol);
+    const route = this.#router.route(down.target, headers.host, bound?.upstream, bound?.pinned);
     if (!route.ok || headers.hosts > 1) {
       const [status, reason, detail] = route.ok
         ? ([400, "bad_request", "the request has more than one Host header"] as const)
         : ([route.status, route.reason, route.detail] as const);
-      record.path = req.url!.split("?")[0]!.slice(0, 200);
+      record.path = down.target.split("?")[0]!.slice(0, 200);
       record.decision = "deny";
       record.destination_identity = "unknown";
-      sendError(res, status, reason, detail, headers.hasBody);
-      this.#finish(record, started, status, reason, detail);
+      const grpcStatus = sendError(down, status, reason, detail, headers.hasBody);
+      this.#finish(record, started, wireStatus(status, grpcStatus), reason, detail, grpcStatus);
       return;
     }
     if (route.authority !== undefined) replaceHost(headers.list, route.authority);
@@ -207,24 +282,118 @@ export class OutboundListener {
     record.destination_identity = upstream.config.identity;
     record.upstream = upstream.name;
     record.path = path.split("?")[0]!;
+    if (expectsContinue) down.writeContinue();
+    const idle = this.#options.config.streamIdleTimeout;
     forward(
-      req,
-      res,
+      down,
       {
         dispatcher: upstream.dispatcher,
         upstream: upstream.name,
-        method,
+        method: down.method,
         path,
         headers: headers.list,
-        hasBody: headers.hasBody,
-        headersTimeout: upstream.config.timeout,
-        bodyTimeout: this.#options.limits.requestTimeout,
+        hasBody: down.hasBody ?? headers.hasBody,
+        // A gRPC stream may wait long for its first message: its deadline is the client's (grpc-timeout).
+        headersTimeout: down.grpc ? idle : upstream.config.timeout,
+        bodyTimeout: idle,
         failures: upstream.failures,
       },
       (outcome) =>
-        this.#finish(record, started, outcome.status, outcome.failure?.reason, outcome.failure?.message),
+        this.#finish(
+          record,
+          started,
+          outcome.status,
+          outcome.failure?.reason,
+          outcome.failure?.message,
+          outcome.grpcStatus,
+        ),
     );
   }
+
+  readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const started = performance.now();
+    const token = upgradeToken(req.rawHeaders)!;
+    const record = this.#record(req.method!, req.url!.split("?")[0]!.slice(0, 200), token);
+    const refuse = (status: number, reason: string, detail: string) => {
+      record.decision = "deny";
+      record.destination_identity ||= "unknown";
+      socket.end(rawErrorResponse(status, http.STATUS_CODES[status] ?? "Error", reason, detail));
+      this.#finish(record, started, status, reason, detail);
+    };
+    if (token === "h2c" || !this.#options.config.upgrades.includes(token)) {
+      refuse(
+        400,
+        "upgrade_refused",
+        token === "h2c"
+          ? "Upgrade: h2c is never honored: send HTTP/2 with prior knowledge (curl --http2-prior-knowledge) or HTTP/1.1"
+          : `Upgrade: ${token} is not in outbound.upgrades`,
+      );
+      return;
+    }
+    const headers = filterRequestHeaders(req.rawHeaders);
+    const bound = (req.socket as AppSocket)[kRoute];
+    const route = this.#router.route(req.url!, headers.host, bound?.upstream, bound?.pinned);
+    if (!route.ok || headers.hosts > 1) {
+      if (route.ok) refuse(400, "bad_request", "the request has more than one Host header");
+      else refuse(route.status, route.reason, route.detail);
+      return;
+    }
+    if (route.authority !== undefined) replaceHost(headers.list, route.authority);
+    const { upstream, path } = route;
+    record.destination_identity = upstream.config.identity;
+    record.upstream = upstream.name;
+    record.path = path.split("?")[0]!;
+    forwardUpgrade(
+      socket,
+      head,
+      {
+        dispatcher: upstream.http1(),
+        upstream: upstream.name,
+        method: req.method!,
+        path,
+        headers: headers.list,
+        token,
+        headersTimeout: upstream.config.timeout,
+        idleMs: this.#options.config.streamIdleTimeout,
+        tunnels: this.#tunnels,
+        failures: upstream.failures,
+      },
+      (outcome) => {
+        if (outcome.tunnel) {
+          record.bytes_up = outcome.tunnel.bytesUp;
+          record.bytes_down = outcome.tunnel.bytesDown;
+          record.ended_by = outcome.tunnel.endedBy;
+        }
+        this.#finish(record, started, outcome.status, outcome.failure?.reason, outcome.failure?.message);
+      },
+    );
+  };
+
+  /**
+   * `CONNECT orders:443` is what an HTTP client (grpc-js among them) sends to its HTTP proxy: for a configured
+   * upstream it is answered 200 and the tunnel is served as that upstream's plain HTTP — every request in it
+   * forwarded, logged and counted like any other. Anything else is refused: never an open tunnel.
+   */
+  readonly #onConnect = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const authority = req.url ?? "";
+    const upstream = this.#router.upstreamFor(authority);
+    if (!upstream) {
+      const started = performance.now();
+      const record = this.#record(req.method!, authority.slice(0, 200), "http/1.1");
+      record.decision = "deny";
+      record.destination_identity = "unknown";
+      const detail = `CONNECT tunnels are served only for configured upstreams (${this.#router.names}), not ${JSON.stringify(authority.slice(0, 200))}: send plain http:// requests and mtlsd adds the mutual TLS`;
+      socket.end(rawErrorResponse(405, "Method Not Allowed", "method_not_allowed", detail));
+      this.#finish(record, started, 405, "method_not_allowed", detail);
+      return;
+    }
+    const tunnel = socket as AppSocket;
+    tunnel[kRoute] = { upstream, pinned: true };
+    this.#options.logger.debug({ upstream: upstream.name, authority }, "CONNECT tunnel opened");
+    tunnel.write(CONNECT_ESTABLISHED);
+    if (head.length > 0) tunnel.unshift(head);
+    this.#accept(tunnel);
+  };
 
   readonly #onHandshakeFailure = (upstream: Upstream, failure: UpstreamHandshakeFailure): void => {
     this.#options.observer.handshakeFailure({
@@ -238,14 +407,45 @@ export class OutboundListener {
     });
   };
 
-  #finish(record: RequestRecord, started: number, status: number, reason?: string, error?: string): void {
+  #record(method: string, path: string, protocol: string): RequestRecord {
+    return {
+      direction: "outbound",
+      source_identity: this.#options.store.current.spiffeId,
+      destination_identity: "",
+      method,
+      path,
+      protocol,
+      decision: "allow",
+      reason: "forwarded",
+      status: 0,
+      duration_ms: 0,
+    };
+  }
+
+  #finish(
+    record: RequestRecord,
+    started: number,
+    status: number,
+    reason?: string,
+    error?: string,
+    grpcStatus?: string | number,
+  ): void {
     record.status = status;
     if (reason) record.reason = reason;
     if (error) record.error = error;
+    if (grpcStatus !== undefined) record.grpc_status = String(grpcStatus);
     record.duration_ms = Math.round((performance.now() - started) * 1000) / 1000;
     this.#options.observer.request(record);
   }
 }
+
+function noop(): void {}
+
+const STREAM_IDLE = {
+  status: 408,
+  reason: "request_timeout" as const,
+  message: "the stream was idle longer than outbound.streamIdleTimeout",
+};
 
 /** Sets the Host of a flat header list to the absolute-form target's authority, as RFC 9112 §3.2.2 requires. */
 function replaceHost(list: string[], authority: string): void {

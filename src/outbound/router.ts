@@ -18,7 +18,8 @@ const ABSOLUTE_FORM = /^([a-z][a-z0-9+.-]*):\/\/([^/?#]*)(.*)$/is;
 export class Router {
   readonly #byName = new Map<string, Upstream>();
   readonly #byAuthority = new Map<string, Upstream>();
-  readonly #names: string;
+  /** The configured upstream names, for messages. */
+  readonly names: string;
 
   constructor(upstreams: readonly Upstream[]) {
     // An app may address an upstream by its name with any port (http://orders/...), or by its real address
@@ -29,16 +30,17 @@ export class Router {
       const authority = upstream.config.address.toLowerCase();
       if (!this.#byAuthority.has(authority)) this.#byAuthority.set(authority, upstream);
     }
-    this.#names = upstreams.map((upstream) => upstream.name).join(", ");
+    this.names = upstreams.map((upstream) => upstream.name).join(", ");
   }
 
   /**
-   * `target` is the request-target; `host` the Host header; `portUpstream` the upstream owning the port the
-   * request arrived on, if any. Host names compare case-insensitively (CVE-2021-39155 was a proxy that didn't).
+   * `target` is the request-target; `host` the Host header (HTTP/2: `:authority`); `portUpstream` the upstream
+   * owning the port (or the CONNECT tunnel) the request arrived on, if any; `pinned` when that upstream decides
+   * whatever the Host says. Host names compare case-insensitively (CVE-2021-39155 was a proxy that didn't).
    */
-  route(target: string, host: string | undefined, portUpstream: Upstream | undefined): Route {
+  route(target: string, host: string | undefined, portUpstream: Upstream | undefined, pinned = false): Route {
     if (target.charCodeAt(0) !== 0x2f /* "/" */) return this.#routeAbsolute(target);
-    const upstream = (host ? this.#lookup(host) : undefined) ?? portUpstream;
+    const upstream = pinned ? portUpstream : ((host ? this.#lookup(host) : undefined) ?? portUpstream);
     if (!upstream) return this.#unknown(host ?? "");
     return { ok: true, upstream, path: target };
   }
@@ -75,12 +77,17 @@ export class Router {
     return { ok: true, upstream, path, authority };
   }
 
+  /** The upstream a CONNECT authority (`orders:443`, `orders.internal:15006`) names, if any. */
+  upstreamFor(authority: string): Upstream | undefined {
+    return authority === "" ? undefined : this.#lookup(authority);
+  }
+
   #unknown(asked: string): Route {
     return {
       ok: false,
       status: 502,
       reason: "unknown_upstream",
-      detail: `no upstream for host ${quote(asked)}; known upstreams: ${this.#names}`,
+      detail: `no upstream for host ${quote(asked)}; known upstreams: ${this.names}`,
     };
   }
 

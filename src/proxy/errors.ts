@@ -3,8 +3,8 @@ import type { ResponseReason } from "./respond.ts";
 
 export interface ForwardFailure {
   status: number;
-  /** A ResponseReason when the sidecar answers; `client_closed` / `upstream_reset` appear only in logs. */
-  reason: ResponseReason | "client_closed" | "upstream_reset";
+  /** A ResponseReason when the sidecar answers; `client_closed` appears only in logs. */
+  reason: ResponseReason | "client_closed";
   message: string;
 }
 
@@ -44,6 +44,9 @@ export function classifyForwardError(error: Error & { code?: string }, upstream:
     return { status: 502, reason: "upstream_tls_error", message: error.message };
   if (TIMEOUT.has(code)) {
     return { status: 504, reason: "upstream_timeout", message: `${upstream} did not answer in time` };
+  }
+  if (code === "MTLSD_UPSTREAM_RESET") {
+    return { status: 502, reason: "upstream_reset", message: `${upstream}: ${error.message}` };
   }
   if (code === "UND_ERR_REQ_CONTENT_LENGTH_MISMATCH") {
     return {

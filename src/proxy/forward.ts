@@ -1,12 +1,20 @@
 // The one request-forwarding engine: streams a client request to a dispatcher and the response back.
-import type { IncomingMessage, ServerResponse } from "node:http";
+import type { ServerResponse } from "node:http";
+import http2 from "node:http2";
 import type { Dispatcher } from "undici";
+import { type Downstream, H1Downstream, H2Downstream } from "./downstream.ts";
 import { classifyForwardError, type ForwardFailure } from "./errors.ts";
+import type { StreamHandler } from "./h2-client.ts";
 import { forwardableResponseHeaders, type ResponseHeaders } from "./headers.ts";
 import { type ResponseReason, sendError } from "./respond.ts";
 
+/** What can carry a request to an upstream: an undici Pool (HTTP/1.1) or an H2Client (HTTP/2). */
+export interface UpstreamDispatcher {
+  dispatch(options: Dispatcher.DispatchOptions, handler: StreamHandler): boolean;
+}
+
 export interface ForwardRequest {
-  dispatcher: Dispatcher;
+  dispatcher: UpstreamDispatcher;
   /** Name of the upstream for error messages ("app", "orders"). */
   upstream: string;
   method: string;
@@ -14,7 +22,7 @@ export interface ForwardRequest {
   path: string;
   /** Flat [name, value, ...] list, already filtered. */
   headers: string[];
-  /** Whether the client request has a body (Content-Length > 0 or Transfer-Encoding). */
+  /** Whether the client request has a body (Content-Length > 0 or Transfer-Encoding, an HTTP/2 stream with DATA). */
   hasBody: boolean;
   /** No response head within this many ms: 504 upstream_timeout. */
   headersTimeout: number;
@@ -39,6 +47,8 @@ export interface FailureInterpreter {
 export interface ForwardOutcome {
   status: number;
   failure?: ForwardFailure;
+  /** A gRPC call's status: from the upstream's trailers (or Trailers-Only head), or the one mtlsd answered. */
+  grpcStatus?: string;
 }
 
 class ClientClosedError extends Error {
@@ -54,52 +64,71 @@ class ForwardFailedError extends Error {
   readonly code = "MTLSD_FORWARD_FAILED";
 }
 
+const { NGHTTP2_CANCEL } = http2.constants;
 const kForwarding = Symbol("mtlsd.forwarding");
-type ForwardedResponse = ServerResponse & { [kForwarding]?: Forwarding };
+/** What a forward in progress is found by: the HTTP/1.1 response, or the HTTP/2 stream. */
+type ForwardTarget = ServerResponse | http2.ServerHttp2Stream;
+type Forwarded = ForwardTarget & { [kForwarding]?: Forwarding };
+
+function targetOf(down: Downstream): Forwarded | undefined {
+  if (down instanceof H1Downstream) return down.res;
+  if (down instanceof H2Downstream) return down.stream;
+  return undefined;
+}
 
 /**
  * One in-flight forward, as an undici dispatch handler: a single object per request instead of closures,
- * with backpressure both ways (a slow client pauses the upstream; undici pulls the request body as it sends).
+ * with backpressure both ways (a slow client pauses the upstream; the dispatcher pulls the request body as it sends).
  */
-class Forwarding implements Dispatcher.DispatchHandler {
-  readonly #res: ServerResponse;
+class Forwarding implements StreamHandler {
+  readonly #down: Downstream;
   readonly #upstream: string;
   readonly #done: (outcome: ForwardOutcome) => void;
   readonly #hasBody: boolean;
   readonly #failures: FailureInterpreter | undefined;
   #controller: Dispatcher.DispatchController | undefined;
   #status = 0;
+  #grpcStatus: string | undefined;
   /** Set once the outcome is known, by the upstream or from outside by `fail`: later events are dropped. */
   #finished = false;
 
   constructor(
-    res: ServerResponse,
+    down: Downstream,
     upstream: string,
     hasBody: boolean,
     failures: FailureInterpreter | undefined,
     done: (outcome: ForwardOutcome) => void,
   ) {
-    this.#res = res;
+    this.#down = down;
     this.#upstream = upstream;
     this.#hasBody = hasBody;
     this.#failures = failures;
     this.#done = done;
-    res.once("close", this.#onClientClose);
-    (res as ForwardedResponse)[kForwarding] = this;
+    down.onClose(this.#onClientClose);
+    const target = targetOf(down);
+    if (target) target[kForwarding] = this;
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.#controller = controller;
     if (this.#finished) controller.abort(new ForwardFailedError("forward failed before it started"));
-    else if (this.#res.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
+    else if (this.#down.destroyed) controller.abort(new ClientClosedError("client closed the connection"));
   }
 
   /** Ends the exchange with `failure`: the client gets it (or a cut, once a response has started). */
   fail(failure: ForwardFailure): void {
     if (this.#finished) return;
-    if (this.#res.headersSent) this.#res.destroy();
-    else sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, true);
-    this.#finish({ status: failure.status, failure });
+    let grpcStatus: number | undefined;
+    if (this.#down.headersSent) this.#down.abort();
+    else
+      grpcStatus = sendError(
+        this.#down,
+        failure.status,
+        failure.reason as ResponseReason,
+        failure.message,
+        true,
+      );
+    this.#finish({ status: wireStatus(failure.status, grpcStatus), failure, ...grpcOutcome(grpcStatus) });
     // Finished first, so the error this abort reports back to us is dropped.
     this.#controller?.abort(new ForwardFailedError(failure.message));
   }
@@ -109,9 +138,10 @@ class Forwarding implements Dispatcher.DispatchHandler {
     statusCode: number,
     headers: ResponseHeaders,
     statusMessage?: string,
+    endStream?: boolean,
   ): void {
-    // 1xx heads are informational; Node answers `Expect: 100-continue` to the client itself.
-    // After `fail`, whatever the upstream still sends is dropped.
+    // 1xx heads are informational: a 100 Continue was the sidecar's to send. After `fail`, whatever the
+    // upstream still sends is dropped.
     if (statusCode < 200 || this.#finished) return;
     const failure = this.#failures?.response?.(statusCode, headers);
     if (failure) {
@@ -120,23 +150,24 @@ class Forwarding implements Dispatcher.DispatchHandler {
       return;
     }
     this.#status = statusCode;
-    const forwarded = forwardableResponseHeaders(headers);
-    if (statusMessage) this.#res.writeHead(statusCode, statusMessage, forwarded);
-    else this.#res.writeHead(statusCode, forwarded);
+    if (this.#down.grpc) this.#grpcStatus = firstValue(headers["grpc-status"]);
+    this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.#finished) return;
-    if (!this.#res.write(chunk)) {
+    if (!this.#down.write(chunk)) {
       controller.pause();
-      this.#res.once("drain", () => controller.resume());
+      this.#down.onDrain(() => controller.resume());
     }
   }
 
-  onResponseEnd(): void {
+  onResponseEnd(_controller: Dispatcher.DispatchController, trailers?: ResponseHeaders): void {
     if (this.#finished) return;
-    this.#res.end();
-    this.#finish({ status: this.#status });
+    if (this.#down.grpc && trailers)
+      this.#grpcStatus = firstValue(trailers["grpc-status"]) ?? this.#grpcStatus;
+    this.#down.end(trailers);
+    this.#finish({ status: this.#status, ...(this.#grpcStatus ? { grpcStatus: this.#grpcStatus } : {}) });
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
@@ -146,9 +177,10 @@ class Forwarding implements Dispatcher.DispatchHandler {
       this.#finish({ status: 499, failure });
       return;
     }
-    if (this.#res.headersSent) {
+    if (this.#down.headersSent) {
       // The head is out: the only honest signal left is an aborted response, never a truncated "success".
-      this.#res.destroy();
+      // An upstream that cancelled its stream is cancelled downstream too (gRPC tells CANCELLED from INTERNAL).
+      this.#down.abort((error as { rstCode?: number }).rstCode === NGHTTP2_CANCEL);
       this.#finish({
         status: this.#status,
         failure: { status: this.#status, reason: "upstream_reset", message: failure.message },
@@ -160,8 +192,14 @@ class Forwarding implements Dispatcher.DispatchHandler {
 
   #fail(failure: ForwardFailure): void {
     // A request body may be half consumed by the failed attempt: close rather than guess where it ends.
-    sendError(this.#res, failure.status, failure.reason as ResponseReason, failure.message, this.#hasBody);
-    this.#finish({ status: failure.status, failure });
+    const grpcStatus = sendError(
+      this.#down,
+      failure.status,
+      failure.reason as ResponseReason,
+      failure.message,
+      this.#hasBody,
+    );
+    this.#finish({ status: wireStatus(failure.status, grpcStatus), failure, ...grpcOutcome(grpcStatus) });
   }
 
   readonly #onClientClose = (): void => {
@@ -172,37 +210,51 @@ class Forwarding implements Dispatcher.DispatchHandler {
   #finish(outcome: ForwardOutcome): void {
     if (this.#finished) return;
     this.#finished = true;
-    this.#res.removeListener("close", this.#onClientClose);
-    (this.#res as ForwardedResponse)[kForwarding] = undefined;
+    this.#down.offClose(this.#onClientClose);
+    const target = targetOf(this.#down);
+    if (target) target[kForwarding] = undefined;
     this.#done(outcome);
   }
 }
 
+function firstValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The status the client saw: a gRPC-shaped error travels as HTTP 200, its meaning in `grpc_status`. */
+export function wireStatus(status: number, grpcStatus: number | undefined): number {
+  return grpcStatus === undefined ? status : 200;
+}
+
+function grpcOutcome(grpcStatus: number | undefined): { grpcStatus?: string } {
+  return grpcStatus === undefined ? {} : { grpcStatus: String(grpcStatus) };
+}
+
 /**
- * Ends the forward that owns `res` with `failure`, reported once, as that request's outcome; false when `res`
- * has no forward in progress. For what the HTTP server learns mid-request: a request timeout, broken framing.
+ * Ends the forward that owns `target` (an HTTP/1.1 response, an HTTP/2 stream) with `failure`, reported once, as
+ * that request's outcome; false when it has no forward in progress. For what the server learns mid-request: a
+ * request timeout, broken framing, a stream idle too long.
  */
-export function failForward(res: ServerResponse, failure: ForwardFailure): boolean {
-  const forwarding = (res as ForwardedResponse)[kForwarding];
+export function failForward(target: ForwardTarget, failure: ForwardFailure): boolean {
+  const forwarding = (target as Forwarded)[kForwarding];
   if (!forwarding) return false;
   forwarding.fail(failure);
   return true;
 }
 
-/** Forwards `req` as described and calls `done` exactly once, when the exchange is over. */
+/** Forwards the request of `down` as described and calls `done` exactly once, when the exchange is over. */
 export function forward(
-  req: IncomingMessage,
-  res: ServerResponse,
+  down: Downstream,
   request: ForwardRequest,
   done: (outcome: ForwardOutcome) => void,
 ): void {
-  const handler = new Forwarding(res, request.upstream, request.hasBody, request.failures, done);
+  const handler = new Forwarding(down, request.upstream, request.hasBody, request.failures, done);
   request.dispatcher.dispatch(
     {
       method: request.method,
       path: request.path,
       headers: request.headers,
-      body: request.hasBody ? req : null,
+      body: request.hasBody ? down.body() : null,
       headersTimeout: request.headersTimeout,
       bodyTimeout: request.bodyTimeout,
     },

@@ -1,16 +1,27 @@
 // Hop-by-hop header rules (RFC 9110 §7.6.1) shared by both directions: what must never be forwarded.
+import { REFUSAL_MARK } from "./respond.ts";
 
-/** Headers that describe one connection, not the message: never forwarded in either direction. */
+/**
+ * Headers that describe one connection, not the message: never forwarded in either direction. `Trailer` is not
+ * among them (RFC 9110 §6.6.2: it announces the message's trailer fields); `HTTP2-Settings` belongs to an h2c
+ * upgrade, which is never passed on. `TE` is, except for its `trailers` token (see filterRequestHeaders).
+ */
 const HOP_BY_HOP = new Set([
   "connection",
   "keep-alive",
   "proxy-connection",
   "proxy-authorization",
   "te",
-  "trailer",
   "transfer-encoding",
   "upgrade",
+  "http2-settings",
 ]);
+
+/**
+ * A request's `Trailer` header announces trailer fields, which neither HTTP/1.1 client on the way to the app
+ * forwards: announcing fields that never come would mislead the app, so on requests it is dropped too.
+ */
+const REQUEST_ONLY_DROPPED = "trailer";
 
 export function isHopByHop(lowerName: string): boolean {
   return HOP_BY_HOP.has(lowerName);
@@ -46,7 +57,7 @@ export function forwardableResponseHeaders(headers: ResponseHeaders): string[] {
   const connection = headers.connection;
   const nominated = connection ? nominatedHeaders(["connection", String(connection)]) : undefined;
   for (const name in headers) {
-    if (HOP_BY_HOP.has(name) || nominated?.has(name)) continue;
+    if (HOP_BY_HOP.has(name) || nominated?.has(name) || name === REFUSAL_MARK) continue;
     const value = headers[name];
     if (value === undefined) continue;
     if (typeof value === "string") out.push(name, value);
@@ -71,8 +82,9 @@ export interface RequestHeaders {
 
 /**
  * One pass over a client's raw request headers: drops hop-by-hop ones, those the Connection header
- * nominates, and `Expect` (Node answers 100-continue itself); `drop` lets a caller take out and collect
- * headers of its own (inbound replaces XFCC). The rest keep their order and case.
+ * nominates, and `Expect` (the sidecar answers 100-continue itself); `drop` lets a caller take out and collect
+ * headers of its own (inbound replaces XFCC). The rest keep their order and case. `TE: trailers` is kept, as
+ * Envoy keeps it: gRPC servers require it, and it says the client reads trailers (RFC 9110 §10.1.4).
  */
 export function filterRequestHeaders(
   rawHeaders: readonly string[],
@@ -89,9 +101,10 @@ export function filterRequestHeaders(
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower)) {
       if (lower === "transfer-encoding") hasBody = true;
+      else if (lower === "te" && acceptsTrailers(value)) list.push(name, "trailers");
       continue;
     }
-    if (lower === "expect" || drop?.(lower, value)) continue;
+    if (lower === "expect" || lower === REQUEST_ONLY_DROPPED || drop?.(lower, value)) continue;
     if (nominated?.has(lower) && !NEVER_NOMINATED.has(lower)) continue;
     if (lower === "host") {
       if (hosts++ === 0) host = value;
@@ -99,4 +112,12 @@ export function filterRequestHeaders(
     list.push(name, value);
   }
   return { list, host, hosts, hasBody };
+}
+
+/** Whether a TE header value lists the `trailers` token (its other codings are this hop's business). */
+function acceptsTrailers(value: string): boolean {
+  for (const token of value.split(",")) {
+    if (token.trim().split(";")[0]!.trim().toLowerCase() === "trailers") return true;
+  }
+  return false;
 }

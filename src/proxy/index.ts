@@ -1,6 +1,15 @@
-// The proxy module's public face: the forwarding engine, header rules, and the sidecar's own responses.
+// The proxy module's public face: the forwarding engine, the protocols it speaks, and the sidecar's own responses.
 
 export { type ClientErrorAnswer, settleClientError } from "./client-error.ts";
+export {
+  type Downstream,
+  fieldsObject,
+  H1Downstream,
+  H2Downstream,
+  isGrpcContentType,
+  type Protocol,
+  resetStream,
+} from "./downstream.ts";
 export { Deadline, type DrainResult, HttpDrain, stopAccepting } from "./drain.ts";
 export {
   classifyForwardError,
@@ -14,7 +23,19 @@ export {
   type ForwardRequest,
   failForward,
   forward,
+  type UpstreamDispatcher,
+  wireStatus,
 } from "./forward.ts";
+export {
+  H2Client,
+  type H2ClientOptions,
+  type QueuedRequest,
+  resetCodeName,
+  type SessionConnector,
+  type StreamHandler,
+  tcpConnector,
+} from "./h2-client.ts";
+export { H2Sessions, h2ServerOptions, malformedH2Request, NGHTTP2_PROTOCOL_ERROR } from "./h2-server.ts";
 export {
   filterRequestHeaders,
   forwardableResponseHeaders,
@@ -24,4 +45,14 @@ export {
   type ResponseHeaders,
 } from "./headers.ts";
 export { type CapacityLog, connectionsCheckingInterval, httpLimits, reportCapacity } from "./limits.ts";
-export { type ResponseReason, rawErrorResponse, sendError } from "./respond.ts";
+export {
+  encodeGrpcMessage,
+  grpcStatusFor,
+  REFUSAL_MARK,
+  type ResponseReason,
+  rawErrorResponse,
+  sendError,
+} from "./respond.ts";
+export { feed, sniffHttp2Preface } from "./sniff.ts";
+export { type TunnelResult, Tunnels } from "./tunnel.ts";
+export { forwardUpgrade, type UpgradeOutcome, type UpgradeRequest, upgradeToken } from "./upgrade.ts";

@@ -1,5 +1,5 @@
-// Responses the sidecar makes itself: a JSON body and `x-mtlsd-reason`, with stable snake_case reasons.
-import type { ServerResponse } from "node:http";
+// Responses the sidecar makes itself: a JSON body and `x-mtlsd-reason`, or for gRPC the same reason as a gRPC status.
+import type { Downstream } from "./downstream.ts";
 
 /** Reason codes of responses mtlsd makes itself (DESIGN.md); dashboards and clients match on these. */
 export type ResponseReason =
@@ -12,31 +12,117 @@ export type ResponseReason =
   | "upstream_identity_mismatch"
   | "upstream_tls_error"
   | "upstream_timeout"
+  | "upstream_reset"
+  | "upgrade_refused"
+  | "method_not_allowed"
+  | "app_protocol_mismatch"
   | "draining";
 
-/** Sends `{"error", "reason"}`; `close` ends the connection after it (when the framing is in doubt). */
+/**
+ * The gRPC status a proxy answers for an HTTP status it would have sent (grpc/grpc doc/http-grpc-status-mapping.md):
+ * 400 INTERNAL, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 UNIMPLEMENTED, 429/502/503/504 UNAVAILABLE,
+ * anything else UNKNOWN.
+ */
+export function grpcStatusFor(httpStatus: number): number {
+  switch (httpStatus) {
+    case 400:
+      return 13;
+    case 401:
+      return 16;
+    case 403:
+      return 7;
+    case 404:
+      return 12;
+    case 429:
+    case 502:
+    case 503:
+    case 504:
+      return 14;
+    default:
+      return 2;
+  }
+}
+
+/**
+ * `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses"): every byte outside printable ASCII, and
+ * `%` itself, as %XX of its UTF-8 bytes.
+ */
+export function encodeGrpcMessage(message: string): string {
+  let out = "";
+  for (const byte of Buffer.from(message, "utf8")) {
+    out +=
+      byte >= 0x20 && byte <= 0x7e && byte !== 0x25
+        ? String.fromCharCode(byte)
+        : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
+/**
+ * Answers with `{"error", "reason"}` and `x-mtlsd-reason`; a gRPC request instead gets HTTP 200 with its
+ * `grpc-status` and `grpc-message` in the only head (Trailers-Only), so the client shows the reason instead of a
+ * protocol error. `close` ends an HTTP/1.1 connection after it (when the framing is in doubt). Returns the gRPC
+ * status sent, if any, for the log.
+ */
 export function sendError(
-  res: ServerResponse,
+  down: Downstream,
   status: number,
-  reason: ResponseReason,
+  /** A ResponseReason, or (a refused peer) the handshake failure reason. */
+  reason: ResponseReason | (string & {}),
   message: string,
   close = false,
-): void {
-  if (res.headersSent) {
-    res.destroy();
-    return;
+  /** Further response fields, as a flat list. */
+  extra: readonly string[] = [],
+): number | undefined {
+  if (down.headersSent) {
+    down.abort();
+    return undefined;
   }
-  const body = JSON.stringify({ error: message, reason });
-  const headers: Record<string, string | number> = {
-    "content-type": "application/json",
-    "content-length": Buffer.byteLength(body),
-    "x-mtlsd-reason": reason,
-    "cache-control": "no-store",
-  };
-  if (close) headers.connection = "close";
-  res.writeHead(status, headers);
-  res.end(body);
+  if (close) down.closeAfter();
+  if (down.grpc) {
+    const grpcStatus = grpcStatusFor(status);
+    down.writeHead(
+      200,
+      [
+        "content-type",
+        "application/grpc",
+        "grpc-status",
+        String(grpcStatus),
+        "grpc-message",
+        encodeGrpcMessage(`${message} (${reason})`),
+        "x-mtlsd-reason",
+        reason,
+        ...extra,
+        ...(down.protocol === "h2" ? [] : ["content-length", "0"]),
+      ],
+      undefined,
+      true,
+    );
+    down.end();
+    return grpcStatus;
+  }
+  const body = Buffer.from(JSON.stringify({ error: message, reason }));
+  down.writeHead(status, [
+    "content-type",
+    "application/json",
+    "content-length",
+    String(body.length),
+    "x-mtlsd-reason",
+    reason,
+    "cache-control",
+    "no-store",
+    ...extra,
+  ]);
+  down.write(body);
+  down.end();
+  return undefined;
 }
+
+/**
+ * Marks the 403 with which an mtlsd inbound refuses a peer's certificate over HTTP/2, where no `Connection: close`
+ * can tell it from an app's own 403. The inbound never passes this field on from an app (see forwardableResponseHeaders).
+ */
+export const REFUSAL_MARK = "x-mtlsd-refused";
 
 /**
  * A complete HTTP/1.1 error response as bytes, for sockets that have no HTTP server yet (a parse error,

@@ -10,6 +10,8 @@ export interface RequestRecord {
   destination_identity: string;
   method: string;
   path: string;
+  /** `http/1.1`, `h2`, or an upgrade's token (`websocket`) once the request asked for one. */
+  protocol: string;
   decision: "allow" | "deny";
   /** DESIGN.md: present when a dry-run rule matched; shadow_deny if any dry-run deny matched. */
   shadow?: "shadow_allow" | "shadow_deny";
@@ -24,6 +26,12 @@ export interface RequestRecord {
   plaintext?: true;
   upstream?: string;
   error?: string;
+  /** A gRPC call's status (`grpc-status`), from the app or peer, or the one mtlsd answered with. */
+  grpc_status?: string;
+  /** An upgraded connection (WebSocket): bytes each way, and which side ended it. */
+  bytes_up?: number;
+  bytes_down?: number;
+  ended_by?: string;
 }
 
 /** A connection refused before any request: the DESIGN.md handshake failure reasons. */

@@ -77,7 +77,8 @@ export interface HttpResponse {
  * they came off a socket and decodes chunked framing; pass false for `curl -i` output, which curl already decoded.
  */
 export function parseHttpResponse(raw: string, wire = true): HttpResponse | null {
-  const start = raw.search(/HTTP\/1\.[01] \d{3}/);
+  // curl -i prints an HTTP/2 response's status line as "HTTP/2 200".
+  const start = raw.search(/HTTP\/(?:1\.[01]|2) \d{3}/);
   if (start < 0) return null;
   const text = raw.slice(start);
   const end = text.indexOf("\r\n\r\n");

@@ -1,0 +1,105 @@
+// HTTP/2 servers fed connections by a listener: the limits that bound them, and the request rules nghttp2 leaves to us.
+import http2 from "node:http2";
+import type { LimitsConfig } from "../config/index.ts";
+
+const { NGHTTP2_PROTOCOL_ERROR } = http2.constants;
+
+export { NGHTTP2_PROTOCOL_ERROR };
+
+/**
+ * The http2 options every client-facing HTTP/2 server uses. nghttp2 bounds the floods (rapid reset is rate
+ * limited, CONTINUATION frames are capped, unanswered SETTINGS and PING acknowledgements end the session);
+ * these settings bound the rest: streams per connection, header block size, memory per session.
+ */
+export function h2ServerOptions(limits: LimitsConfig): http2.ServerOptions {
+  return {
+    settings: {
+      maxConcurrentStreams: limits.maxConcurrentStreams,
+      maxHeaderListSize: limits.maxHeaderSize,
+      enablePush: false,
+    },
+    // Streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS are refused; this many refusals end the session.
+    maxSessionRejectedStreams: 100,
+    // Frames nghttp2 finds invalid; this many end the session.
+    maxSessionInvalidFrames: 100,
+    // Megabytes of buffered frames per session before new streams are refused (Node's default, made explicit).
+    maxSessionMemory: 10,
+    maxOutstandingPings: 10,
+    // Rapid reset (CVE-2023-44487): nghttp2 lets a client reset this many streams at once, then this many a
+    // second, and ends a session that goes faster (its defaults, made explicit).
+    streamResetBurst: 1000,
+    streamResetRate: 33,
+    // A connection that never sends the preface is cut like a stalled handshake.
+    unknownProtocolTimeout: limits.handshakeTimeout,
+  };
+}
+
+/**
+ * Rules of RFC 9113 §8.3.1 that nghttp2 does not check (it already refuses uppercase names, connection-specific
+ * fields, bad, missing or duplicate pseudo-headers, and content-length that disagrees with DATA): `:authority`
+ * and `host` must agree, and `:authority` carries no userinfo. Returns what is wrong, or undefined.
+ */
+export function malformedH2Request(headers: http2.IncomingHttpHeaders): string | undefined {
+  const authority = headers[":authority"];
+  const host = headers.host;
+  if (authority !== undefined && host !== undefined && authority !== host) {
+    return `:authority ${JSON.stringify(authority)} and host ${JSON.stringify(host)} differ`;
+  }
+  if (authority?.includes("@")) return ":authority carries userinfo";
+  return undefined;
+}
+
+const kOpenStreams = Symbol("mtlsd.openStreams");
+type CountedSession = http2.ServerHttp2Session & { [kOpenStreams]?: number };
+
+/**
+ * Follows the sessions of an HTTP/2 server: counts each one's open streams, closes a session that has none once
+ * nothing moved for `idleMs` (long-lived streams — gRPC, SSE — are timed by their own idle limit, never by the
+ * connection's), and drains them: GOAWAY, streams in flight finish, new ones are refused.
+ */
+export class H2Sessions {
+  readonly #sessions = new Set<http2.ServerHttp2Session>();
+  #draining = false;
+
+  watch(server: http2.Http2Server, idleMs: number): void {
+    server.on("session", (session: CountedSession) => {
+      session[kOpenStreams] = 0;
+      this.#sessions.add(session);
+      session.once("close", () => this.#sessions.delete(session));
+      session.on("error", () => {});
+      session.setTimeout(idleMs, () => {
+        if (session[kOpenStreams] === 0) session.close();
+      });
+      if (this.#draining) session.close();
+    });
+    server.on("stream", (stream: http2.ServerHttp2Stream) => {
+      const session = stream.session as CountedSession | undefined;
+      if (!session) return;
+      session[kOpenStreams] = (session[kOpenStreams] ?? 0) + 1;
+      stream.once("close", () => {
+        session[kOpenStreams]!--;
+      });
+    });
+  }
+
+  get size(): number {
+    return this.#sessions.size;
+  }
+
+  /** Streams open over every session: requests in flight. */
+  get openStreams(): number {
+    let open = 0;
+    for (const session of this.#sessions) open += (session as CountedSession)[kOpenStreams] ?? 0;
+    return open;
+  }
+
+  /** GOAWAY on every session: requests in flight finish, then the session closes; later ones are refused. */
+  drain(): void {
+    this.#draining = true;
+    for (const session of this.#sessions) session.close();
+  }
+
+  destroy(): void {
+    for (const session of this.#sessions) session.destroy();
+  }
+}
