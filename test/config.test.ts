@@ -12,6 +12,9 @@ const SCHEMA_PATH = path.join(CONFIG_DIR, "mtlsd.schema.json");
 const FILE = "/etc/mtlsd/mtlsd.yaml";
 
 const exampleText = await readFile(EXAMPLE_PATH, "utf8");
+// The identity from a SPIRE agent instead of files: the keys the main example cannot set beside cert/key/bundle.
+const SPIRE_EXAMPLE_PATH = path.join(CONFIG_DIR, "mtlsd.spire.example.yaml");
+const spireExampleText = await readFile(SPIRE_EXAMPLE_PATH, "utf8");
 const publishedSchema = JSON.parse(await readFile(SCHEMA_PATH, "utf8")) as JsonSchema;
 
 /** The smallest valid config; cases append to it, so its line count is what their line numbers build on. */
@@ -83,24 +86,35 @@ t.test("the example config loads and points editors at the schema", async (t) =>
   t.doesNotThrow(() => new Policy(config.inbound!.policy), "its policy compiles as the sidecar would");
 });
 
-t.test("the example config shows every key the schema knows", async (t) => {
-  const shown = documentKeys(parseYaml(exampleText), publishedSchema);
+t.test("the SPIRE example config loads, with its identity from the Workload API", async (t) => {
+  t.ok(spireExampleText.startsWith("# yaml-language-server: $schema=./mtlsd.schema.json\n"));
+  const { config } = parseConfig(spireExampleText, SPIRE_EXAMPLE_PATH, { env: {} });
+  t.equal(config.identity.workloadApi?.socket, "unix:///run/spire/sockets/agent.sock");
+  t.equal(config.identity.cert, undefined);
+});
+
+t.test("the example configs together show every key the schema knows", async (t) => {
+  const shown = new Set([
+    ...documentKeys(parseYaml(exampleText), publishedSchema),
+    ...documentKeys(parseYaml(spireExampleText), publishedSchema),
+  ]);
   for (const key of schemaKeys(publishedSchema)) {
-    t.ok(shown.has(key), `the example sets ${key}`);
+    t.ok(shown.has(key), `an example sets ${key}`);
   }
 });
 
-t.test("the example config writes each default exactly as the schema publishes it", async (t) => {
-  const example = parseYaml(exampleText) as unknown;
+t.test("the example configs write each default exactly as the schema publishes it", async (t) => {
+  const examples = [parseYaml(exampleText) as unknown, parseYaml(spireExampleText) as unknown];
   for (const [key, value] of defaultsOf(publishedSchema)) {
-    const found = valuesAt(example, key.split("."));
-    t.ok(found.length > 0, `the example sets ${key}`);
+    const found = examples.flatMap((example) => valuesAt(example, key.split(".")));
+    t.ok(found.length > 0, `an example sets ${key}`);
     for (const each of found) t.same(each, value, `${key} shows its default`);
   }
 });
 
-t.test("the example config is valid against the published JSON Schema", async (t) => {
+t.test("the example configs are valid against the published JSON Schema", async (t) => {
   t.same(validate(publishedSchema, parseYaml(exampleText)), []);
+  t.same(validate(publishedSchema, parseYaml(spireExampleText)), []);
 });
 
 t.test("every default in the published JSON Schema is valid against its own field", async (t) => {
@@ -134,9 +148,11 @@ t.test("the published JSON Schema rejects bad values and missing keys as mtlsd d
   t.equal(duration.length, 1);
   t.match(duration, ["inbound.appTimeout: does not match"]);
   t.same(validate(publishedSchema, { ...example, identity: { trustDomain: "example.org" } }), [
-    "identity: missing required key cert",
-    "identity: missing required key key",
-    "identity: missing required key trustBundle",
+    "identity: matches 0 of the oneOf options",
+  ]);
+  const both = { ...example.identity, workloadApi: { socket: "unix:///run/spire/sockets/agent.sock" } };
+  t.same(validate(publishedSchema, { ...example, identity: both }), [
+    "identity: matches 2 of the oneOf options",
   ]);
 });
 

@@ -22,8 +22,10 @@ export interface PeerProbeOptions {
   port: number;
   chainPem: string;
   keyPem: string;
+  /** Every root we trust: ours and the federated domains'. */
   bundlePem: string;
-  trustDomain: string;
+  /** Our trust domain, then the federated ones. */
+  trustDomain: string | readonly string[];
   /** TCP connect plus handshake. */
   timeoutMs: number;
   /** How long to listen, after the handshake, for the peer refusing our certificate. Default 1 s. */
