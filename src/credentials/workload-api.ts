@@ -415,8 +415,8 @@ export class WorkloadApiSource implements CredentialSource {
     const { logger, settings } = this.#options;
     const fresh = this.#lastError?.message !== error.message;
     this.#lastError = error;
-    if (this.#store && (wasUp || fresh || permanent)) {
-      // Down while serving: keep the credentials we have, say so everywhere, and reconnect.
+    if (this.#store && (wasUp || permanent)) {
+      // Down while serving: keep the credentials we have, say so everywhere (counted once per outage), reconnect.
       this.#status = {
         at: new Date(),
         result: "failure",
@@ -436,6 +436,13 @@ export class WorkloadApiSource implements CredentialSource {
         permanent
           ? "Workload API stream refused; keeping the current credentials, not retrying"
           : "Workload API stream is down; keeping the current credentials and reconnecting",
+      );
+    } else if (this.#store && fresh && this.#status.result === "failure") {
+      // Still down, for another reason now (the socket went away, say): /status and the log show the latest.
+      this.#status = { ...this.#status, error: { code: error.code, message: error.message } };
+      logger.warn(
+        { socket: settings.socket, code: error.code, error: error.message },
+        "Workload API still unreachable",
       );
     } else if (!this.#store && fresh) {
       logger.warn(

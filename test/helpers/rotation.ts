@@ -213,7 +213,7 @@ export interface LoadSummary {
 export function startLoad(
   origin: string,
   options: { concurrency: number; host: string; path: string },
-): { total(): number; stop(): Promise<LoadSummary> } {
+): { total(): number; failures(): string[]; stop(): Promise<LoadSummary> } {
   const pool = new Pool(origin, { connections: options.concurrency, pipelining: 1 });
   let running = true;
   let total = 0;
@@ -243,6 +243,7 @@ export function startLoad(
   const loops = Array.from({ length: options.concurrency }, loop);
   return {
     total: () => total,
+    failures: () => [...failures],
     async stop() {
       running = false;
       await Promise.all(loops);
