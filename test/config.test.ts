@@ -643,3 +643,137 @@ function valuesAt(value: unknown, keys: string[]): unknown[] {
   const children = key === "*" ? Object.values(value) : [value[key!]];
   return children.flatMap((child) => valuesAt(child, rest));
 }
+
+/** The issue reported for `path`, from a config that must fail. */
+function issueAt(text: string, path: string, env: Record<string, string> = {}) {
+  let error: ConfigError | undefined;
+  try {
+    parseConfig(text, FILE, { env });
+  } catch (caught) {
+    if (!(caught instanceof ConfigError)) throw caught;
+    error = caught;
+  }
+  if (!error) throw new Error("the config was accepted");
+  const issue = error.issues.find((candidate) => candidate.path === path);
+  if (!issue) throw new Error(`no issue at ${path} in: ${error.message}`);
+  return issue;
+}
+
+const WORKLOAD_API = `identity:
+  workloadApi:
+    socket: unix:///run/spire/sockets/agent.sock
+  trustDomain: example.org
+inbound: {}
+`;
+
+t.test("identity.workloadApi with cert, key and trustBundle too is refused, naming both", async (t) => {
+  const issue = issueAt(
+    `identity:\n  workloadApi: {socket: "unix:///run/agent.sock"}\n  cert: tls.crt\n  key: tls.key\n  trustBundle: ca.crt\n  trustDomain: example.org\ninbound: {}\n`,
+    "identity.workloadApi",
+  );
+  t.match(
+    issue.expected,
+    "either identity.workloadApi or the files identity.cert, identity.key and identity.trustBundle",
+  );
+  t.match(issue.found, "both (identity.cert, identity.key, identity.trustBundle given too)");
+});
+
+t.test("an identity with neither files nor workloadApi says where an identity can come from", async (t) => {
+  const issue = issueAt("identity:\n  trustDomain: example.org\ninbound: {}\n", "identity");
+  t.match(
+    issue.expected,
+    "identity.cert, identity.key and identity.trustBundle (files), or identity.workloadApi",
+  );
+  t.equal(issue.found, "neither");
+});
+
+t.test("a Workload API socket of another scheme, or a tcp name instead of an IP, is refused", async (t) => {
+  for (const [socket, reason] of [
+    ["http://127.0.0.1:8081", 'the scheme must be "unix:" or "tcp:"'],
+    ["tcp://spire-agent:8081", "with an IP address (no name)"],
+    ["unix:agent.sock", "a unix socket needs an absolute path"],
+  ] as const) {
+    const issue = issueAt(
+      WORKLOAD_API.replace("unix:///run/spire/sockets/agent.sock", socket),
+      "identity.workloadApi.socket",
+    );
+    t.match(issue.found, reason, socket);
+  }
+});
+
+t.test("the Workload API socket comes from $SPIFFE_ENDPOINT_SOCKET when the file names none", async (t) => {
+  const text = WORKLOAD_API.replace(
+    "    socket: unix:///run/spire/sockets/agent.sock\n",
+    "    startupTimeout: 5s\n",
+  );
+  const { config } = parseConfig(text, FILE, { env: { SPIFFE_ENDPOINT_SOCKET: "tcp://127.0.0.1:8081" } });
+  t.equal(config.identity.workloadApi?.socket, "tcp://127.0.0.1:8081");
+  t.equal(config.identity.workloadApi?.startupTimeout, 5000);
+  t.match(issueAt(text, "identity.workloadApi.socket").found, "$SPIFFE_ENDPOINT_SOCKET is not set");
+  t.match(
+    issueAt(text, "identity.workloadApi.socket", { SPIFFE_ENDPOINT_SOCKET: "agent.sock" }).found,
+    '$SPIFFE_ENDPOINT_SOCKET is "agent.sock"',
+  );
+});
+
+t.test("identity.crl is refused beside the Workload API, which delivers CRLs itself", async (t) => {
+  const issue = issueAt(
+    WORKLOAD_API.replace("  trustDomain:", "  crl: crl.pem\n  trustDomain:"),
+    "identity.crl",
+  );
+  t.match(issue.expected, "the Workload API delivers the CRLs itself");
+});
+
+t.test(
+  "federated trust domains must be valid, other than ours, listed once, with a bundle source",
+  async (t) => {
+    const federation = (entries: string) => `${IDENTITY}  federation:\n${entries}inbound: {}\n`;
+    t.match(
+      issueAt(
+        federation("    - trustDomain: Partner.Example\n      trustBundle: p.crt\n"),
+        "identity.federation[0].trustDomain",
+      ).found,
+      "not a valid trust domain",
+    );
+    t.match(
+      issueAt(
+        federation("    - trustDomain: example.org\n      trustBundle: p.crt\n"),
+        "identity.federation[0].trustDomain",
+      ).expected,
+      "other than identity.trustDomain",
+    );
+    t.match(
+      issueAt(
+        federation(
+          "    - trustDomain: partner.example\n      trustBundle: p.crt\n    - trustDomain: partner.example\n      trustBundle: q.crt\n",
+        ),
+        "identity.federation[1].trustDomain",
+      ).found,
+      "already in identity.federation[0]",
+    );
+    t.match(
+      issueAt(federation("    - trustDomain: partner.example\n"), "identity.federation[0].trustBundle")
+        .expected,
+      "without identity.workloadApi there are no federated bundles to take",
+    );
+  },
+);
+
+t.test(
+  "a federated bundle path resolves against the config's directory, and federated IDs may be upstreams",
+  async (t) => {
+    const { config } = parseConfig(
+      `${IDENTITY}  federation:\n    - trustDomain: partner.example\n      trustBundle: partner-ca.crt\noutbound:\n  upstreams:\n    checkout: {address: "checkout.partner.example:15006", identity: "spiffe://partner.example/ns/shop/sa/checkout"}\n`,
+      FILE,
+    );
+    t.equal(config.identity.federation[0]?.trustBundle, "/etc/mtlsd/partner-ca.crt");
+    t.equal(config.outbound?.upstreams.checkout?.identity, "spiffe://partner.example/ns/shop/sa/checkout");
+    t.match(
+      issueAt(
+        `${IDENTITY}outbound:\n  upstreams:\n    checkout: {address: "c:1", identity: "spiffe://partner.example/x"}\n`,
+        "outbound.upstreams.checkout.identity",
+      ).expected,
+      "or in a trust domain of identity.federation",
+    );
+  },
+);
