@@ -102,3 +102,13 @@ t.test("check validates the SVID it is handed: a key that does not match is a pr
   t.equal(result.code, 1, result.stdout);
   t.match(result.stdout, /PROBLEM key mismatch: the private key of the X509-SVID/);
 });
+
+t.test("check gives up on a Workload API that sends nothing within --timeout", async (t) => {
+  const agent = await WorkloadApiServer.start(path.join(pki.dir, "silent-agent.sock"), { svids: [svid] });
+  t.teardown(() => agent.stop());
+  agent.silent = true;
+  const file = await writeConfig({ workloadApi: { socket: agent.socket } });
+  const result = await runCli(["check", "-c", file, "--timeout", "1s"]);
+  t.equal(result.code, 1, result.stdout);
+  t.match(result.stdout, `the Workload API at ${agent.socket} sent no X509-SVID within 1s`);
+});

@@ -1,5 +1,7 @@
 // The Workload API as identity source: a real gRPC server on a unix socket hands out SVIDs, pushes, dies, comes back.
+import { writeFile } from "node:fs/promises";
 import path from "node:path";
+import * as grpc from "@grpc/grpc-js";
 import t from "tap";
 import { request } from "undici";
 import { parseConfig } from "../src/config/index.ts";
@@ -264,4 +266,140 @@ t.test("SIGHUP with nothing but the Workload API says there is nothing to reload
   t.teardown(() => sidecar.stop());
   t.same(await sidecar.sidecar.reloadCredentials(), { result: "unchanged" });
   await waitForLog(sidecar.logs, (line) => /nothing to reload/.test(line.msg));
+});
+
+t.test("a server that refuses the request as invalid fails startup at once, not after retries", async (t) => {
+  const server = await WorkloadApiServer.start(socketPath(), { svids: [await svid("orders")] });
+  t.teardown(() => server.stop());
+  server.refuseWith = grpc.status.INVALID_ARGUMENT;
+  const started = Date.now();
+  const error = await startFails(server, { startupTimeout: "10s" });
+  t.equal(error?.code, "WORKLOAD_API_REFUSED");
+  t.match(error?.message, "InvalidArgument");
+  t.ok(Date.now() - started < 5000, "without waiting out the startup timeout");
+  t.equal(server.calls, 1, "and without retrying");
+});
+
+t.test("a stream the server ends is reopened; an InvalidArgument after that stops the retries", async (t) => {
+  const server = await WorkloadApiServer.start(socketPath(), { svids: [await svid("orders")] });
+  t.teardown(() => server.stop());
+  const sidecar = await ordersSidecar(server);
+  t.teardown(() => sidecar.stop());
+  server.endStreams();
+  const ended = await waitForLog(sidecar.logs, (line) => /stream is down/.test(line.msg));
+  t.match(ended.error, "ended the stream");
+  await waitForLog(sidecar.logs, (line) => line.msg === "Workload API stream is up again");
+
+  server.refuseWith = grpc.status.INVALID_ARGUMENT;
+  server.endStreams();
+  const refused = await waitForLog(
+    sidecar.logs,
+    (line) => line.msg === "Workload API stream refused; keeping the current credentials, not retrying",
+  );
+  t.equal(refused.code, "WORKLOAD_API_REFUSED");
+  const calls = server.calls;
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  t.equal(server.calls, calls, "no further calls");
+  t.equal((await call(sidecar.inboundPort)).status, 200, "still serving");
+});
+
+t.test("a message without an SVID, or with a bad federated bundle, is refused like a bad SVID", async (t) => {
+  const partner = await createTestPki("partner.example");
+  t.teardown(() => partner.cleanup());
+  const orders = await svid("orders");
+  const server = await WorkloadApiServer.start(socketPath(), { svids: [orders] });
+  t.teardown(() => server.stop());
+  const sidecar = await startSidecar(
+    pki,
+    unused,
+    {
+      identity: {
+        workloadApi: { socket: server.socket },
+        trustDomain: pki.trustDomain,
+        federation: [{ trustDomain: "partner.example" }],
+      },
+      inbound: { listen: "127.0.0.1:0", app: app.url },
+    },
+    { workloadApiBackoff: FAST },
+  );
+  t.teardown(() => sidecar.stop());
+  t.same(sidecar.sidecar.store.current.federation[0]?.roots, [], "no partner bundle delivered yet");
+
+  const refusals: [string, () => void, string][] = [
+    [
+      "no SVID",
+      () => server.pushMessage({ ...messageFor({ svids: [orders] }), svids: [] }),
+      "no X509-SVID in it",
+    ],
+    [
+      "a federated bundle that is not DER",
+      () =>
+        server.pushMessage({
+          ...messageFor({ svids: [orders] }),
+          federated_bundles: { "spiffe://partner.example": Buffer.from("not DER at all") },
+        }),
+      "not DER",
+    ],
+    [
+      "an empty federated bundle",
+      () =>
+        server.pushMessage({
+          ...messageFor({ svids: [orders] }),
+          federated_bundles: { "spiffe://partner.example": Buffer.alloc(0) },
+        }),
+      "is empty",
+    ],
+  ];
+  for (const [index, [what, push, detail]] of refusals.entries()) {
+    push();
+    await waitFor(what, async () => (await reloadCount(sidecar.sidecar, "failure")) === index + 1);
+    t.match(sidecar.sidecar.reloadStatus().error?.message, detail, `${what} is refused`);
+  }
+  server.push({ svids: [orders], federated: { "partner.example": partner.bundlePem } });
+  await waitFor("the partner bundle", () => sidecar.sidecar.store.current.federation[0]?.roots.length === 1);
+  t.match((await status(sidecar.adminUrl)).trustDomains, [
+    { trustDomain: pki.trustDomain },
+    { trustDomain: "partner.example", bundle: [{ subject: /partner\.example/ }] },
+  ]);
+});
+
+t.test("a federated bundle file beside the Workload API is re-read on SIGHUP and by the poll", async (t) => {
+  const partner = await createTestPki("partner.example");
+  t.teardown(() => partner.cleanup());
+  const bundle = path.join(partner.dir, "partner-ca.crt");
+  await writeFile(bundle, partner.bundlePem);
+  const server = await WorkloadApiServer.start(socketPath(), { svids: [await svid("orders")] });
+  t.teardown(() => server.stop());
+  const sidecar = await startSidecar(
+    pki,
+    unused,
+    {
+      identity: {
+        workloadApi: { socket: server.socket },
+        trustDomain: pki.trustDomain,
+        federation: [{ trustDomain: "partner.example", trustBundle: bundle }],
+        reload: { interval: "200ms" },
+      },
+      inbound: { listen: "127.0.0.1:0", app: app.url },
+    },
+    { workloadApiBackoff: FAST },
+  );
+  t.teardown(() => sidecar.stop());
+  t.same(await sidecar.sidecar.reloadCredentials(), { result: "unchanged" }, "nothing changed yet");
+  const next = await createTestPki("partner.example");
+  t.teardown(() => next.cleanup());
+  await writeFile(bundle, partner.bundlePem + next.bundlePem);
+  t.match(await sidecar.sidecar.reloadCredentials(), { result: "success" }, "SIGHUP picks up the new root");
+  t.equal(sidecar.sidecar.store.current.federation[0]?.roots.length, 2);
+  await writeFile(bundle, next.bundlePem);
+  await waitFor("the poll", () => sidecar.sidecar.store.current.federation[0]?.roots.length === 1);
+  t.pass("the polling backstop picks up the next change");
+});
+
+t.test("a tcp endpoint with nothing listening is named in the startup error", async (t) => {
+  for (const socket of ["tcp://127.0.0.1:1", "tcp://[::1]:1"]) {
+    const error = await startFails({ socket });
+    t.equal(error?.code, "WORKLOAD_API_UNAVAILABLE", socket);
+    t.match(error?.message, `the Workload API at ${socket} is unavailable`);
+  }
 });

@@ -30,6 +30,7 @@ const CONFIG_CODES = new Set([
   "CRL_EXPIRED",
   "CRL_INCOMPLETE",
   "CERT_REVOKED",
+  "FEDERATED_BUNDLE_INVALID",
 ]);
 
 export function exitCodeFor(error: unknown): number {

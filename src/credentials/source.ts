@@ -92,11 +92,6 @@ export class FileSource implements CredentialSource {
     this.#reloader?.close();
   }
 
-  /** Directories under watch (empty with `watch: false`). */
-  watchedDirectories(): string[] {
-    return this.#reloader?.watchedDirectories() ?? [];
-  }
-
   #opened(): CredentialReloader {
     if (!this.#reloader) throw new Error("FileSource used before open()");
     return this.#reloader;

@@ -345,11 +345,6 @@ export class WorkloadApiSource implements CredentialSource {
     return { ...this.#status };
   }
 
-  /** Whether the stream is up now. */
-  get connected(): boolean {
-    return this.#up;
-  }
-
   /**
    * SIGHUP: the API pushes every change of the SVID and bundles by itself, so only federated bundle files can
    * be re-read here.

@@ -65,6 +65,10 @@ export class WorkloadApiServer {
   calls = 0;
   /** Messages written to streams. */
   sent = 0;
+  /** Answer every call with this status instead (InvalidArgument, say), when set. */
+  refuseWith: grpc.status | undefined;
+  /** Accept calls and send nothing, like an agent stuck attesting. */
+  silent = false;
   #message: X509SvidResponse | undefined;
   #server: grpc.Server | undefined;
   readonly #streams = new Set<Stream>();
@@ -99,6 +103,12 @@ export class WorkloadApiServer {
       stream.write(message);
       this.sent++;
     }
+  }
+
+  /** Ends every open stream cleanly (status OK), as an agent shutting down gracefully does. */
+  endStreams(): void {
+    for (const stream of this.#streams) stream.end();
+    this.#streams.clear();
   }
 
   /** Dies: every stream cut, the socket gone, as when the agent is killed. */
@@ -140,6 +150,15 @@ export class WorkloadApiServer {
         code: grpc.status.INVALID_ARGUMENT,
         details: "security header missing from request",
       });
+      return;
+    }
+    if (this.refuseWith !== undefined) {
+      stream.emit("error", { code: this.refuseWith, details: "refused by the test server" });
+      return;
+    }
+    if (this.silent) {
+      this.#streams.add(stream);
+      stream.on("cancelled", () => this.#streams.delete(stream));
       return;
     }
     if (!this.#message) {
