@@ -197,7 +197,7 @@ export class Sidecar {
         level: config.log.level,
         ...(options.logStream ? { stream: options.logStream } : {}),
       });
-      // Reload results are counted from the first one on; the metrics exist once the sidecar does.
+      // The counter exists once the sidecar does: what happens during the startup wait is in the log instead.
       const source = credentialSource(loaded, logger, options, (result) =>
         sidecar?.metrics.credentialReloads.inc({ result }),
       );
