@@ -5,8 +5,10 @@ import https from "node:https";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import t from "tap";
+import { stringify } from "yaml";
 import { loadCredentials } from "../src/credentials/index.ts";
 import { startApp } from "./helpers/app.ts";
+import { runCli } from "./helpers/cli.ts";
 import {
   appRequest,
   echoed,
@@ -279,4 +281,51 @@ t.test("a bad federated bundle at reload is refused and the old one kept", async
     return result.response?.status === 200;
   });
   t.pass("partner peers are still let in with the old bundle");
+});
+
+t.test("mtlsd check --peer verifies a partner's sidecar against the partner's bundle", async (t) => {
+  const partnerSidecar = await startSidecar(partner, checkout, {
+    identity: {
+      cert: checkout.certPath,
+      key: checkout.keyPath,
+      trustBundle: partner.bundlePath,
+      trustDomain: "partner.example",
+      federation: [{ trustDomain: "example.org", trustBundle: pki.bundlePath }],
+    },
+    inbound: { listen: "127.0.0.1:0", app: app.url, policy: { rules: [] } },
+  });
+  t.teardown(() => partnerSidecar.stop());
+  const file = path.join(pki.dir, "check-partner.yaml");
+  await writeFile(
+    file,
+    stringify({
+      identity: federated(frontend),
+      outbound: {
+        upstreams: { checkout: { address: inboundAddress(partnerSidecar), identity: CHECKOUT } },
+      },
+    }),
+  );
+  const result = await runCli(["check", "-c", file, "--peer", inboundAddress(partnerSidecar)]);
+  t.equal(result.code, 0, result.stdout + result.stderr);
+  t.match(result.stdout, /verification +ok: the chain leads to a root in the bundle of partner\.example/);
+  t.match(result.stdout, /X509-SVID +valid, in the federated trust domain partner\.example/);
+  t.match(result.stdout, `upstream "checkout" expects ${CHECKOUT}: it matches`);
+  t.match(result.stdout, /- partner\.example \(federated\): 1 root/);
+});
+
+t.test("mtlsd check --peer names a server whose ID and CA are of different trust domains", async (t) => {
+  const forged = await pki.identity("forged-checked", { spiffeId: CHECKOUT });
+  const impostor = https.createServer(
+    { cert: forged.chainPem, key: forged.keyPem, ca: pki.bundlePem, requestCert: true },
+    (_req, res) => res.end("served by an impostor"),
+  );
+  await new Promise<void>((resolve) => impostor.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => new Promise<void>((resolve) => impostor.close(() => resolve())));
+  const file = path.join(pki.dir, "check-impostor.yaml");
+  await writeFile(file, stringify({ identity: federated(frontend), inbound: { listen: "127.0.0.1:0" } }));
+  const address = `127.0.0.1:${(impostor.address() as AddressInfo).port}`;
+  const result = await runCli(["check", "-c", file, "--peer", address]);
+  t.equal(result.code, 1, result.stdout + result.stderr);
+  t.match(result.stdout, /verification +FAILED: wrong trust domain/);
+  t.match(result.stdout, "chains to the bundle of trust domain example.org");
 });

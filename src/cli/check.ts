@@ -475,6 +475,8 @@ function peerVerifyProblem(probe: PeerProbe, ourRoots: CertFacts[], now: Date): 
     }
     case "revoked":
       return { kind: "revoked", detail: `${peer}: ${failure.detail}` };
+    case "wrong_trust_domain":
+      return { kind: "wrong trust domain", detail: `${peer}: ${failure.detail}` };
     default:
       return { kind: "bad SVID", detail: `${peer}: ${failure.detail}` };
   }
@@ -510,6 +512,17 @@ async function checkPeer(
     keyPem: material.keyPem,
     bundlePem: [material.bundlePem, ...Object.values(material.federated ?? {})].join("\n"),
     trustDomain: [identity.trustDomain, ...identity.federation.map((entry) => entry.trustDomain)],
+    trust: {
+      current: {
+        trustDomain: identity.trustDomain,
+        bundlePem: material.bundlePem,
+        bundleSha256: "as read by check",
+        federation: identity.federation.map(({ trustDomain }) => ({
+          trustDomain,
+          pem: material.federated?.[trustDomain] ?? "",
+        })),
+      },
+    },
     timeoutMs: question.timeoutMs,
   });
   if (probe.connectFailure) {
@@ -527,11 +540,16 @@ async function checkPeer(
   const ourRoots = chainOf(material.bundlePem, "our trust bundle") ?? [];
   const verify = peerVerifyProblem(probe, ourRoots, now);
   if (verify) report.problem(verify);
+  const peerDomain = probe.svid?.spiffeId ? new URL(probe.svid.spiffeId).host : undefined;
   fields.push([
     "verification",
     verify
       ? style.bad(`FAILED: ${verify.kind}`)
-      : style.good("ok: the chain leads to a root in our trust bundle"),
+      : style.good(
+          peerDomain && peerDomain !== identity.trustDomain
+            ? `ok: the chain leads to a root in the bundle of ${peerDomain}`
+            : "ok: the chain leads to a root in our trust bundle",
+        ),
   ]);
   const leaf = probe.chain[0];
   const svid = probe.svid;
@@ -539,7 +557,14 @@ async function checkPeer(
   fields.push(["SPIFFE ID", peerId ?? style.bad("none")]);
   if (svid) {
     if (svid.problems.length === 0)
-      fields.push(["X509-SVID", style.good(`valid, in our trust domain ${identity.trustDomain}`)]);
+      fields.push([
+        "X509-SVID",
+        style.good(
+          peerId?.startsWith(`spiffe://${identity.trustDomain}/`) === false
+            ? `valid, in the federated trust domain ${new URL(peerId).host}`
+            : `valid, in our trust domain ${identity.trustDomain}`,
+        ),
+      ]);
     else {
       fields.push([
         "X509-SVID",
