@@ -7,6 +7,7 @@ import { request } from "undici";
 import { parseConfig } from "../src/config/index.ts";
 import { Sidecar } from "../src/sidecar.ts";
 import { startApp } from "./helpers/app.ts";
+import { spawnCli, waitForExit } from "./helpers/cli.ts";
 import { mtlsClient } from "./helpers/clients.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import { reloadCount, waitFor } from "./helpers/rotation.ts";
@@ -402,4 +403,32 @@ t.test("a tcp endpoint with nothing listening is named in the startup error", as
     t.equal(error?.code, "WORKLOAD_API_UNAVAILABLE", socket);
     t.match(error?.message, `the Workload API at ${socket} is unavailable`);
   }
+});
+
+t.test("SIGTERM while mtlsd waits for its first SVID ends it at once", async (t) => {
+  const server = await WorkloadApiServer.start(socketPath());
+  t.teardown(() => server.stop());
+  const file = path.join(pki.dir, "waiting-run.yaml");
+  await writeFile(
+    file,
+    JSON.stringify({
+      identity: {
+        workloadApi: { socket: server.socket, startupTimeout: "1m" },
+        trustDomain: pki.trustDomain,
+      },
+      inbound: { listen: "127.0.0.1:0", app: app.url },
+      admin: { listen: "127.0.0.1:0" },
+    }),
+  );
+  const child = spawnCli(["run", "-c", file]);
+  let stderr = "";
+  child.stderr!.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+  });
+  await waitFor("the wait to begin", () => child.output().includes("waiting for the Workload API"));
+  const signalled = Date.now();
+  child.kill("SIGTERM");
+  t.equal(await waitForExit(child, "mtlsd run", 5000), 0, "exits 0: nothing was serving yet");
+  t.ok(Date.now() - signalled < 4000, "without waiting out the startup timeout");
+  t.match(stderr, "SIGTERM while starting: stopped before serving");
 });
