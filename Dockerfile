@@ -27,6 +27,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 COPY --from=build /src/dist ./dist
 COPY config ./config
+# The Workload API client's protocol definition, read at run time (dist/credentials/ → ../../proto).
+COPY proto ./proto
 COPY deploy/docker/healthcheck.mjs ./healthcheck.mjs
 # Everything above is owned by root and read-only to mtlsd. mtlsd writes nothing but stdout, so the image
 # runs with a read-only root file system (docker run --read-only, readOnlyRootFilesystem: true).

@@ -5,13 +5,16 @@ import { performance } from "node:perf_hooks";
 import type { DestinationStream } from "pino";
 import type { LoadedConfig } from "./config/index.ts";
 import {
-  CredentialReloader,
-  CredentialStore,
+  type BackoffTiming,
+  type CredentialSource,
+  type CredentialStore,
   ExpiryMonitor,
-  loadCredentials,
+  FileSource,
   RELOAD_TIMING,
   type ReloadOutcome,
+  type ReloadResult,
   type ReloadStatus,
+  WorkloadApiSource,
 } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { DenyList } from "./identity/index.ts";
@@ -48,6 +51,8 @@ export interface SidecarOptions {
   watchConfig?: boolean;
   /** The clock the certificate expiry warnings and override expiries read; tests move it. */
   now?: () => Date;
+  /** How fast a lost Workload API stream is retried; tests shorten it. */
+  workloadApiBackoff?: Partial<BackoffTiming>;
 }
 
 export interface SidecarAddresses {
@@ -69,7 +74,8 @@ export class Sidecar {
   readonly #outbound: OutboundListener | undefined;
   readonly #admin: AdminServer;
   readonly #policyReloader: PolicyReloader | undefined;
-  readonly #reloader: CredentialReloader;
+  /** Where the credentials come from (files or the Workload API); it offers every new version to the store. */
+  readonly #source: CredentialSource;
   readonly #expiry: ExpiryMonitor;
   readonly #signals: EventEmitter | undefined;
   #outboundAddresses: Record<string, AddressInfo> = {};
@@ -83,27 +89,21 @@ export class Sidecar {
     store: CredentialStore,
     policy: Policy | undefined,
     options: SidecarOptions,
+    source: CredentialSource,
+    startingAdmin: AdminServer | undefined,
   ) {
     this.loaded = loaded;
     this.logger = logger;
     this.store = store;
+    this.#source = source;
     const { config } = loaded;
     const { reload } = config.identity;
-    this.#reloader = new CredentialReloader({
-      files: config.identity,
-      trustDomain: config.identity.trustDomain,
-      store,
-      logger,
-      watch: reload.watch,
-      intervalMs: reload.interval,
-      onResult: (result) => this.metrics.credentialReloads.inc({ result }),
-    });
     this.#expiry = new ExpiryMonitor({
       store,
       logger,
       intervalMs: reload.interval,
       ...(options.now ? { now: options.now } : {}),
-      lastReload: () => this.#reloader.status(),
+      lastReload: () => this.#source.status(),
     });
     this.#signals = options.signals;
     this.metrics = new Metrics(
@@ -152,21 +152,28 @@ export class Sidecar {
       app: config.inbound ? appAddress(config.inbound.app) : undefined,
       ...(options.now ? { now: options.now } : {}),
     });
-    this.#admin = new AdminServer({
-      listen: config.admin.listen,
-      serverOptions: httpLimits(config.limits),
-      maxConnections: config.limits.maxConnections,
+    const served = {
       metrics: this.metrics,
       readiness,
       draining: () => this.draining,
       status: {
         credentials: () => this.store.current,
+        source: () => this.#source.kind,
         // Read at request time: the policy in force after any reload, the last credential reload's outcome.
         policy: () => this.policy,
-        reload: () => this.#reloader.status(),
+        reload: () => this.#source.status(),
         upstreams: () => this.upstreamStats(),
       },
-    });
+    };
+    // The admin listener that answered during the startup wait keeps its port and now serves the sidecar.
+    this.#admin =
+      startingAdmin?.serve(served) ??
+      new AdminServer({
+        listen: config.admin.listen,
+        serverOptions: httpLimits(config.limits),
+        maxConnections: config.limits.maxConnections,
+        ...served,
+      });
   }
 
   /**
@@ -181,19 +188,29 @@ export class Sidecar {
       heldSighup = true;
     };
     options.signals?.on("SIGHUP", hold);
-    let sidecar: Sidecar;
+    let sidecar: Sidecar | undefined;
     try {
       const { config } = loaded;
       const now = options.now ? millisecondsOf(options.now) : undefined;
       const policy = config.inbound ? compileConfigPolicy(loaded, now) : undefined;
-      const credentials = await loadCredentials(config.identity, {
-        trustDomain: config.identity.trustDomain,
-      });
       const logger = createLogger({
         level: config.log.level,
         ...(options.logStream ? { stream: options.logStream } : {}),
       });
-      sidecar = new Sidecar(loaded, logger, new CredentialStore(credentials), policy, options);
+      // The counter exists once the sidecar does: what happens during the startup wait is in the log instead.
+      const source = credentialSource(loaded, logger, options, (result) =>
+        sidecar?.metrics.credentialReloads.inc({ result }),
+      );
+      const startingAdmin = await startingAdminFor(loaded, source, logger);
+      let store: CredentialStore;
+      try {
+        store = await source.open();
+      } catch (error) {
+        source.close();
+        await startingAdmin?.close();
+        throw error;
+      }
+      sidecar = new Sidecar(loaded, logger, store, policy, options, source, startingAdmin);
       try {
         await sidecar.#listen(options.watchConfig === true);
       } catch (error) {
@@ -203,9 +220,10 @@ export class Sidecar {
     } finally {
       options.signals?.off("SIGHUP", hold);
     }
-    options.signals?.on("SIGHUP", sidecar.#onSighup);
-    if (heldSighup) sidecar.#onSighup();
-    return sidecar;
+    const running = sidecar;
+    options.signals?.on("SIGHUP", running.#onSighup);
+    if (heldSighup) running.#onSighup();
+    return running;
   }
 
   /** The policy requests are decided by now; undefined without an inbound section. */
@@ -264,12 +282,12 @@ export class Sidecar {
 
   /** The last credential reload that did something (startup counts), for /status. */
   reloadStatus(): ReloadStatus {
-    return this.#reloader.status();
+    return this.#source.status();
   }
 
   /** Re-reads the credential files now, as SIGHUP does; resolves once the new version is in use or refused. */
   reloadCredentials(): Promise<ReloadOutcome> {
-    return this.#reloader.reload("request");
+    return this.#source.reload("request");
   }
 
   /** SIGHUP, as nginx and ghostunnel treat it: re-read everything that can change without a restart. */
@@ -283,7 +301,7 @@ export class Sidecar {
       { signal: "SIGHUP" },
       this.#policyReloader ? "reloading credentials and policy" : "reloading credentials",
     );
-    void this.#reloader.reload("signal");
+    void this.#source.reload("signal");
     this.#policyReloader?.reload("signal");
   };
 
@@ -300,7 +318,9 @@ export class Sidecar {
           `${address.address}:${address.port}`;
       }
     }
-    const admin = await listenOrExplain("admin.listen", () => this.#admin.listen());
+    const admin = this.#admin.listening
+      ? this.#admin.address()!
+      : await listenOrExplain("admin.listen", () => this.#admin.listen());
     addresses.admin = `${admin.address}:${admin.port}`;
     // Before "mtlsd started": whoever waits for that line may change the config file right after it.
     this.#policyReloader?.start();
@@ -316,6 +336,10 @@ export class Sidecar {
       {
         identity: credentials.spiffeId,
         trust_domain: credentials.trustDomain,
+        source: this.#source.kind,
+        ...(credentials.federation.length > 0
+          ? { federation: credentials.federation.map((bundle) => bundle.trustDomain) }
+          : {}),
         cert_not_after: credentials.leaf.notAfter.toISOString(),
         listeners: addresses,
         // Permissive serves plaintext: the one line every operator reads at startup should say so.
@@ -325,7 +349,7 @@ export class Sidecar {
       },
       "mtlsd started",
     );
-    this.#reloader.start();
+    this.#source.start();
     this.#expiry.start();
   }
 
@@ -352,7 +376,7 @@ export class Sidecar {
     // Nothing is reloaded during a drain: the watchers, the polling and expiry timers stop now, so none of
     // them keeps the process alive once the drain is over.
     this.#policyReloader?.close();
-    this.#reloader.close();
+    this.#source.close();
     this.#expiry.close();
     if (drainTimeoutMs > 0) {
       this.logger.info(
@@ -379,6 +403,73 @@ export class Sidecar {
     this.logger.info(summary, "mtlsd stopped");
     this.logger.flush();
   }
+}
+
+/** The files of `identity`, or the Workload API of `identity.workloadApi`; validation lives in the store. */
+function credentialSource(
+  loaded: LoadedConfig,
+  logger: Logger,
+  options: SidecarOptions,
+  onResult: (result: ReloadResult) => void,
+): CredentialSource {
+  const { identity } = loaded.config;
+  const trust = {
+    trustDomain: identity.trustDomain,
+    federation: identity.federation.map((entry) => entry.trustDomain),
+  };
+  if (identity.workloadApi) {
+    return new WorkloadApiSource({
+      trust,
+      logger,
+      onResult,
+      settings: {
+        // The config loader filled it in from $SPIFFE_ENDPOINT_SOCKET when the file left it out.
+        socket: identity.workloadApi.socket!,
+        spiffeId: identity.workloadApi.spiffeId,
+        startupTimeoutMs: identity.workloadApi.startupTimeout,
+      },
+      federation: identity.federation,
+      intervalMs: identity.reload.interval,
+      ...(options.workloadApiBackoff ? { backoff: options.workloadApiBackoff } : {}),
+    });
+  }
+  return new FileSource({
+    trust,
+    logger,
+    onResult,
+    // The config loader made sure all three are given when workloadApi is not.
+    files: {
+      cert: identity.cert!,
+      key: identity.key!,
+      trustBundle: identity.trustBundle!,
+      crl: identity.crl,
+      federation: identity.federation,
+    },
+    watch: identity.reload.watch,
+    intervalMs: identity.reload.interval,
+  });
+}
+
+/** For the Workload API's startup wait: the admin listener answers at once, /readyz 503 until an SVID is in. */
+async function startingAdminFor(
+  loaded: LoadedConfig,
+  source: CredentialSource,
+  logger: Logger,
+): Promise<AdminServer | undefined> {
+  const { config } = loaded;
+  if (source.kind !== "workload_api") return undefined;
+  const admin = AdminServer.starting({
+    listen: config.admin.listen,
+    serverOptions: httpLimits(config.limits),
+    maxConnections: config.limits.maxConnections,
+    waitingFor: `waiting for the first X509-SVID from the Workload API (${config.identity.workloadApi!.socket})`,
+  });
+  const address = await listenOrExplain("admin.listen", () => admin.listen());
+  logger.info(
+    { admin: `${address.address}:${address.port}` },
+    "admin listener up; /readyz answers 503 until the first X509-SVID is in",
+  );
+  return admin;
 }
 
 /** Where readiness probes the app: host and port of `inbound.app` (http:// only, so port 80 by default). */

@@ -145,8 +145,10 @@ t.test(
       "identity",
       "policy",
       "reload",
+      "source",
       "trustBundle",
       "trustDomain",
+      "trustDomains",
       "upstreams",
     ]);
     const leaf = new X509Certificate(orders.chainPem);
@@ -164,6 +166,12 @@ t.test(
         sha256: createHash("sha256").update(root.raw).digest("hex"),
       },
     ]);
+    t.equal(status.source, "files", "the identity comes from files");
+    t.same(
+      status.trustDomains,
+      [{ trustDomain: "example.org", bundle: status.trustBundle }],
+      "one trust domain, ours, with the same bundle",
+    );
     t.equal(status.policy.rules, 2, "dry-run rules count as rules");
     t.match(status.policy.sha256, /^[0-9a-f]{64}$/);
     t.equal(status.policy.sha256, new Policy(sidecar.sidecar.loaded.config.inbound!.policy).sha256);

@@ -12,6 +12,9 @@ const SCHEMA_PATH = path.join(CONFIG_DIR, "mtlsd.schema.json");
 const FILE = "/etc/mtlsd/mtlsd.yaml";
 
 const exampleText = await readFile(EXAMPLE_PATH, "utf8");
+// The identity from a SPIRE agent instead of files: the keys the main example cannot set beside cert/key/bundle.
+const SPIRE_EXAMPLE_PATH = path.join(CONFIG_DIR, "mtlsd.spire.example.yaml");
+const spireExampleText = await readFile(SPIRE_EXAMPLE_PATH, "utf8");
 const publishedSchema = JSON.parse(await readFile(SCHEMA_PATH, "utf8")) as JsonSchema;
 
 /** The smallest valid config; cases append to it, so its line count is what their line numbers build on. */
@@ -83,24 +86,35 @@ t.test("the example config loads and points editors at the schema", async (t) =>
   t.doesNotThrow(() => new Policy(config.inbound!.policy), "its policy compiles as the sidecar would");
 });
 
-t.test("the example config shows every key the schema knows", async (t) => {
-  const shown = documentKeys(parseYaml(exampleText), publishedSchema);
+t.test("the SPIRE example config loads, with its identity from the Workload API", async (t) => {
+  t.ok(spireExampleText.startsWith("# yaml-language-server: $schema=./mtlsd.schema.json\n"));
+  const { config } = parseConfig(spireExampleText, SPIRE_EXAMPLE_PATH, { env: {} });
+  t.equal(config.identity.workloadApi?.socket, "unix:///run/spire/sockets/agent.sock");
+  t.equal(config.identity.cert, undefined);
+});
+
+t.test("the example configs together show every key the schema knows", async (t) => {
+  const shown = new Set([
+    ...documentKeys(parseYaml(exampleText), publishedSchema),
+    ...documentKeys(parseYaml(spireExampleText), publishedSchema),
+  ]);
   for (const key of schemaKeys(publishedSchema)) {
-    t.ok(shown.has(key), `the example sets ${key}`);
+    t.ok(shown.has(key), `an example sets ${key}`);
   }
 });
 
-t.test("the example config writes each default exactly as the schema publishes it", async (t) => {
-  const example = parseYaml(exampleText) as unknown;
+t.test("the example configs write each default exactly as the schema publishes it", async (t) => {
+  const examples = [parseYaml(exampleText) as unknown, parseYaml(spireExampleText) as unknown];
   for (const [key, value] of defaultsOf(publishedSchema)) {
-    const found = valuesAt(example, key.split("."));
-    t.ok(found.length > 0, `the example sets ${key}`);
+    const found = examples.flatMap((example) => valuesAt(example, key.split(".")));
+    t.ok(found.length > 0, `an example sets ${key}`);
     for (const each of found) t.same(each, value, `${key} shows its default`);
   }
 });
 
-t.test("the example config is valid against the published JSON Schema", async (t) => {
+t.test("the example configs are valid against the published JSON Schema", async (t) => {
   t.same(validate(publishedSchema, parseYaml(exampleText)), []);
+  t.same(validate(publishedSchema, parseYaml(spireExampleText)), []);
 });
 
 t.test("every default in the published JSON Schema is valid against its own field", async (t) => {
@@ -134,9 +148,11 @@ t.test("the published JSON Schema rejects bad values and missing keys as mtlsd d
   t.equal(duration.length, 1);
   t.match(duration, ["inbound.appTimeout: does not match"]);
   t.same(validate(publishedSchema, { ...example, identity: { trustDomain: "example.org" } }), [
-    "identity: missing required key cert",
-    "identity: missing required key key",
-    "identity: missing required key trustBundle",
+    "identity: matches 0 of the oneOf options",
+  ]);
+  const both = { ...example.identity, workloadApi: { socket: "unix:///run/spire/sockets/agent.sock" } };
+  t.same(validate(publishedSchema, { ...example, identity: both }), [
+    "identity: matches 2 of the oneOf options",
   ]);
 });
 
@@ -631,3 +647,137 @@ function valuesAt(value: unknown, keys: string[]): unknown[] {
   const children = key === "*" ? Object.values(value) : [value[key!]];
   return children.flatMap((child) => valuesAt(child, rest));
 }
+
+/** The issue reported for `path`, from a config that must fail. */
+function issueAt(text: string, path: string, env: Record<string, string> = {}) {
+  let error: ConfigError | undefined;
+  try {
+    parseConfig(text, FILE, { env });
+  } catch (caught) {
+    if (!(caught instanceof ConfigError)) throw caught;
+    error = caught;
+  }
+  if (!error) throw new Error("the config was accepted");
+  const issue = error.issues.find((candidate) => candidate.path === path);
+  if (!issue) throw new Error(`no issue at ${path} in: ${error.message}`);
+  return issue;
+}
+
+const WORKLOAD_API = `identity:
+  workloadApi:
+    socket: unix:///run/spire/sockets/agent.sock
+  trustDomain: example.org
+inbound: {}
+`;
+
+t.test("identity.workloadApi with cert, key and trustBundle too is refused, naming both", async (t) => {
+  const issue = issueAt(
+    `identity:\n  workloadApi: {socket: "unix:///run/agent.sock"}\n  cert: tls.crt\n  key: tls.key\n  trustBundle: ca.crt\n  trustDomain: example.org\ninbound: {}\n`,
+    "identity.workloadApi",
+  );
+  t.match(
+    issue.expected,
+    "either identity.workloadApi or the files identity.cert, identity.key and identity.trustBundle",
+  );
+  t.match(issue.found, "both (identity.cert, identity.key, identity.trustBundle given too)");
+});
+
+t.test("an identity with neither files nor workloadApi says where an identity can come from", async (t) => {
+  const issue = issueAt("identity:\n  trustDomain: example.org\ninbound: {}\n", "identity");
+  t.match(
+    issue.expected,
+    "identity.cert, identity.key and identity.trustBundle (files), or identity.workloadApi",
+  );
+  t.equal(issue.found, "neither");
+});
+
+t.test("a Workload API socket of another scheme, or a tcp name instead of an IP, is refused", async (t) => {
+  for (const [socket, reason] of [
+    ["http://127.0.0.1:8081", 'the scheme must be "unix:" or "tcp:"'],
+    ["tcp://spire-agent:8081", "with an IP address (no name)"],
+    ["unix:agent.sock", "a unix socket needs an absolute path"],
+  ] as const) {
+    const issue = issueAt(
+      WORKLOAD_API.replace("unix:///run/spire/sockets/agent.sock", socket),
+      "identity.workloadApi.socket",
+    );
+    t.match(issue.found, reason, socket);
+  }
+});
+
+t.test("the Workload API socket comes from $SPIFFE_ENDPOINT_SOCKET when the file names none", async (t) => {
+  const text = WORKLOAD_API.replace(
+    "    socket: unix:///run/spire/sockets/agent.sock\n",
+    "    startupTimeout: 5s\n",
+  );
+  const { config } = parseConfig(text, FILE, { env: { SPIFFE_ENDPOINT_SOCKET: "tcp://127.0.0.1:8081" } });
+  t.equal(config.identity.workloadApi?.socket, "tcp://127.0.0.1:8081");
+  t.equal(config.identity.workloadApi?.startupTimeout, 5000);
+  t.match(issueAt(text, "identity.workloadApi.socket").found, "$SPIFFE_ENDPOINT_SOCKET is not set");
+  t.match(
+    issueAt(text, "identity.workloadApi.socket", { SPIFFE_ENDPOINT_SOCKET: "agent.sock" }).found,
+    '$SPIFFE_ENDPOINT_SOCKET is "agent.sock"',
+  );
+});
+
+t.test("identity.crl is refused beside the Workload API, which delivers CRLs itself", async (t) => {
+  const issue = issueAt(
+    WORKLOAD_API.replace("  trustDomain:", "  crl: crl.pem\n  trustDomain:"),
+    "identity.crl",
+  );
+  t.match(issue.expected, "the Workload API delivers the CRLs itself");
+});
+
+t.test(
+  "federated trust domains must be valid, other than ours, listed once, with a bundle source",
+  async (t) => {
+    const federation = (entries: string) => `${IDENTITY}  federation:\n${entries}inbound: {}\n`;
+    t.match(
+      issueAt(
+        federation("    - trustDomain: Partner.Example\n      trustBundle: p.crt\n"),
+        "identity.federation[0].trustDomain",
+      ).found,
+      "not a valid trust domain",
+    );
+    t.match(
+      issueAt(
+        federation("    - trustDomain: example.org\n      trustBundle: p.crt\n"),
+        "identity.federation[0].trustDomain",
+      ).expected,
+      "other than identity.trustDomain",
+    );
+    t.match(
+      issueAt(
+        federation(
+          "    - trustDomain: partner.example\n      trustBundle: p.crt\n    - trustDomain: partner.example\n      trustBundle: q.crt\n",
+        ),
+        "identity.federation[1].trustDomain",
+      ).found,
+      "already in identity.federation[0]",
+    );
+    t.match(
+      issueAt(federation("    - trustDomain: partner.example\n"), "identity.federation[0].trustBundle")
+        .expected,
+      "without identity.workloadApi there are no federated bundles to take",
+    );
+  },
+);
+
+t.test(
+  "a federated bundle path resolves against the config's directory, and federated IDs may be upstreams",
+  async (t) => {
+    const { config } = parseConfig(
+      `${IDENTITY}  federation:\n    - trustDomain: partner.example\n      trustBundle: partner-ca.crt\noutbound:\n  upstreams:\n    checkout: {address: "checkout.partner.example:15006", identity: "spiffe://partner.example/ns/shop/sa/checkout"}\n`,
+      FILE,
+    );
+    t.equal(config.identity.federation[0]?.trustBundle, "/etc/mtlsd/partner-ca.crt");
+    t.equal(config.outbound?.upstreams.checkout?.identity, "spiffe://partner.example/ns/shop/sa/checkout");
+    t.match(
+      issueAt(
+        `${IDENTITY}outbound:\n  upstreams:\n    checkout: {address: "c:1", identity: "spiffe://partner.example/x"}\n`,
+        "outbound.upstreams.checkout.identity",
+      ).expected,
+      "or in a trust domain of identity.federation",
+    );
+  },
+);

@@ -155,6 +155,15 @@ t.test("the HEALTHCHECK asks /healthz with the script shipped in the image", asy
   );
 });
 
+t.test("the runtime stage ships the Workload API proto where the built client reads it", async (t) => {
+  const copy = all(runtime, "COPY").find((each) => each.words[0] === "proto");
+  t.ok(copy, "proto/ is copied in");
+  // dist/credentials/workload-api.js reads ../../proto/workload.proto, as src/credentials/ does.
+  t.equal(path.posix.resolve(workdirAt(runtime, copy!), copy!.words[1]!), "/app/proto");
+  t.ok(existsSync(path.join(REPO, "proto/workload.proto")));
+  t.ok((pkg as { files?: string[] }).files?.includes("proto"), "and the npm package includes it");
+});
+
 t.test("every file the Dockerfile copies from the context exists and passes .dockerignore", async (t) => {
   const sources = dockerfile.stages.flatMap((stage) =>
     all(stage, "COPY")

@@ -206,7 +206,7 @@ t.test("the credentials are mounted read-only where the config reads them", asyn
       const { pod, mtlsd, config } = workload(resources, name);
       const identity = config.loaded.config.identity;
       const dirs = new Set(
-        [identity.cert, identity.key, identity.trustBundle].map((file) => path.dirname(file)),
+        [identity.cert!, identity.key!, identity.trustBundle!].map((file) => path.dirname(file)),
       );
       t.equal(dirs.size, 1, `${variant}/${name}: one directory holds the SVID and the bundle`);
       const [dir] = dirs;
@@ -214,7 +214,7 @@ t.test("the credentials are mounted read-only where the config reads them", asyn
       t.ok(mount, `${variant}/${name}: a volume is mounted at ${dir}`);
       t.equal(mount?.readOnly, true, `${variant}/${name}: read-only`);
       t.same(
-        [identity.cert, identity.key, identity.trustBundle].map((file) => path.basename(file)),
+        [identity.cert!, identity.key!, identity.trustBundle!].map((file) => path.basename(file)),
         ["tls.crt", "tls.key", "ca.crt"],
         `${variant}/${name}: the file names cert-manager writes`,
       );

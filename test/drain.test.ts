@@ -6,13 +6,13 @@ import net from "node:net";
 import path from "node:path";
 import t from "tap";
 import { stringify } from "yaml";
-import { loadCredentials } from "../src/credentials/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { type GateApp, startGateApp } from "./helpers/gate-app.ts";
 import { inboundAddress, startCaller, startUpstream } from "./helpers/outbound.ts";
 import { createTestPki, identityConfig } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
 import { type ClientTls, plainConnection, RawConnection, rawGet } from "./helpers/raw-http.ts";
+import { installFiles } from "./helpers/rotation.ts";
 import { startSidecar } from "./helpers/sidecar.ts";
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -303,12 +303,11 @@ t.test(
     await gate.arrived();
     // The rotation retires the pool that carries the request; the new pool has no connection yet.
     const next = await pki.identity("frontend-drain-next", { spiffeId: frontend.spiffeId });
-    caller.sidecar.store.replace(
-      await loadCredentials(
-        { cert: next.certPath, key: next.keyPath, trustBundle: pki.bundlePath },
-        { trustDomain: pki.trustDomain },
-      ),
-    );
+    await installFiles(caller.sidecar.store, {
+      cert: next.certPath,
+      key: next.keyPath,
+      trustBundle: pki.bundlePath,
+    });
     t.match(caller.sidecar.upstreamStats().orders, { connections: 1, pending: 1 }, "on the retired pool");
 
     const stopped = caller.sidecar.stop(10_000);

@@ -1,10 +1,10 @@
 // An app that opens a connection per request does not pay a TLS handshake per request.
 import tls from "node:tls";
 import t from "tap";
-import { loadCredentials } from "../src/credentials/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { appRequest, inboundAddress, startCaller, startUpstream } from "./helpers/outbound.ts";
 import { createTestPki } from "./helpers/pki.ts";
+import { installFiles } from "./helpers/rotation.ts";
 
 const pki = await createTestPki();
 t.teardown(() => pki.cleanup());
@@ -126,12 +126,11 @@ t.test("SecureContexts are built once per credential version, never per connecti
   const first = await sequential(25, `${caller.proxyUrl}/context`, ["Host: orders"]);
   t.same(first, Array(25).fill(200));
   const next = await pki.identity("frontend-next", { spiffeId: frontend.spiffeId });
-  caller.sidecar.store.replace(
-    await loadCredentials(
-      { cert: next.certPath, key: next.keyPath, trustBundle: pki.bundlePath },
-      { trustDomain: pki.trustDomain },
-    ),
-  );
+  await installFiles(caller.sidecar.store, {
+    cert: next.certPath,
+    key: next.keyPath,
+    trustBundle: pki.bundlePath,
+  });
   const second = await sequential(25, `${caller.proxyUrl}/context`, ["Host: orders"]);
   t.same(second, Array(25).fill(200));
 

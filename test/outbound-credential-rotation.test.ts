@@ -1,10 +1,10 @@
 // When our credentials change, new upstream connections present the new certificate; old ones finish, then close.
 import net from "node:net";
 import t from "tap";
-import { loadCredentials } from "../src/credentials/index.ts";
 import { startApp } from "./helpers/app.ts";
 import { appRequest, echoed, leafHash, startCaller, startUpstream } from "./helpers/outbound.ts";
 import { createTestPki } from "./helpers/pki.ts";
+import { installFiles } from "./helpers/rotation.ts";
 
 /** A TCP relay to `port` that counts the connections through it, so a test sees when one closes. */
 async function startRelay(port: number) {
@@ -78,12 +78,11 @@ t.test(
     await until(() => caller.sidecar.upstreamStats().orders!.pending === 1, "the slow request is in flight");
 
     const next = await pki.identity("frontend-next", { spiffeId: frontend.spiffeId });
-    caller.sidecar.store.replace(
-      await loadCredentials(
-        { cert: next.certPath, key: next.keyPath, trustBundle: pki.bundlePath },
-        { trustDomain: pki.trustDomain },
-      ),
-    );
+    await installFiles(caller.sidecar.store, {
+      cert: next.certPath,
+      key: next.keyPath,
+      trustBundle: pki.bundlePath,
+    });
 
     t.equal(caller.sidecar.upstreamStats().orders!.pending, 1, "stats still count the old pool's request");
 

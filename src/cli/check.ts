@@ -8,7 +8,16 @@ import {
   parseDuration,
   parseHostPort,
 } from "../config/index.ts";
-import { loadCredentials, readCredentialMaterial } from "../credentials/index.ts";
+import {
+  type CredentialFiles,
+  type CredentialLabels,
+  type CredentialMaterial,
+  type Credentials,
+  fetchWorkloadApiMaterial,
+  fileLabels,
+  readCredentialMaterial,
+  validateCredentials,
+} from "../credentials/index.ts";
 import { MtlsdError } from "../errors.ts";
 import { classifyVerifyError, type HandshakeFailureReason } from "../identity/index.ts";
 import { formatExplanation, Policy } from "../policy/index.ts";
@@ -163,27 +172,127 @@ class Report {
 
 async function readChain(file: string): Promise<CertFacts[] | undefined> {
   try {
-    const { certificates } = readCertificateFile(await readFile(file), file);
-    return certificates.map((der, i) => certFacts(der, `certificate ${i + 1} in ${file}`));
+    return chainOf(await readFile(file), file);
   } catch {
     // loadCredentials reports the same file with the field name; here we only lose the display.
     return undefined;
   }
 }
 
-/** The identity section: what the files hold, then the verdict of the same validation `mtlsd run` performs. */
-async function checkIdentity(loaded: LoadedConfig, report: Report, now: Date): Promise<void> {
+function chainOf(content: Buffer | string, where: string): CertFacts[] | undefined {
+  try {
+    const { certificates } = readCertificateFile(
+      typeof content === "string" ? Buffer.from(content) : content,
+      where,
+    );
+    return certificates.map((der, i) => certFacts(der, `certificate ${i + 1} in ${where}`));
+  } catch {
+    return undefined;
+  }
+}
+
+/** Our identity's material as `mtlsd run` would get it, and how each part is named in messages. */
+interface IdentityMaterial {
+  material: CredentialMaterial;
+  labels: CredentialLabels;
+  /** What the report calls the certificate, key and bundle: file paths, or the Workload API. */
+  where: { cert: string; key: string; trustBundle: string };
+}
+
+/** Reads the files, or asks the Workload API once; undefined (with the problem reported) when neither works. */
+async function identityMaterial(
+  loaded: LoadedConfig,
+  report: Report,
+  timeoutMs: number,
+): Promise<IdentityMaterial | undefined> {
+  const { identity } = loaded.config;
+  if (identity.workloadApi) {
+    const socket = identity.workloadApi.socket!;
+    try {
+      const fetched = await fetchWorkloadApiMaterial(
+        {
+          settings: {
+            socket,
+            spiffeId: identity.workloadApi.spiffeId,
+            startupTimeoutMs: identity.workloadApi.startupTimeout,
+          },
+          federation: identity.federation,
+        },
+        timeoutMs,
+      );
+      const where = `the Workload API (${socket})`;
+      return { ...fetched, where: { cert: where, key: where, trustBundle: where } };
+    } catch (error) {
+      if (!(error instanceof MtlsdError)) throw error;
+      report.fields([
+        ["source", `Workload API ${socket}`],
+        ["verdict", report.style.bad("FAILED: no X509-SVID")],
+      ]);
+      report.problem({ kind: "workload API", detail: error.message });
+      return undefined;
+    }
+  }
+  const files = identityFiles(loaded);
+  try {
+    return {
+      material: await readCredentialMaterial(files),
+      labels: fileLabels(files),
+      where: { cert: files.cert, key: files.key, trustBundle: files.trustBundle },
+    };
+  } catch (error) {
+    if (!(error instanceof MtlsdError)) throw error;
+    // Still read what can be read for the display; the unreadable part is the problem.
+    return {
+      material: { chainPem: "", keyPem: "", bundlePem: "" },
+      labels: fileLabels(files),
+      where: { cert: files.cert, key: files.key, trustBundle: files.trustBundle },
+    };
+  }
+}
+
+/** The credential files of a config without identity.workloadApi (the config loader made sure all are given). */
+function identityFiles(loaded: LoadedConfig): CredentialFiles {
+  const { identity } = loaded.config;
+  return {
+    cert: identity.cert!,
+    key: identity.key!,
+    trustBundle: identity.trustBundle!,
+    crl: identity.crl,
+    federation: identity.federation,
+  };
+}
+
+/**
+ * The identity section: what the files (or the Workload API) hold, then the verdict of the same validation
+ * `mtlsd run` performs, then every trust domain's roots. Returns our material, for the peer probe.
+ */
+async function checkIdentity(
+  loaded: LoadedConfig,
+  report: Report,
+  now: Date,
+  timeoutMs: number,
+): Promise<IdentityMaterial | undefined> {
   const { identity } = loaded.config;
   const { style } = report;
   report.section("identity");
-  const chain = await readChain(identity.cert);
-  const bundle = await readChain(identity.trustBundle);
+  const found = await identityMaterial(loaded, report, timeoutMs);
+  if (!found) return undefined;
+  const { where } = found;
+  const chain = identity.workloadApi
+    ? chainOf(found.material.chainPem, where.cert)
+    : await readChain(where.cert);
+  const bundle = identity.workloadApi
+    ? chainOf(found.material.bundlePem, where.trustBundle)
+    : await readChain(where.trustBundle);
   const leaf = chain?.[0];
   const spiffeId = leaf?.uris.find((uri) => uri.startsWith("spiffe://"));
   const fields: [string, string][] = [
+    ...(identity.workloadApi
+      ? ([["source", `Workload API ${identity.workloadApi.socket}`]] as [string, string][])
+      : []),
     ["SPIFFE ID", spiffeId ?? (leaf ? style.bad("none (no spiffe:// URI SAN)") : "(unreadable)")],
     ["trust domain", identity.trustDomain],
-    ["certificate", `${identity.cert}${leaf ? `: ${leaf.subject}, serial ${leaf.serialHex}` : ""}`],
+    ["certificate", `${where.cert}${leaf ? `: ${leaf.subject}, serial ${leaf.serialHex}` : ""}`],
   ];
   if (leaf) {
     fields.push(["valid", describeWindow(leaf, now, style)]);
@@ -196,14 +305,22 @@ async function checkIdentity(loaded: LoadedConfig, report: Report, now: Date): P
         : `leaf + ${intermediates.map((c) => `${c.subject} (${describeValidity(c.notBefore, c.notAfter, now)})`).join(", ")}`,
     ]);
   }
-  fields.push(["key", identity.key]);
+  fields.push(["key", where.key]);
   fields.push([
     "trust bundle",
-    `${identity.trustBundle}${bundle ? `: ${bundle.map((root) => `${root.subject} (${describeValidity(root.notBefore, root.notAfter, now)})`).join("; ")}` : ""}`,
+    `${where.trustBundle}${bundle ? `: ${bundle.map((root) => `${root.subject} (${describeValidity(root.notBefore, root.notAfter, now)})`).join("; ")}` : ""}`,
   ]);
   let verdict: string;
+  let credentials: Credentials | undefined;
   try {
-    const credentials = await loadCredentials(identity, { trustDomain: identity.trustDomain, now });
+    const material = identity.workloadApi
+      ? found.material
+      : await readCredentialMaterial(identityFiles(loaded));
+    credentials = await validateCredentials(material, found.labels, {
+      trustDomain: identity.trustDomain,
+      federation: identity.federation.map((entry) => entry.trustDomain),
+      now,
+    });
     verdict = style.good(
       "ok: key matches, valid X509-SVID in the trust domain, chain verifies against the bundle",
     );
@@ -212,7 +329,7 @@ async function checkIdentity(loaded: LoadedConfig, report: Report, now: Date): P
     const left = notAfter.getTime() - now.getTime();
     if (left < (notAfter.getTime() - notBefore.getTime()) / 3) {
       report.warn(
-        `identity.cert (${identity.cert}) expires in ${formatSpan(left)}, with less than a third of its lifetime left: is renewal working?`,
+        `${found.labels.cert} expires in ${formatSpan(left)}, with less than a third of its lifetime left: is renewal working?`,
       );
     }
   } catch (error) {
@@ -223,6 +340,27 @@ async function checkIdentity(loaded: LoadedConfig, report: Report, now: Date): P
   }
   fields.push(["verdict", verdict]);
   report.fields(fields);
+  if (credentials) checkTrustDomains(credentials, report);
+  return found;
+}
+
+/** Every trust domain we accept peers from, with the fingerprints of its roots (compare with the issuer's). */
+function checkTrustDomains(credentials: Credentials, report: Report): void {
+  report.section("trust domains");
+  const domains = [
+    { trustDomain: credentials.trustDomain, roots: credentials.trustBundle, what: "ours" },
+    ...credentials.federation.map((bundle) => ({ ...bundle, what: "federated" })),
+  ];
+  for (const { trustDomain, roots, what } of domains) {
+    report.line(`- ${trustDomain} (${what}): ${roots.length} root${roots.length === 1 ? "" : "s"}`);
+    for (const root of roots) report.line(`    ${root.subject}  sha256 ${root.sha256}`);
+    if (roots.length === 0) {
+      report.problem({
+        kind: "no bundle",
+        detail: `the Workload API delivered no federated bundle for ${trustDomain}: its peers are refused until it does`,
+      });
+    }
+  }
 }
 
 function checkPolicy(loaded: LoadedConfig, policy: Policy | undefined, report: Report, now: Date): void {
@@ -251,19 +389,12 @@ function checkPolicy(loaded: LoadedConfig, policy: Policy | undefined, report: R
 }
 
 function checkOutbound(loaded: LoadedConfig, report: Report): void {
-  const { outbound, identity } = loaded.config;
+  const { outbound } = loaded.config;
   if (!outbound) return;
   report.section("outbound");
   report.fields([["listen", `${outbound.listen} (plain HTTP from the app)`]]);
   for (const [name, upstream] of Object.entries(outbound.upstreams)) {
     report.line(`- ${name}: ${upstream.address} must present ${upstream.identity}`);
-    const domain = new URL(upstream.identity).host;
-    if (domain !== identity.trustDomain) {
-      report.problem({
-        kind: "wrong trust domain",
-        detail: `outbound.upstreams.${name}.identity ${upstream.identity} is in trust domain ${domain}, but we only trust ${identity.trustDomain}: every call to ${name} would fail`,
-      });
-    }
   }
 }
 
@@ -344,6 +475,8 @@ function peerVerifyProblem(probe: PeerProbe, ourRoots: CertFacts[], now: Date): 
     }
     case "revoked":
       return { kind: "revoked", detail: `${peer}: ${failure.detail}` };
+    case "wrong_trust_domain":
+      return { kind: "wrong trust domain", detail: `${peer}: ${failure.detail}` };
     default:
       return { kind: "bad SVID", detail: `${peer}: ${failure.detail}` };
   }
@@ -353,6 +486,7 @@ async function checkPeer(
   loaded: LoadedConfig,
   policy: Policy | undefined,
   question: PeerQuestion,
+  ours: IdentityMaterial | undefined,
   report: Report,
   now: Date,
 ): Promise<void> {
@@ -360,11 +494,15 @@ async function checkPeer(
   const { style } = report;
   const address = `${question.host.includes(":") ? `[${question.host}]` : question.host}:${question.port}`;
   report.section(`peer ${address}`);
-  let material: Awaited<ReturnType<typeof readCredentialMaterial>>;
+  let material: CredentialMaterial | undefined;
   try {
-    material = await readCredentialMaterial(identity);
+    material = identity.workloadApi ? ours?.material : await readCredentialMaterial(identityFiles(loaded));
   } catch (error) {
     report.line(`skipped: our own credential files cannot be read (${(error as Error).message})`);
+    return;
+  }
+  if (!material) {
+    report.line("skipped: the Workload API gave us no credentials to present");
     return;
   }
   const probe = await probePeer({
@@ -372,8 +510,19 @@ async function checkPeer(
     port: question.port,
     chainPem: material.chainPem,
     keyPem: material.keyPem,
-    bundlePem: material.bundlePem,
-    trustDomain: identity.trustDomain,
+    bundlePem: [material.bundlePem, ...Object.values(material.federated ?? {})].join("\n"),
+    trustDomain: [identity.trustDomain, ...identity.federation.map((entry) => entry.trustDomain)],
+    trust: {
+      current: {
+        trustDomain: identity.trustDomain,
+        bundlePem: material.bundlePem,
+        bundleSha256: "as read by check",
+        federation: identity.federation.map(({ trustDomain }) => ({
+          trustDomain,
+          pem: material.federated?.[trustDomain] ?? "",
+        })),
+      },
+    },
     timeoutMs: question.timeoutMs,
   });
   if (probe.connectFailure) {
@@ -388,14 +537,19 @@ async function checkPeer(
   report.lines.push(...describePeerChain(probe, report, now));
 
   const fields: [string, string][] = [];
-  const ourRoots = (await readChain(identity.trustBundle)) ?? [];
+  const ourRoots = chainOf(material.bundlePem, "our trust bundle") ?? [];
   const verify = peerVerifyProblem(probe, ourRoots, now);
   if (verify) report.problem(verify);
+  const peerDomain = probe.svid?.spiffeId ? new URL(probe.svid.spiffeId).host : undefined;
   fields.push([
     "verification",
     verify
       ? style.bad(`FAILED: ${verify.kind}`)
-      : style.good("ok: the chain leads to a root in our trust bundle"),
+      : style.good(
+          peerDomain && peerDomain !== identity.trustDomain
+            ? `ok: the chain leads to a root in the bundle of ${peerDomain}`
+            : "ok: the chain leads to a root in our trust bundle",
+        ),
   ]);
   const leaf = probe.chain[0];
   const svid = probe.svid;
@@ -403,7 +557,14 @@ async function checkPeer(
   fields.push(["SPIFFE ID", peerId ?? style.bad("none")]);
   if (svid) {
     if (svid.problems.length === 0)
-      fields.push(["X509-SVID", style.good(`valid, in our trust domain ${identity.trustDomain}`)]);
+      fields.push([
+        "X509-SVID",
+        style.good(
+          peerId?.startsWith(`spiffe://${identity.trustDomain}/`) === false
+            ? `valid, in the federated trust domain ${new URL(peerId).host}`
+            : `valid, in our trust domain ${identity.trustDomain}`,
+        ),
+      ]);
     else {
       fields.push([
         "X509-SVID",
@@ -563,7 +724,7 @@ export async function checkCommand(args: string[], io: CliIo): Promise<number> {
     }
     throw error;
   }
-  await checkIdentity(loaded, report, now);
+  const ours = await checkIdentity(loaded, report, now, timeoutMs);
   checkPolicy(loaded, policy, report, now);
   checkOutbound(loaded, report);
   checkAdmin(loaded, report);
@@ -579,6 +740,7 @@ export async function checkCommand(args: string[], io: CliIo): Promise<number> {
         askedRequest: values.method !== undefined || values.path !== undefined,
         timeoutMs,
       },
+      ours,
       report,
       now,
     );

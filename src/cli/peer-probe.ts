@@ -6,8 +6,10 @@ import {
   classifyTlsError,
   classifyVerifyError,
   type HandshakeFailureReason,
+  PeerIdentityCache,
   type SvidReport,
   svidProblems,
+  type TrustSource,
 } from "../identity/index.ts";
 import { type CertFacts, certFacts } from "./cert-text.ts";
 
@@ -22,8 +24,12 @@ export interface PeerProbeOptions {
   port: number;
   chainPem: string;
   keyPem: string;
+  /** Every root we trust: ours and the federated domains'. */
   bundlePem: string;
-  trustDomain: string;
+  /** Our trust domain, then the federated ones. */
+  trustDomain: string | readonly string[];
+  /** Each trust domain's roots, to check, as the sidecar does, that the peer chains to its own domain's. */
+  trust?: TrustSource;
   /** TCP connect plus handshake. */
   timeoutMs: number;
   /** How long to listen, after the handshake, for the peer refusing our certificate. Default 1 s. */
@@ -161,6 +167,12 @@ export function probePeer(options: PeerProbeOptions): Promise<PeerProbe> {
       if (!socket.authorized) probe.verifyFailure = classifyVerifyError(String(socket.authorizationError));
       const leaf = probe.chain[0];
       if (leaf) probe.svid = svidProblems(leaf.cert, "server", options.trustDomain);
+      const certificate = socket.getPeerX509Certificate();
+      if (socket.authorized && options.trust && certificate && probe.svid?.problems.length === 0) {
+        // OpenSSL accepted the chain against every domain's roots; the sidecar also wants the peer's own domain's.
+        const check = new PeerIdentityCache("server", options.trust).identify(certificate);
+        if (!check.ok) probe.verifyFailure = { reason: check.reason, detail: check.detail };
+      }
       let received = "";
       socket.setEncoding("latin1");
       socket.on("data", (chunk: string) => {

@@ -30,6 +30,7 @@ const CONFIG_CODES = new Set([
   "CRL_EXPIRED",
   "CRL_INCOMPLETE",
   "CERT_REVOKED",
+  "FEDERATED_BUNDLE_INVALID",
 ]);
 
 export function exitCodeFor(error: unknown): number {
@@ -46,16 +47,64 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
   });
   const file = configPath(values.config, io);
   const signals = io.signals ?? process;
+  // Listening from the first moment: a stop signal that arrives just as startup ends must drain rather than
+  // kill the process by default, and one during a long startup (the Workload API's wait for a first SVID)
+  // ends it at once, with nothing serving yet.
+  const stop = new StopSignals(signals);
   let sidecar: Sidecar;
   try {
     // SIGHUP reloads the credentials and the policy (as nginx and ghostunnel reload) instead of ending the
     // process; the config file is watched for policy changes too.
-    sidecar = await Sidecar.start(loadConfigFile(file), { signals, watchConfig: true });
+    const started = await Promise.race([
+      Sidecar.start(loadConfigFile(file), { signals, watchConfig: true }),
+      stop.first,
+    ]);
+    if (typeof started === "string") {
+      io.stderr.write(`mtlsd: ${started} while starting: stopped before serving\n`);
+      stop.close();
+      return EXIT_OK;
+    }
+    sidecar = started;
   } catch (error) {
+    stop.close();
     io.stderr.write(`mtlsd: ${(error as Error).message}\n`);
     return exitCodeFor(error);
   }
-  return await drainOnSignals(sidecar, signals);
+  return await drainOnSignals(sidecar, stop);
+}
+
+/** SIGTERM and SIGINT, counted from construction until closed: the first, and the second. */
+class StopSignals {
+  readonly first: Promise<NodeJS.Signals>;
+  readonly second: Promise<NodeJS.Signals>;
+  readonly #signals: NodeJS.EventEmitter;
+  readonly #onSignal: (signal: NodeJS.Signals) => void;
+
+  constructor(signals: NodeJS.EventEmitter) {
+    this.#signals = signals;
+    let received = 0;
+    let first: (signal: NodeJS.Signals) => void = () => {};
+    let second: (signal: NodeJS.Signals) => void = () => {};
+    this.first = new Promise((resolve) => {
+      first = resolve;
+    });
+    this.second = new Promise((resolve) => {
+      second = resolve;
+    });
+    // Listeners stay installed until exit: a signal with no listener would kill the process outright.
+    this.#onSignal = (signal) => {
+      received++;
+      if (received === 1) first(signal);
+      else if (received === 2) second(signal);
+    };
+    signals.on("SIGTERM", this.#onSignal);
+    signals.on("SIGINT", this.#onSignal);
+  }
+
+  close(): void {
+    this.#signals.off("SIGTERM", this.#onSignal);
+    this.#signals.off("SIGINT", this.#onSignal);
+  }
 }
 
 /**
@@ -63,38 +112,20 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
  * connections: the shutdown went as configured. A second signal during the drain exits 1 at once, as
  * "runtime failure": requests still in flight were abandoned.
  */
-async function drainOnSignals(sidecar: Sidecar, signals: NodeJS.EventEmitter): Promise<number> {
+async function drainOnSignals(sidecar: Sidecar, stop: StopSignals): Promise<number> {
   const drainTimeout = sidecar.loaded.config.limits.drainTimeout;
-  let received = 0;
-  let first: (signal: NodeJS.Signals) => void = () => {};
-  let second: (signal: NodeJS.Signals) => void = () => {};
-  const firstSignal = new Promise<NodeJS.Signals>((resolve) => {
-    first = resolve;
-  });
-  const secondSignal = new Promise<NodeJS.Signals>((resolve) => {
-    second = resolve;
-  });
-  // Listeners stay installed from start to exit: a signal with no listener would kill the process outright.
-  const onSignal = (signal: NodeJS.Signals) => {
-    received++;
-    if (received === 1) first(signal);
-    else if (received === 2) second(signal);
-  };
-  signals.on("SIGTERM", onSignal);
-  signals.on("SIGINT", onSignal);
   try {
-    const signal = await firstSignal;
+    const signal = await stop.first;
     sidecar.logger.info({ signal, drain_timeout_ms: drainTimeout }, "stop signal received");
     const outcome = await Promise.race([
       sidecar.stop(drainTimeout).then(() => "drained" as const),
-      secondSignal,
+      stop.second,
     ]);
     if (outcome === "drained") return EXIT_OK;
     sidecar.logger.warn({ signal: outcome }, "second stop signal: exiting now without finishing the drain");
     sidecar.logger.flush();
     return EXIT_FAILURE;
   } finally {
-    signals.off("SIGTERM", onSignal);
-    signals.off("SIGINT", onSignal);
+    stop.close();
   }
 }

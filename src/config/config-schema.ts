@@ -1,4 +1,5 @@
 // The mtlsd configuration: every key, its type, its default and its documentation, in one place.
+import { isIP } from "node:net";
 import { isValidTrustDomain, parseSpiffeId } from "../identity/spiffe-id.ts";
 import { type Infer, s } from "./schema.ts";
 
@@ -123,6 +124,48 @@ const streamIdleTimeout = () =>
 
 const file = (what: string) => s.string({ expected: `the path of ${what}`, minLength: 1 });
 
+/** A Workload API endpoint, as SPIFFE_Workload_Endpoint.md spells it: `unix:///path` or `tcp://IP:port`. */
+export type WorkloadApiSocket =
+  | { kind: "unix"; path: string }
+  | { kind: "tcp"; host: string; port: number }
+  | { error: string };
+
+export function parseWorkloadApiSocket(value: string): WorkloadApiSocket {
+  if (value.startsWith("unix:")) {
+    // unix:///run/spire/agent.sock (empty authority) or unix:/run/spire/agent.sock; never a host or a query.
+    const rest = value.slice("unix:".length);
+    const path = rest.startsWith("//") ? rest.slice(2) : rest;
+    if (!path.startsWith("/"))
+      return { error: "a unix socket needs an absolute path, like unix:///run/spire/sockets/agent.sock" };
+    if (/[?#]/.test(path)) return { error: "a unix socket URI has no query or fragment" };
+    return { kind: "unix", path };
+  }
+  if (value.startsWith("tcp://")) {
+    const hostPort = parseHostPort(value.slice("tcp://".length));
+    // The spec allows an IP address only: a name would be resolved through DNS, which an attacker may answer.
+    if (!hostPort || hostPort.port === 0 || !isIP(hostPort.host)) {
+      return { error: "a tcp endpoint is tcp://IP:port, with an IP address (no name) and a port" };
+    }
+    return { kind: "tcp", host: hostPort.host, port: hostPort.port };
+  }
+  return { error: 'the scheme must be "unix:" or "tcp:"' };
+}
+
+const workloadApiSocket = () =>
+  s.string({
+    expected: "a Workload API endpoint: unix:///path/to/agent.sock or tcp://IP:port",
+    check: (value) => {
+      const parsed = parseWorkloadApiSocket(value);
+      return "error" in parsed ? parsed.error : undefined;
+    },
+  });
+
+const trustDomainName = () =>
+  s.string({
+    expected: "a SPIFFE trust domain like example.org (lowercase letters, digits, . _ -)",
+    check: (value) => (isValidTrustDomain(value) ? undefined : "not a valid trust domain"),
+  });
+
 const policyTo = s.object({
   methods: s.array(httpMethod(), 1).optional().describe("Methods to match; absent = every method."),
   paths: s
@@ -195,15 +238,53 @@ const certificateSerial = () =>
 export const configSchema = s.object({
   identity: s
     .object({
-      cert: file("this workload's certificate: PEM leaf, then intermediates").describe(
-        "This workload's X509-SVID: the leaf first, then its intermediates. Reloaded when it changes.",
-      ),
-      key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)").describe(
-        "The certificate's private key, unencrypted. Reloaded with the certificate.",
-      ),
-      trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)").describe(
-        "The roots peers' chains must lead to; list old and new roots together during a CA rotation.",
-      ),
+      cert: file("this workload's certificate: PEM leaf, then intermediates")
+        .optional()
+        .describe(
+          "This workload's X509-SVID: the leaf first, then its intermediates; reloaded when it changes. Or use workloadApi.",
+        ),
+      key: file("the private key of the certificate (PKCS#8, SEC1 or PKCS#1 PEM)")
+        .optional()
+        .describe("The certificate's private key, unencrypted; reloaded with it. Or use workloadApi."),
+      trustBundle: file("the trusted root certificates (PEM, several allowed during a CA rotation)")
+        .optional()
+        .describe(
+          "Our trust domain's root certificates (PEM, several during a CA rotation); or use workloadApi.",
+        ),
+      workloadApi: s
+        .object({
+          socket: workloadApiSocket()
+            .optional()
+            .describe(
+              "The Workload API endpoint (the SPIRE agent's socket); default: $SPIFFE_ENDPOINT_SOCKET.",
+            ),
+          spiffeId: spiffeId()
+            .optional()
+            .describe("Which X509-SVID to use when the Workload API offers several; default: the first."),
+          startupTimeout: s
+            .duration(100, 3_600_000)
+            .default(60_000)
+            .describe("How long to wait for the first X509-SVID at startup; /readyz answers 503 meanwhile."),
+        })
+        .optional()
+        .describe(
+          "Take the identity from the SPIFFE Workload API (a SPIRE agent) instead of cert/key/trustBundle: rotations are streamed, each validated before use.",
+        ),
+      federation: s
+        .array(
+          s.object({
+            trustDomain: trustDomainName().describe("A foreign trust domain whose peers we accept or call."),
+            trustBundle: file("the trust domain's root certificates (PEM or DER)")
+              .optional()
+              .describe(
+                "Its root certificates (PEM or DER), reloaded like our own; omit to take them from the Workload API's federated bundles.",
+              ),
+          }),
+        )
+        .default([])
+        .describe(
+          "Other trust domains: a peer with a SPIFFE ID in one of them is verified against that domain's bundle only.",
+        ),
       crl: file("certificate revocation lists (PEM X509 CRL blocks, one per CA)")
         .optional()
         .describe(
@@ -222,12 +303,9 @@ export const configSchema = s.object({
         })
         .default({ serials: [], spiffeIds: [] })
         .describe("Emergency revocation without a CRL: matching peers and upstreams are refused as revoked."),
-      trustDomain: s
-        .string({
-          expected: "a SPIFFE trust domain like example.org (lowercase letters, digits, . _ -)",
-          check: (value) => (isValidTrustDomain(value) ? undefined : "not a valid trust domain"),
-        })
-        .describe("Peers and this workload must have SPIFFE IDs in this trust domain."),
+      trustDomain: trustDomainName().describe(
+        "This workload's trust domain; peers must be in it, or in a federated one.",
+      ),
       reload: s
         .object({
           watch: s
@@ -246,6 +324,7 @@ export const configSchema = s.object({
         .default({ watch: true, interval: 30_000 })
         .describe("How rotated credentials are picked up; each version is validated before it is used."),
     })
+    .requireOneOf(["cert", "key", "trustBundle"], ["workloadApi"])
     .describe(
       "This workload's credentials. Relative paths are resolved against the config file's directory.",
     ),
@@ -421,6 +500,8 @@ export const configSchema = s.object({
 export type Config = Infer<typeof configSchema>;
 export type IdentityConfig = Config["identity"];
 export type DenyConfig = IdentityConfig["deny"];
+export type WorkloadApiConfig = NonNullable<IdentityConfig["workloadApi"]>;
+export type FederationConfig = IdentityConfig["federation"];
 export type InboundConfig = NonNullable<Config["inbound"]>;
 export type LimitsConfig = Config["limits"];
 export type OutboundConfig = NonNullable<Config["outbound"]>;

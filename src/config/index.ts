@@ -4,12 +4,16 @@ export {
   type Config,
   configSchema,
   type DenyConfig,
+  type FederationConfig,
   type IdentityConfig,
   type InboundConfig,
   type LimitsConfig,
   type OutboundConfig,
   parseHostPort,
+  parseWorkloadApiSocket,
   type UpstreamConfig,
+  type WorkloadApiConfig,
+  type WorkloadApiSocket,
 } from "./config-schema.ts";
 export { ConfigError, type LoadedConfig, loadConfigFile, type ParseOptions, parseConfig } from "./load.ts";
 export { formatByteSize, formatDuration, parseByteSize, parseDuration } from "./schema.ts";

@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import path from "node:path";
 import { type Document, isMap, isNode, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import { MtlsdError } from "../errors.ts";
-import { type Config, configSchema, parseHostPort } from "./config-schema.ts";
+import { type Config, configSchema, parseHostPort, parseWorkloadApiSocket } from "./config-schema.ts";
 import { formatDuration, INVALID, type Issue } from "./schema.ts";
 
 /** A config that did not pass: `issues` name each field; `message` is ready to print. */
@@ -38,6 +38,8 @@ export interface LoadedConfig {
 export interface ParseOptions {
   /** Milliseconds since the epoch that time-boxed settings (policy overrides) are checked against; default now. */
   now?: number;
+  /** Where `$SPIFFE_ENDPOINT_SOCKET` is read when `identity.workloadApi.socket` is not set; default the process's. */
+  env?: Readonly<Record<string, string | undefined>>;
 }
 
 export function loadConfigFile(file: string, options: ParseOptions = {}): LoadedConfig {
@@ -100,7 +102,10 @@ export function parseConfig(text: string, file: string, options: ParseOptions = 
   }
   const issues: Issue[] = [];
   const parsed = configSchema.read(value, "", issues);
-  if (parsed !== INVALID) issues.push(...crossFieldIssues(parsed, options.now ?? Date.now()));
+  if (parsed !== INVALID) {
+    issues.push(...crossFieldIssues(parsed, options.now ?? Date.now()));
+    issues.push(...identitySourceIssues(parsed, options.env ?? process.env));
+  }
   if (issues.length > 0) {
     throw new ConfigError(
       file,
@@ -109,10 +114,13 @@ export function parseConfig(text: string, file: string, options: ParseOptions = 
   }
   const config = parsed as Config;
   const base = path.dirname(file);
-  for (const key of ["cert", "key", "trustBundle"] as const) {
-    config.identity[key] = path.resolve(base, config.identity[key]);
+  for (const key of ["cert", "key", "trustBundle", "crl"] as const) {
+    const value = config.identity[key];
+    if (value !== undefined) config.identity[key] = path.resolve(base, value);
   }
-  if (config.identity.crl !== undefined) config.identity.crl = path.resolve(base, config.identity.crl);
+  for (const entry of config.identity.federation) {
+    if (entry.trustBundle !== undefined) entry.trustBundle = path.resolve(base, entry.trustBundle);
+  }
   return { config, file, text };
 }
 
@@ -138,13 +146,17 @@ function crossFieldIssues(config: Config, now: number): Issue[] {
     } else seen.set(rule.name, index);
   });
   if (config.inbound) issues.push(...overrideLifetimeIssues(config.inbound.policy, now));
+  const trusted = [
+    config.identity.trustDomain,
+    ...config.identity.federation.map((entry) => entry.trustDomain),
+  ];
   for (const [name, upstream] of Object.entries(config.outbound?.upstreams ?? {})) {
     // The schema already checked the SPIFFE ID's syntax: its trust domain is what follows the scheme.
-    const domain = upstream.identity.slice("spiffe://".length).split("/")[0];
-    if (domain !== config.identity.trustDomain) {
+    const domain = upstream.identity.slice("spiffe://".length).split("/")[0]!;
+    if (!trusted.includes(domain)) {
       issues.push({
         path: `outbound.upstreams.${name}.identity`,
-        expected: `a SPIFFE ID in identity.trustDomain (spiffe://${config.identity.trustDomain}/...): servers outside it are always refused`,
+        expected: `a SPIFFE ID in identity.trustDomain (spiffe://${config.identity.trustDomain}/...) or in a trust domain of identity.federation: servers outside them are always refused`,
         found: `"${upstream.identity}"`,
       });
     }
@@ -176,6 +188,102 @@ function crossFieldIssues(config: Config, now: number): Issue[] {
       found: formatDuration(headersTimeout),
     });
   }
+  return issues;
+}
+
+const FILE_KEYS = ["cert", "key", "trustBundle"] as const;
+const FILE_WHAT: Record<(typeof FILE_KEYS)[number], string> = {
+  cert: "the path of this workload's certificate",
+  key: "the path of the certificate's private key",
+  trustBundle: "the path of the trust bundle",
+};
+
+/**
+ * Where the identity comes from: the files (cert, key, trustBundle, all three) or the Workload API, exactly
+ * one of them; the Workload API socket from the config or `$SPIFFE_ENDPOINT_SOCKET`; and federated domains
+ * that are neither our own nor listed twice, each with a bundle file unless the Workload API can deliver it.
+ * Fills in `identity.workloadApi.socket` from the environment.
+ */
+function identitySourceIssues(config: Config, env: Readonly<Record<string, string | undefined>>): Issue[] {
+  const issues: Issue[] = [];
+  const { identity } = config;
+  const given = FILE_KEYS.filter((key) => identity[key] !== undefined);
+  const workloadApi = identity.workloadApi;
+  if (workloadApi && given.length > 0) {
+    issues.push({
+      path: "identity.workloadApi",
+      expected:
+        "either identity.workloadApi or the files identity.cert, identity.key and identity.trustBundle, not both",
+      found: `both (identity.${given.join(", identity.")} given too)`,
+    });
+  } else if (!workloadApi && given.length === 0) {
+    issues.push({
+      path: "identity",
+      expected:
+        "where the identity comes from: identity.cert, identity.key and identity.trustBundle (files), or identity.workloadApi (a SPIRE agent)",
+      found: "neither",
+    });
+  } else if (!workloadApi) {
+    for (const key of FILE_KEYS.filter((key) => identity[key] === undefined)) {
+      issues.push({
+        path: `identity.${key}`,
+        expected: `${FILE_WHAT[key]}: identity.cert, identity.key and identity.trustBundle go together (or identity.workloadApi replaces all three)`,
+        found: "nothing (it is required)",
+      });
+    }
+  }
+  if (workloadApi && identity.crl !== undefined) {
+    issues.push({
+      path: "identity.crl",
+      expected: "no CRL file with identity.workloadApi: the Workload API delivers the CRLs itself",
+      found: `"${identity.crl}"`,
+    });
+  }
+  if (workloadApi && workloadApi.socket === undefined) {
+    const fromEnv = env.SPIFFE_ENDPOINT_SOCKET;
+    const parsed = fromEnv ? parseWorkloadApiSocket(fromEnv) : undefined;
+    if (!fromEnv) {
+      issues.push({
+        path: "identity.workloadApi.socket",
+        expected:
+          "a Workload API endpoint like unix:///run/spire/sockets/agent.sock, here or in $SPIFFE_ENDPOINT_SOCKET",
+        found: "nothing, and $SPIFFE_ENDPOINT_SOCKET is not set",
+      });
+    } else if (parsed && "error" in parsed) {
+      issues.push({
+        path: "identity.workloadApi.socket",
+        expected: "a Workload API endpoint: unix:///path/to/agent.sock or tcp://IP:port",
+        found: `nothing, and $SPIFFE_ENDPOINT_SOCKET is ${JSON.stringify(fromEnv)} (${parsed.error})`,
+      });
+    } else workloadApi.socket = fromEnv;
+  }
+  const seen = new Map<string, number>();
+  identity.federation.forEach((entry, index) => {
+    const where = `identity.federation[${index}]`;
+    if (entry.trustDomain === identity.trustDomain) {
+      issues.push({
+        path: `${where}.trustDomain`,
+        expected: "a trust domain other than identity.trustDomain (our own bundle is trusted already)",
+        found: `"${entry.trustDomain}"`,
+      });
+    }
+    const first = seen.get(entry.trustDomain);
+    if (first !== undefined) {
+      issues.push({
+        path: `${where}.trustDomain`,
+        expected: "each federated trust domain once (one bundle per trust domain)",
+        found: `"${entry.trustDomain}", already in identity.federation[${first}]`,
+      });
+    } else seen.set(entry.trustDomain, index);
+    if (entry.trustBundle === undefined && !workloadApi) {
+      issues.push({
+        path: `${where}.trustBundle`,
+        expected:
+          "the path of the trust domain's bundle file: without identity.workloadApi there are no federated bundles to take",
+        found: "nothing",
+      });
+    }
+  });
   return issues;
 }
 

@@ -479,10 +479,19 @@ export type Infer<S> = S extends Schema<infer T> ? T : never;
 /** A mapping with known keys; unknown keys are errors (with a suggestion when one is close). */
 export class ObjectSchema<S extends Shape> extends Schema<ObjectOf<S>> {
   readonly shape: S;
+  /** Sets of keys of which exactly one must be given whole (published as `oneOf`; the loader explains it). */
+  /** Key names only: typed loosely so that every ObjectSchema is still an ObjectSchema<Shape>. */
+  alternatives: string[][] = [];
 
   constructor(shape: S) {
     super();
     this.shape = shape;
+  }
+
+  /** Exactly one of these sets of keys must be present, for editors; cross-field checks word the error. */
+  requireOneOf(...alternatives: (keyof S & string)[][]): this {
+    this.alternatives = alternatives;
+    return this;
   }
 
   read(value: unknown, path: string, issues: Issue[]): ObjectOf<S> | Invalid {
@@ -532,6 +541,7 @@ export class ObjectSchema<S extends Shape> extends Schema<ObjectOf<S>> {
     }
     const schema: JsonSchema = { type: "object", properties, additionalProperties: false };
     if (required.length > 0) schema.required = required;
+    if (this.alternatives.length > 0) schema.oneOf = this.alternatives.map((keys) => ({ required: keys }));
     return this.json(schema);
   }
 }

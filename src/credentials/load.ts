@@ -1,4 +1,4 @@
-// Loads this workload's certificate chain, key and trust bundle from PEM files and proves they work together.
+// Validates this workload's certificate chain, key and trust bundles (from files or the Workload API) and proves they work together.
 
 import { createHash, createPrivateKey, type KeyObject, X509Certificate } from "node:crypto";
 import { once } from "node:events";
@@ -8,6 +8,7 @@ import tls from "node:tls";
 import { MtlsdError } from "../errors.ts";
 import { checkLeafSvid, classifyVerifyError } from "../identity/index.ts";
 import { x509 } from "../x509.ts";
+import { bundleText } from "./der.ts";
 
 export interface CredentialFiles {
   cert: string;
@@ -15,14 +16,39 @@ export interface CredentialFiles {
   trustBundle: string;
   /** Optional PEM CRL file (`identity.crl`). */
   crl?: string | undefined;
+  /** Bundle files of federated trust domains (`identity.federation[].trustBundle`), by trust domain. */
+  federation?: readonly { trustDomain: string; trustBundle?: string | undefined }[] | undefined;
 }
 
-/** The raw PEM text of one version of the files, before validation. */
+/** The raw PEM text of one version of our credentials, from whichever source, before validation. */
 export interface CredentialMaterial {
   chainPem: string;
   keyPem: string;
   bundlePem: string;
   crlPem?: string | undefined;
+  /** PEM roots of federated trust domains, by trust domain name; a configured domain may be missing. */
+  federated?: Readonly<Record<string, string>> | undefined;
+}
+
+/**
+ * Where each part of a version came from, as error messages name it: `identity.cert (/etc/mtlsd/tls.crt)` for
+ * files, the Workload API and its socket for an SVID. Every message a person reads says where to look.
+ */
+export interface CredentialLabels {
+  cert: string;
+  key: string;
+  trustBundle: string;
+  crl?: string | undefined;
+  /** By federated trust domain. */
+  federated?: Readonly<Record<string, string>> | undefined;
+}
+
+/** One trust domain's bundle: the roots a peer of that domain must chain to, and no other domain's. */
+export interface TrustDomainBundle {
+  readonly trustDomain: string;
+  /** Empty when the source has not delivered this domain's bundle (yet): its peers are then refused. */
+  readonly roots: readonly CertSummary[];
+  readonly pem: string;
 }
 
 /** One CRL from `identity.crl`, as validated: which CA issued it and how long it is current. */
@@ -49,8 +75,18 @@ export interface Credentials {
   readonly dnsNames: readonly string[];
   readonly leaf: CertSummary;
   readonly trustBundle: readonly CertSummary[];
-  /** Fingerprint of the set of trusted roots: when it changes, TLS sessions from before must not resume. */
+  /**
+   * Fingerprint of every trust domain's set of trusted roots, ours and the federated ones: when it changes,
+   * TLS sessions from before must not resume.
+   */
   readonly bundleSha256: string;
+  /** The federated trust domains of `identity.federation`, in config order, each with its own bundle. */
+  readonly federation: readonly TrustDomainBundle[];
+  /**
+   * Our roots and every federated domain's, for OpenSSL's `ca`: it must accept any of them for a chain to
+   * verify at all; which domain's roots a peer must chain to is decided after the handshake (identity/).
+   */
+  readonly caPem: string;
   /** PEM of the leaf followed by intermediates, as presented to peers. */
   readonly chainPem: string;
   /** PEM of the private key; not enumerable, so no logger or JSON dump can ever print it. */
@@ -71,6 +107,8 @@ export interface Credentials {
 
 export interface LoadOptions {
   trustDomain: string;
+  /** Federated trust domains (`identity.federation[].trustDomain`): only these get a bundle of their own. */
+  federation?: readonly string[] | undefined;
   now?: Date;
 }
 
@@ -79,24 +117,95 @@ const PEM_CRL = /-----BEGIN X509 CRL-----[\s\S]+?-----END X509 CRL-----/g;
 
 /** Reads the files named in `identity` and validates them; throws MtlsdError naming file and reason. */
 export async function loadCredentials(files: CredentialFiles, options: LoadOptions): Promise<Credentials> {
-  return validateCredentials(await readCredentialMaterial(files), files, options);
+  return validateCredentials(await readCredentialMaterial(files), fileLabels(files), options);
 }
 
 /** Reads the files as they are now, without judging them: a reload hashes this to see whether anything changed. */
 export async function readCredentialMaterial(files: CredentialFiles): Promise<CredentialMaterial> {
-  const [chainPem, keyPem, bundlePem, crlPem] = await Promise.all([
+  const [chainPem, keyPem, bundlePem, crlPem, federated] = await Promise.all([
     readPem("identity.cert", files.cert),
     readPem("identity.key", files.key),
     readPem("identity.trustBundle", files.trustBundle),
     files.crl ? readPem("identity.crl", files.crl) : undefined,
+    readFederationFiles(files.federation),
   ]);
-  return { chainPem, keyPem, bundlePem, crlPem };
+  return { chainPem, keyPem, bundlePem, crlPem, ...(federated ? { federated } : {}) };
 }
 
-/** SHA-256 over every file's content: equal digests mean nothing changed on disk. */
+/** Reads the federated bundles that come from files (`identity.federation[].trustBundle`); undefined without any. */
+export async function readFederationFiles(
+  federation: CredentialFiles["federation"],
+): Promise<Record<string, string> | undefined> {
+  const entries = (federation ?? []).flatMap((entry, index) =>
+    entry.trustBundle ? [{ index, trustDomain: entry.trustDomain, file: entry.trustBundle }] : [],
+  );
+  if (entries.length === 0) return undefined;
+  const pems = await Promise.all(
+    entries.map(async ({ index, file }) => {
+      const field = `identity.federation[${index}].trustBundle`;
+      // A partner may hand over its roots as DER (`openssl x509 -outform der`) as well as PEM.
+      const content = await readFileOrExplain(field, file);
+      try {
+        return bundleText(content, `${field} (${file})`);
+      } catch (error) {
+        throw new MtlsdError(
+          "FEDERATED_BUNDLE_INVALID",
+          `${(error as Error).message}; expected PEM or DER root certificates`,
+          { cause: error },
+        );
+      }
+    }),
+  );
+  return Object.fromEntries(entries.map(({ trustDomain }, index) => [trustDomain, pems[index]!]));
+}
+
+/** How errors name each file: the config field and the path. */
+export function fileLabels(files: CredentialFiles): CredentialLabels {
+  return {
+    cert: `identity.cert (${files.cert})`,
+    key: `identity.key (${files.key})`,
+    trustBundle: `identity.trustBundle (${files.trustBundle})`,
+    ...(files.crl ? { crl: `identity.crl (${files.crl})` } : {}),
+    federated: federationFileLabels(files.federation),
+  };
+}
+
+/** Labels of the federated bundles that come from files, by trust domain. */
+export function federationFileLabels(federation: CredentialFiles["federation"]): Record<string, string> {
+  return Object.fromEntries(
+    (federation ?? []).flatMap((entry, index) =>
+      entry.trustBundle
+        ? [[entry.trustDomain, `identity.federation[${index}].trustBundle (${entry.trustBundle})`]]
+        : [],
+    ),
+  );
+}
+
+/** The material a validated version was made from, to compare with what a source holds now. */
+export function materialOf(credentials: Credentials): CredentialMaterial {
+  const federated = credentials.federation.filter((bundle) => bundle.pem !== "");
+  return {
+    chainPem: credentials.chainPem,
+    keyPem: credentials.keyPem,
+    bundlePem: credentials.bundlePem,
+    crlPem: credentials.crlPem,
+    ...(federated.length > 0
+      ? { federated: Object.fromEntries(federated.map((bundle) => [bundle.trustDomain, bundle.pem])) }
+      : {}),
+  };
+}
+
+/** SHA-256 over every part's content: equal digests mean nothing changed at the source. */
 export function materialSha256(material: CredentialMaterial): string {
   const hash = createHash("sha256");
-  for (const part of [material.chainPem, material.keyPem, material.bundlePem, material.crlPem ?? ""]) {
+  const federated = Object.entries(material.federated ?? {}).sort(([a], [b]) => (a < b ? -1 : 1));
+  for (const part of [
+    material.chainPem,
+    material.keyPem,
+    material.bundlePem,
+    material.crlPem ?? "",
+    ...federated.flat(),
+  ]) {
     // Length-prefixed, so moving text from one file to the next cannot produce the same digest.
     hash.update(`${Buffer.byteLength(part)}:`).update(part);
   }
@@ -104,8 +213,12 @@ export function materialSha256(material: CredentialMaterial): string {
 }
 
 async function readPem(field: string, file: string): Promise<string> {
+  return (await readFileOrExplain(field, file)).toString("utf8");
+}
+
+async function readFileOrExplain(field: string, file: string): Promise<Buffer> {
   try {
-    return await readFile(file, "utf8");
+    return await readFile(file);
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
     const reason =
@@ -122,26 +235,22 @@ async function readPem(field: string, file: string): Promise<string> {
  */
 export async function validateCredentials(
   material: CredentialMaterial,
-  files: CredentialFiles,
+  labels: CredentialLabels,
   options: LoadOptions,
 ): Promise<Credentials> {
   const now = options.now ?? new Date();
-  const chain = parseCertificates("identity.cert", files.cert, material.chainPem);
-  const bundle = parseCertificates("identity.trustBundle", files.trustBundle, material.bundlePem);
-  bundle.forEach((cert, index) => {
-    if (!cert.ca) {
-      throw new MtlsdError(
-        "BUNDLE_INVALID",
-        `identity.trustBundle (${files.trustBundle}): certificate ${index + 1} (${cert.subject.replaceAll("\n", ", ")}) is not a CA certificate; the bundle holds trusted roots`,
-      );
-    }
-  });
+  const chain = parseCertificates(labels.cert, material.chainPem);
+  const bundle = parseCertificates(labels.trustBundle, material.bundlePem);
+  checkRoots(labels.trustBundle, bundle);
+  const federation = (options.federation ?? []).map((trustDomain) =>
+    federatedBundle(trustDomain, material.federated?.[trustDomain], labels),
+  );
   const leaf = chain[0]!;
-  const key = parseKey(files.key, material.keyPem);
+  const key = parseKey(labels.key, material.keyPem);
   if (!leaf.checkPrivateKey(key)) {
     throw new MtlsdError(
       "CERT_KEY_MISMATCH",
-      `identity.key (${files.key}) does not belong to the certificate in identity.cert (${files.cert}); a rotation may have written one file but not yet the other`,
+      `${labels.key} does not belong to the certificate in ${labels.cert}; a rotation may have written one file but not yet the other`,
     );
   }
   const notBefore = new Date(leaf.validFrom);
@@ -149,23 +258,26 @@ export async function validateCredentials(
   if (now < notBefore) {
     throw new MtlsdError(
       "CERT_NOT_YET_VALID",
-      `identity.cert (${files.cert}) is not valid until ${notBefore.toISOString()}; check this host's clock`,
+      `${labels.cert} is not valid until ${notBefore.toISOString()}; check this host's clock`,
     );
   }
   if (now > notAfter) {
     throw new MtlsdError(
       "CERT_EXPIRED",
-      `identity.cert (${files.cert}) expired at ${notAfter.toISOString()} (this host's clock says ${now.toISOString()}); install a renewed certificate`,
+      `${labels.cert} expired at ${notAfter.toISOString()} (this host's clock says ${now.toISOString()}); install a renewed certificate`,
     );
   }
   const svid = checkLeafSvid(new x509.X509Certificate(leaf.raw), "own", options.trustDomain);
   if (!svid.ok) {
     const code = svid.reason === "wrong_trust_domain" ? "WRONG_TRUST_DOMAIN" : "SVID_INVALID";
-    throw new MtlsdError(code, `identity.cert (${files.cert}) is not a usable X509-SVID: ${svid.detail}`);
+    throw new MtlsdError(code, `${labels.cert} is not a usable X509-SVID: ${svid.detail}`);
   }
-  await verifyChain(material.chainPem, material.keyPem, material.bundlePem, files);
+  await verifyChain(material.chainPem, material.keyPem, material.bundlePem, labels);
+  const federatedRoots = federation.flatMap((entry) => entry.certificates);
   const crl =
-    material.crlPem === undefined ? undefined : await checkCrl(material.crlPem, bundle, chain, files, now);
+    material.crlPem === undefined
+      ? undefined
+      : await checkCrl(material.crlPem, [...bundle, ...federatedRoots], chain, labels, now);
   const bundleSummaries = bundle.map(summarize);
   const credentials = {
     spiffeId: svid.spiffeId,
@@ -173,14 +285,11 @@ export async function validateCredentials(
     dnsNames: Object.freeze(svid.dnsNames),
     leaf: summarize(leaf),
     trustBundle: Object.freeze(bundleSummaries),
-    bundleSha256: createHash("sha256")
-      .update(
-        bundleSummaries
-          .map((cert) => cert.sha256)
-          .sort()
-          .join(","),
-      )
-      .digest("hex"),
+    bundleSha256: trustSha256(bundleSummaries, federation),
+    federation: Object.freeze(federation.map(({ bundle }) => bundle)),
+    caPem: [material.bundlePem, ...federation.map(({ bundle }) => bundle.pem)]
+      .filter((pem) => pem !== "")
+      .join("\n"),
     chainPem: material.chainPem,
     bundlePem: material.bundlePem,
     ...(crl
@@ -192,10 +301,76 @@ export async function validateCredentials(
   return Object.freeze(credentials as Credentials);
 }
 
-function parseCertificates(field: string, file: string, pem: string): X509Certificate[] {
+/**
+ * The fingerprint of every domain's roots: ours alone as before federation existed, then each federated domain
+ * by name, so moving a root from one domain to another changes it too.
+ */
+function trustSha256(
+  own: readonly CertSummary[],
+  federation: readonly { bundle: TrustDomainBundle }[],
+): string {
+  const shas = (roots: readonly CertSummary[]) =>
+    roots
+      .map((cert) => cert.sha256)
+      .sort()
+      .join(",");
+  let text = shas(own);
+  for (const { bundle } of federation) text += `|${bundle.trustDomain}=${shas(bundle.roots)}`;
+  return createHash("sha256").update(text).digest("hex");
+}
+
+function checkRoots(label: string, roots: readonly X509Certificate[]): void {
+  roots.forEach((cert, index) => {
+    if (!cert.ca) {
+      throw new MtlsdError(
+        "BUNDLE_INVALID",
+        `${label}: certificate ${index + 1} (${cert.subject.replaceAll("\n", ", ")}) is not a CA certificate; the bundle holds trusted roots`,
+      );
+    }
+  });
+}
+
+/**
+ * A federated domain's bundle. A source that delivered nothing for a configured domain (the Workload API
+ * before the federation relationship exists) leaves it empty, and that domain's peers are refused; what was
+ * delivered must be CA certificates in PEM, or the whole version is refused like any other bad part.
+ */
+function federatedBundle(
+  trustDomain: string,
+  pem: string | undefined,
+  labels: CredentialLabels,
+): { bundle: TrustDomainBundle; certificates: X509Certificate[] } {
+  if (pem === undefined) {
+    return { bundle: Object.freeze({ trustDomain, roots: Object.freeze([]), pem: "" }), certificates: [] };
+  }
+  const label = labels.federated?.[trustDomain] ?? `the federated bundle of ${trustDomain}`;
+  if (pem.trim() === "") {
+    throw new MtlsdError(
+      "FEDERATED_BUNDLE_INVALID",
+      `${label} is empty; it must hold the PEM root certificates of trust domain ${trustDomain}`,
+    );
+  }
+  let certificates: X509Certificate[];
+  try {
+    certificates = parseCertificates(label, pem);
+    checkRoots(label, certificates);
+  } catch (error) {
+    throw new MtlsdError(
+      "FEDERATED_BUNDLE_INVALID",
+      `${(error as Error).message} (the bundle of federated trust domain ${trustDomain})`,
+      { cause: error },
+    );
+  }
+  return {
+    bundle: Object.freeze({ trustDomain, roots: Object.freeze(certificates.map(summarize)), pem }),
+    certificates,
+  };
+}
+
+function parseCertificates(label: string, pem: string): X509Certificate[] {
   const blocks = pem.match(PEM_CERTIFICATE) ?? [];
   if (blocks.length === 0) {
-    throw new MtlsdError("CERT_PARSE", `${field} (${file}): no PEM "BEGIN CERTIFICATE" block found`);
+    throw new MtlsdError("CERT_PARSE", `${label}: no PEM "BEGIN CERTIFICATE" block found`);
   }
   return blocks.map((block, index) => {
     try {
@@ -203,7 +378,7 @@ function parseCertificates(field: string, file: string, pem: string): X509Certif
     } catch (error) {
       throw new MtlsdError(
         "CERT_PARSE",
-        `${field} (${file}): certificate ${index + 1} does not parse: ${(error as Error).message}`,
+        `${label}: certificate ${index + 1} does not parse: ${(error as Error).message}`,
         { cause: error },
       );
     }
@@ -233,10 +408,10 @@ async function checkCrl(
   pem: string,
   bundle: readonly X509Certificate[],
   chain: readonly X509Certificate[],
-  files: CredentialFiles,
+  labels: CredentialLabels,
   now: Date,
 ): Promise<{ blocks: string[]; summaries: CrlSummary[] }> {
-  const where = `identity.crl (${files.crl})`;
+  const where = labels.crl ?? "the CRLs";
   const blocks = pem.match(PEM_CRL) ?? [];
   if (blocks.length === 0) {
     // Some tools label CRLs "BEGIN CRL"; OpenSSL, and so Node, read only "BEGIN X509 CRL".
@@ -274,7 +449,7 @@ async function checkCrl(
       throw new MtlsdError(
         "CRL_UNTRUSTED",
         named.length === 0
-          ? `${where}: ${label} was not issued by a CA in identity.trustBundle (${files.trustBundle}) or an intermediate in identity.cert; a CRL can only revoke certificates of a CA we trust`
+          ? `${where}: ${label} was not issued by a CA in ${labels.trustBundle} or an intermediate in ${labels.cert}; a CRL can only revoke certificates of a CA we trust`
           : `${where}: ${label} names a trusted CA as issuer but its signature does not verify with that CA's key; the file is corrupt or forged`,
       );
     }
@@ -320,18 +495,18 @@ async function checkCrl(
       const which = index === 0 ? "the certificate" : `the intermediate CA ${parsed.subject} in it`;
       throw new MtlsdError(
         "CERT_REVOKED",
-        `identity.cert (${files.cert}) is revoked by a CRL in identity.crl (${files.crl}): ${which} (serial ${parsed.serialNumber}) is listed by ${parsed.issuer}; peers that load this CRL refuse it, so install a new certificate`,
+        `${labels.cert} is revoked by a CRL in ${where}: ${which} (serial ${parsed.serialNumber}) is listed by ${parsed.issuer}; peers that load this CRL refuse it, so install a new certificate`,
       );
     }
   }
   return { blocks, summaries };
 }
 
-function parseKey(file: string, pem: string): KeyObject {
+function parseKey(label: string, pem: string): KeyObject {
   if (/ENCRYPTED/.test(pem)) {
     throw new MtlsdError(
       "KEY_PARSE",
-      `identity.key (${file}): encrypted private keys are not supported; write it out decrypted (openssl pkey -in KEY -out PLAIN_KEY) and protect it with file permissions`,
+      `${label}: encrypted private keys are not supported; write it out decrypted (openssl pkey -in KEY -out PLAIN_KEY) and protect it with file permissions`,
     );
   }
   try {
@@ -339,7 +514,7 @@ function parseKey(file: string, pem: string): KeyObject {
   } catch (error) {
     throw new MtlsdError(
       "KEY_PARSE",
-      `identity.key (${file}): not a PEM private key (PKCS#8, SEC1 or PKCS#1): ${(error as Error).message}`,
+      `${label}: not a PEM private key (PKCS#8, SEC1 or PKCS#1): ${(error as Error).message}`,
       { cause: error },
     );
   }
@@ -363,7 +538,7 @@ async function verifyChain(
   chainPem: string,
   key: string,
   bundlePem: string,
-  files: CredentialFiles,
+  labels: CredentialLabels,
 ): Promise<void> {
   const [serverEnd, clientEnd] = duplexPair();
   const context = { cert: chainPem, key, ca: bundlePem, minVersion: "TLSv1.2" as const };
@@ -397,14 +572,14 @@ async function verifyChain(
           : "";
       throw new MtlsdError(
         "CHAIN_UNTRUSTED",
-        `identity.cert (${files.cert}) does not verify against identity.trustBundle (${files.trustBundle}): ${detail}${hint}`,
+        `${labels.cert} does not verify against ${labels.trustBundle}: ${detail}${hint}`,
       );
     }
   } catch (error) {
     if (error instanceof MtlsdError) throw error;
     throw new MtlsdError(
       "CHAIN_UNTRUSTED",
-      `identity.cert (${files.cert}) failed a TLS handshake test against identity.trustBundle (${files.trustBundle}): ${(error as Error).message}`,
+      `${labels.cert} failed a TLS handshake test against ${labels.trustBundle}: ${(error as Error).message}`,
       { cause: error },
     );
   } finally {

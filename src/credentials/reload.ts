@@ -5,15 +5,19 @@ import {
   type CredentialFiles,
   type CredentialMaterial,
   type Credentials,
+  fileLabels,
+  materialOf,
   materialSha256,
   readCredentialMaterial,
-  validateCredentials,
 } from "./load.ts";
 import type { CredentialStore } from "./store.ts";
 import { DirectoryWatch } from "./watch.ts";
 
-/** What asked for a reload: a file event, the polling backstop, SIGHUP, or a caller (the admin API, tests). */
-export type ReloadTrigger = "startup" | "watch" | "poll" | "signal" | "request";
+/**
+ * What asked for a reload: a file event, the polling backstop, SIGHUP, a caller (the admin API, tests), or a
+ * message on the Workload API stream (and the stream going down).
+ */
+export type ReloadTrigger = "startup" | "watch" | "poll" | "signal" | "request" | "workload_api";
 
 export type ReloadResult = "success" | "failure";
 
@@ -49,7 +53,6 @@ export const RELOAD_TIMING: Readonly<ReloadTiming> = Object.freeze({
 
 export interface ReloaderOptions {
   files: CredentialFiles;
-  trustDomain: string;
   store: CredentialStore;
   logger: Logger;
   /** Watch the files' directories (`identity.reload.watch`). */
@@ -94,9 +97,10 @@ export class CredentialReloader {
     const current = options.store.current;
     this.#status = { at: current.loadedAt, result: "success", trigger: "startup", error: null };
     if (options.watch) {
-      const { cert, key, trustBundle, crl } = options.files;
+      const { cert, key, trustBundle, crl, federation } = options.files;
+      const federated = (federation ?? []).flatMap((entry) => (entry.trustBundle ? [entry.trustBundle] : []));
       this.#watch = new DirectoryWatch(
-        crl ? [cert, key, trustBundle, crl] : [cert, key, trustBundle],
+        [cert, key, trustBundle, ...(crl ? [crl] : []), ...federated],
         () => this.#fileEvent(),
         options.logger,
       );
@@ -215,10 +219,9 @@ export class CredentialReloader {
     const burstTrigger = this.#burst?.trigger ?? trigger;
     if (!error && material && (force || this.#burst?.sha256 !== sha256)) {
       try {
-        const next = await validateCredentials(material, this.#options.files, {
-          trustDomain: this.#options.trustDomain,
-        });
-        return this.#install(next, sha256, burstTrigger);
+        const previous = this.#options.store.current;
+        const next = await this.#options.store.offer(material, fileLabels(this.#options.files));
+        return this.#install(next, previous, sha256, burstTrigger);
       } catch (validationError) {
         error = asMtlsdError(validationError);
       }
@@ -238,32 +241,14 @@ export class CredentialReloader {
     return undefined;
   }
 
-  #install(next: Credentials, sha256: string, trigger: ReloadTrigger): ReloadOutcome {
+  #install(next: Credentials, previous: Credentials, sha256: string, trigger: ReloadTrigger): ReloadOutcome {
     const { store, logger } = this.#options;
-    const previous = store.current;
-    store.replace(next);
     this.#installed = { version: store.version, sha256 };
     this.#burst = undefined;
     this.#reported = undefined;
     this.#status = { at: new Date(), result: "success", trigger, error: null };
     this.#options.onResult?.("success");
-    const fields = {
-      trigger,
-      identity: next.spiffeId,
-      old_serial: previous.leaf.serialHex,
-      old_not_after: previous.leaf.notAfter.toISOString(),
-      new_serial: next.leaf.serialHex,
-      new_not_after: next.leaf.notAfter.toISOString(),
-      bundle_changed: next.bundleSha256 !== previous.bundleSha256,
-      trust_bundle: next.trustBundle.map((root) => root.subject),
-      ...(next.crl ? { crls: next.crl.length } : {}),
-    };
-    if (next.spiffeId !== previous.spiffeId) {
-      logger.warn(
-        { ...fields, old_identity: previous.spiffeId },
-        "credentials reloaded with a new SPIFFE ID",
-      );
-    } else logger.info(fields, "credentials reloaded");
+    logInstalled(logger, trigger, next, previous);
     this.#watch?.arm();
     return { result: "success", status: this.status() };
   }
@@ -305,13 +290,43 @@ export class CredentialReloader {
   #installedSha256(): string {
     const { store } = this.#options;
     if (this.#installed.version !== store.version) {
-      this.#installed = { version: store.version, sha256: materialSha256(store.current) };
+      this.#installed = { version: store.version, sha256: materialSha256(materialOf(store.current)) };
     }
     return this.#installed.sha256;
   }
 }
 
-function asMtlsdError(error: unknown): MtlsdError {
+/** The log line of an installed version, the same for every source: what changed, and a new identity loudly. */
+export function logInstalled(
+  logger: Logger,
+  trigger: ReloadTrigger,
+  next: Credentials,
+  previous: Credentials,
+): void {
+  const fields = {
+    trigger,
+    identity: next.spiffeId,
+    old_serial: previous.leaf.serialHex,
+    old_not_after: previous.leaf.notAfter.toISOString(),
+    new_serial: next.leaf.serialHex,
+    new_not_after: next.leaf.notAfter.toISOString(),
+    bundle_changed: next.bundleSha256 !== previous.bundleSha256,
+    trust_bundle: next.trustBundle.map((root) => root.subject),
+    ...(next.federation.length > 0
+      ? {
+          federation: Object.fromEntries(
+            next.federation.map((bundle) => [bundle.trustDomain, bundle.roots.map((root) => root.subject)]),
+          ),
+        }
+      : {}),
+    ...(next.crl ? { crls: next.crl.length } : {}),
+  };
+  if (next.spiffeId !== previous.spiffeId) {
+    logger.warn({ ...fields, old_identity: previous.spiffeId }, "credentials reloaded with a new SPIFFE ID");
+  } else logger.info(fields, "credentials reloaded");
+}
+
+export function asMtlsdError(error: unknown): MtlsdError {
   if (error instanceof MtlsdError) return error;
   return new MtlsdError("CREDENTIAL_INVALID", (error as Error).message ?? String(error), { cause: error });
 }

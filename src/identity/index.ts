@@ -6,7 +6,13 @@ export {
   HANDSHAKE_FAILURE_REASONS,
   type HandshakeFailureReason,
 } from "./handshake-failure.ts";
-export { identifyPeer, type PeerCheck, type PeerIdentity, PeerIdentityCache } from "./peer.ts";
+export {
+  identifyPeer,
+  type PeerCheck,
+  type PeerIdentity,
+  PeerIdentityCache,
+  type TrustSource,
+} from "./peer.ts";
 export { isValidTrustDomain, parseSpiffeId, type SpiffeId, type SpiffeIdResult } from "./spiffe-id.ts";
 export { formatSubjectRfc2253, subjectDerOfCertificate } from "./subject.ts";
 export {

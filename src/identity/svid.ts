@@ -39,11 +39,15 @@ function sanNames(cert: x509.X509Certificate): { uris: string[]; dnsNames: strin
 }
 
 /**
- * Checks a leaf against X509-SVID §4 and our trust domain and lists every problem. Identities are read only
- * from URI-type SANs parsed from ASN.1, never from a rendered string (the CVE-2021-44532 class of SAN-string
- * injection).
+ * Checks a leaf against X509-SVID §4 and our trust domain (or any of the trust domains we accept: ours first,
+ * then the federated ones) and lists every problem. Identities are read only from URI-type SANs parsed from
+ * ASN.1, never from a rendered string (the CVE-2021-44532 class of SAN-string injection).
  */
-export function svidProblems(cert: x509.X509Certificate, role: SvidRole, trustDomain: string): SvidReport {
+export function svidProblems(
+  cert: x509.X509Certificate,
+  role: SvidRole,
+  trustDomain: string | readonly string[],
+): SvidReport {
   const { uris, dnsNames } = sanNames(cert);
   const problems: SvidProblem[] = [];
   const bad = (detail: string) => problems.push({ reason: "bad_svid", detail });
@@ -89,17 +93,26 @@ export function svidProblems(cert: x509.X509Certificate, role: SvidRole, trustDo
         bad(`extended key usage lacks ${oid === SERVER_AUTH ? "serverAuth" : "clientAuth"}`);
     }
   }
-  if (idTrustDomain !== undefined && idTrustDomain !== trustDomain) {
+  const accepted = typeof trustDomain === "string" ? [trustDomain] : trustDomain;
+  if (idTrustDomain !== undefined && !accepted.includes(idTrustDomain)) {
+    const expected =
+      accepted.length === 1
+        ? accepted[0]
+        : `${accepted[0]} or a federated trust domain (${accepted.slice(1).join(", ")})`;
     problems.push({
       reason: "wrong_trust_domain",
-      detail: `SPIFFE ID ${spiffeId} is in trust domain ${idTrustDomain}, expected ${trustDomain}`,
+      detail: `SPIFFE ID ${spiffeId} is in trust domain ${idTrustDomain}, expected ${expected}`,
     });
   }
   return { ...(spiffeId === undefined ? {} : { spiffeId }), uris, dnsNames, problems };
 }
 
 /** Checks a leaf against X509-SVID §4 and our trust domain; the first problem decides, as a peer is refused for one. */
-export function checkLeafSvid(cert: x509.X509Certificate, role: SvidRole, trustDomain: string): SvidCheck {
+export function checkLeafSvid(
+  cert: x509.X509Certificate,
+  role: SvidRole,
+  trustDomain: string | readonly string[],
+): SvidCheck {
   const report = svidProblems(cert, role, trustDomain);
   const first = report.problems[0];
   if (first) {
@@ -108,7 +121,8 @@ export function checkLeafSvid(cert: x509.X509Certificate, role: SvidRole, trustD
   return {
     ok: true,
     spiffeId: report.spiffeId!,
-    trustDomain,
+    // The ID parsed, so its trust domain is what follows the scheme (and is one we accept).
+    trustDomain: report.spiffeId!.slice("spiffe://".length).split("/")[0]!,
     uris: report.uris,
     dnsNames: report.dnsNames,
   };

@@ -107,7 +107,7 @@ export class InboundListener {
   constructor(options: InboundOptions) {
     this.#options = options;
     const { config, limits, store } = options;
-    this.#peers = new PeerIdentityCache("client", options.trustDomain);
+    this.#peers = new PeerIdentityCache("client", store);
     this.#bundleSha256 = store.current.bundleSha256;
     this.#crlPem = store.current.crlPem;
     this.#ticketKeys = randomBytes(48);
@@ -236,7 +236,7 @@ export class InboundListener {
     return {
       cert: credentials.chainPem,
       key: credentials.keyPem,
-      ca: credentials.bundlePem,
+      ca: credentials.caPem,
       // With CRLs, OpenSSL checks every certificate of the peer's chain (see checkCrl in credentials/load.ts).
       ...crlOption(credentials),
       minVersion: this.#options.config.minTLSVersion,
@@ -336,7 +336,7 @@ export class InboundListener {
       this.#refuse(socket, reason, detail);
       return;
     }
-    const check = this.#peers.identify(certificate.raw);
+    const check = this.#peers.identify(certificate);
     if (!check.ok) {
       this.#refuse(socket, check.reason, check.detail, check.spiffeId);
       return;

@@ -98,7 +98,7 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
       if (!resumed) {
         const certificate = socket.getPeerX509Certificate();
         const check: PeerCheck = certificate
-          ? options.peers.identify(certificate.raw)
+          ? options.peers.identify(certificate)
           : { ok: false, reason: "bad_svid", detail: "presented no certificate" };
         if (!check.ok || check.peer.spiffeId !== options.identity) {
           session = undefined;

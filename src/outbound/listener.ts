@@ -56,7 +56,7 @@ export function clientContext(credentials: Credentials): tls.SecureContext {
   return tls.createSecureContext({
     cert: credentials.chainPem,
     key: credentials.keyPem,
-    ca: credentials.bundlePem,
+    ca: credentials.caPem,
     // An upstream's certificate is checked against identity.crl exactly as a peer's is inbound.
     ...crlOption(credentials),
     minVersion: "TLSv1.3",
@@ -100,7 +100,7 @@ export class OutboundListener {
     this.#options = options;
     const { config, limits, store } = options;
     const context = clientContext(store.current);
-    const peers = new PeerIdentityCache("server", options.trustDomain);
+    const peers = new PeerIdentityCache("server", store);
     this.#upstreams = Object.entries(config.upstreams).map(
       ([name, upstream]) =>
         new Upstream({

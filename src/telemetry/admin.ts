@@ -24,10 +24,19 @@ export interface ReloadReport {
   error: { code: string; message: string } | null;
 }
 
+/** One trust domain's roots in /status: ours first, then each federated one. */
+export interface TrustDomainReport {
+  trustDomain: string;
+  bundle: { subject: string; sha256: string }[];
+}
+
 /** The /status document (DESIGN.md): exactly these keys, so scripts can rely on them. */
 export interface StatusDocument {
   identity: string;
   trustDomain: string;
+  /** Where the identity comes from: `files` or `workload_api`. */
+  source: string;
+  trustDomains: TrustDomainReport[];
   cert: { serial: string; notBefore: string; notAfter: string };
   trustBundle: { subject: string; sha256: string }[];
   /** Null when there is no inbound side, hence no policy. */
@@ -44,7 +53,10 @@ export interface StatusSources {
     trustDomain: string;
     leaf: { serialHex: string; notBefore: Date; notAfter: Date };
     trustBundle: readonly { subject: string; sha256: string }[];
+    federation: readonly { trustDomain: string; roots: readonly { subject: string; sha256: string }[] }[];
   };
+  /** `files` or `workload_api`. */
+  source(): string;
   policy(): { ruleCount: number; sha256: string } | undefined;
   reload(): LastReload;
   upstreams(): Record<string, { address: string; identity: string; connections: number; pending: number }>;
@@ -63,12 +75,41 @@ export interface AdminOptions {
   draining(): boolean;
 }
 
+/**
+ * While the sidecar waits for its first credentials (the Workload API's first X509-SVID), the admin listener
+ * already answers, so a readiness probe gets a reasoned 503 instead of a refused connection.
+ */
+export interface StartingOptions {
+  listen: string;
+  serverOptions: http.ServerOptions;
+  maxConnections: number;
+  /** What is awaited, for /readyz and /status. */
+  waitingFor: string;
+}
+
 type Route = (res: http.ServerResponse) => Promise<void> | void;
 
 export class AdminServer {
-  readonly #options: AdminOptions;
+  #options: AdminOptions;
   readonly #server: http.Server;
   readonly #routes: Record<string, Route>;
+  #waitingFor: string | undefined;
+
+  /** An admin listener for the startup wait: /healthz 200, /readyz and /status 503 saying what is awaited. */
+  static starting(options: StartingOptions): AdminServer {
+    const admin = new AdminServer({
+      listen: options.listen,
+      serverOptions: options.serverOptions,
+      maxConnections: options.maxConnections,
+      metrics: { metrics: async () => "", contentType: "text/plain; version=0.0.4; charset=utf-8" },
+      readiness: { check: async () => [] },
+      draining: () => false,
+      // Never read while waiting: /status answers 503 until serve() hands over the running sidecar's sources.
+      status: {} as StatusSources,
+    });
+    admin.#waitingFor = options.waitingFor;
+    return admin;
+  }
 
   constructor(options: AdminOptions) {
     this.#options = options;
@@ -76,7 +117,10 @@ export class AdminServer {
       "/healthz": (res) => sendJson(res, 200, { alive: true }),
       "/readyz": (res) => this.#readyz(res),
       "/metrics": (res) => this.#metrics(res),
-      "/status": (res) => sendJson(res, 200, this.status()),
+      "/status": (res) =>
+        this.#waitingFor === undefined
+          ? sendJson(res, 200, this.status())
+          : sendJson(res, 503, { error: `starting: ${this.#waitingFor}`, reason: "starting" }),
     };
     this.#server = http.createServer(options.serverOptions, (req, res) => void this.#handle(req, res));
     this.#server.maxConnections = options.maxConnections;
@@ -99,6 +143,17 @@ export class AdminServer {
     return this.#server.address() as AddressInfo | null;
   }
 
+  get listening(): boolean {
+    return this.#server.listening;
+  }
+
+  /** Ends the startup wait: from now on every endpoint reads from the running sidecar. */
+  serve(options: Omit<AdminOptions, "listen" | "serverOptions" | "maxConnections">): this {
+    this.#options = { ...this.#options, ...options };
+    this.#waitingFor = undefined;
+    return this;
+  }
+
   /** The /status document as of now. */
   status(): StatusDocument {
     const { status } = this.#options;
@@ -107,6 +162,14 @@ export class AdminServer {
     return {
       identity: credentials.spiffeId,
       trustDomain: credentials.trustDomain,
+      source: status.source(),
+      trustDomains: [
+        { trustDomain: credentials.trustDomain, bundle: credentials.trustBundle },
+        ...credentials.federation.map(({ trustDomain, roots }) => ({ trustDomain, bundle: roots })),
+      ].map(({ trustDomain, bundle }) => ({
+        trustDomain,
+        bundle: bundle.map(({ subject, sha256 }) => ({ subject, sha256 })),
+      })),
       cert: {
         serial: credentials.leaf.serialHex,
         notBefore: credentials.leaf.notBefore.toISOString(),
@@ -154,6 +217,16 @@ export class AdminServer {
   }
 
   async #readyz(res: http.ServerResponse): Promise<void> {
+    if (this.#waitingFor !== undefined) {
+      sendJson(res, 503, {
+        ready: false,
+        reason: "not_ready",
+        error: `not ready: credentials (${this.#waitingFor})`,
+        failed: ["credentials"],
+        checks: { credentials: { ok: false, detail: this.#waitingFor } },
+      });
+      return;
+    }
     if (this.#options.draining()) {
       sendJson(res, 503, {
         ready: false,

@@ -3,6 +3,12 @@ import { mkdir, mkdtemp, readdir, readlink, rename, rm, symlink, writeFile } fro
 import path from "node:path";
 import tls from "node:tls";
 import { Pool } from "undici";
+import {
+  type CredentialFiles,
+  type CredentialStore,
+  fileLabels,
+  readCredentialMaterial,
+} from "../../src/credentials/index.ts";
 import type { Sidecar } from "../../src/sidecar.ts";
 import { type HttpResponse, parseHttpResponse } from "./clients.ts";
 
@@ -12,6 +18,11 @@ export interface CredentialPems {
   key: string;
   bundle: string;
   crl?: string;
+}
+
+/** Offers the files' content to a store, as the file source does: validated, then swapped in. */
+export async function installFiles(store: CredentialStore, files: CredentialFiles): Promise<void> {
+  await store.offer(await readCredentialMaterial(files), fileLabels(files));
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -202,7 +213,7 @@ export interface LoadSummary {
 export function startLoad(
   origin: string,
   options: { concurrency: number; host: string; path: string },
-): { total(): number; stop(): Promise<LoadSummary> } {
+): { total(): number; failures(): string[]; stop(): Promise<LoadSummary> } {
   const pool = new Pool(origin, { connections: options.concurrency, pipelining: 1 });
   let running = true;
   let total = 0;
@@ -232,6 +243,7 @@ export function startLoad(
   const loops = Array.from({ length: options.concurrency }, loop);
   return {
     total: () => total,
+    failures: () => [...failures],
     async stop() {
       running = false;
       await Promise.all(loops);
