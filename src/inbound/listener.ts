@@ -582,6 +582,7 @@ class InboundApp implements AppClient {
         // A session opens only when those open carry as many streams as the app allows.
         maxSessions: 16,
         idleTimeoutMs: limits.keepAliveTimeout,
+        settingsTimeoutMs: limits.handshakeTimeout,
       });
       this.dispatcher = this.#h2;
     } else {

@@ -170,6 +170,7 @@ export class Upstream {
         connector({ hostname, host: hostname, port, servername, protocol: "https:" }, callback),
       maxSessions: config.pool.connections,
       idleTimeoutMs,
+      settingsTimeoutMs: this.#options.connectTimeoutMs,
       onNegotiated: () => {
         generation.protocol = "h2";
       },
