@@ -210,6 +210,7 @@ t.test("malformed requests are reset alone, never reach the app, and the connect
     raw.request(stream, headers);
     const result = await raw.result(stream);
     t.equal(result.reset, "PROTOCOL_ERROR", `${what}: a stream error`);
+    t.equal(result.headers.length, 0, `${what}: no response head before the reset`);
     stream += 2;
     raw.request(stream, [...GOOD, [":path", `/v1/after-${stream}`]]);
     t.equal((await raw.result(stream)).status, 200, `${what}: the next stream on the connection is served`);

@@ -1,6 +1,8 @@
 // HTTP/2 servers fed connections by a listener: the limits that bound them, and the request rules nghttp2 leaves to us.
 import http2 from "node:http2";
 import type { LimitsConfig } from "../config/index.ts";
+import { resetStream } from "./downstream.ts";
+import { failForward } from "./forward.ts";
 
 const { NGHTTP2_PROTOCOL_ERROR } = http2.constants;
 
@@ -33,6 +35,25 @@ export function h2ServerOptions(limits: LimitsConfig): http2.ServerOptions {
     unknownProtocolTimeout: limits.handshakeTimeout,
   };
 }
+
+/**
+ * What every server stream gets first: its errors are settled by whoever ends it, and a stream with no byte
+ * either way for `idleMs` is ended — its forward answered (or cut) as a timeout, named after `setting`.
+ * Long-lived streams (gRPC, SSE) are timed by their idleness, never by a total.
+ */
+export function superviseStream(stream: http2.ServerHttp2Stream, idleMs: number, setting: string): void {
+  stream.on("error", noop);
+  stream.setTimeout(idleMs, () => {
+    const failure = {
+      status: 408,
+      reason: "request_timeout" as const,
+      message: `the stream was idle longer than ${setting}`,
+    };
+    if (!failForward(stream, failure)) resetStream(stream, true);
+  });
+}
+
+function noop(): void {}
 
 /**
  * Rules of RFC 9113 §8.3.1 that nghttp2 does not check (it already refuses uppercase names, connection-specific
