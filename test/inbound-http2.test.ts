@@ -284,3 +284,25 @@ t.test("HEAD and 304 over HTTP/2 end with their head", async (t) => {
   t.equal(notModified.body, "");
   t.equal((await get(session, "/v1/after-304")).status, 200, "the session goes on");
 });
+
+t.test("in permissive mode a plaintext HTTP/2 client (prior knowledge) is served as unauthenticated", async (t) => {
+  const permissive = await startSidecar(pki, orders, {
+    inbound: {
+      listen: "127.0.0.1:0",
+      app: wiretap.url,
+      mode: "permissive",
+      policy: { rules: [{ name: "anyone", action: "allow", to: [{ paths: ["/v1/*"] }] }] },
+    },
+  });
+  t.teardown(() => permissive.stop());
+  const session = http2.connect(`http://127.0.0.1:${permissive.inboundPort}`);
+  session.on("error", () => {});
+  t.teardown(() => session.close());
+  const result = await get(session, "/v1/plain-h2c", { "x-forwarded-client-cert": "By=forged" });
+  t.equal(result.status, 200);
+  const echo = JSON.parse(result.body) as { headers: Record<string, string> };
+  t.equal(echo.headers["x-forwarded-client-cert"], undefined, "a forged XFCC never reaches the app");
+  t.equal(echo.headers["x-forwarded-proto"], "http");
+  const line = await waitForLog(permissive.logs, (l) => l.msg === "request" && l.path === "/v1/plain-h2c");
+  t.match(line, { protocol: "h2", plaintext: true, source_identity: "unauthenticated" });
+});

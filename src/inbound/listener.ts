@@ -41,6 +41,7 @@ import {
   Tunnels,
   tcpConnector,
   type UpstreamDispatcher,
+  unlessResetAtOnce,
   upgradeRefusal,
   upgradeRequested,
   upgradeToken,
@@ -402,7 +403,15 @@ export class InboundListener {
       );
       return;
     }
-    this.#handler.handle(down, connection, headers.expect === "100-continue");
+    unlessResetAtOnce(
+      stream,
+      () => this.#handler.handle(down, connection, headers.expect === "100-continue"),
+      () =>
+        this.#options.logger.debug(
+          { method, path: target, protocol: "h2" },
+          "stream reset before it was forwarded",
+        ),
+    );
   };
 
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {

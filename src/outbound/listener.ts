@@ -31,6 +31,7 @@ import {
   sniffHttp2Preface,
   superviseStream,
   Tunnels,
+  unlessResetAtOnce,
   upgradeRefusal,
   upgradeRequested,
   upgradeToken,
@@ -250,7 +251,15 @@ export class OutboundListener {
       this.#finish(record, performance.now(), 405, "method_not_allowed", detail);
       return;
     }
-    this.#handle(down, route, headers.expect === "100-continue");
+    unlessResetAtOnce(
+      stream,
+      () => this.#handle(down, route, headers.expect === "100-continue"),
+      () =>
+        this.#options.logger.debug(
+          { method: down.method, path: down.target, protocol: "h2" },
+          "stream reset before it was forwarded",
+        ),
+    );
   };
 
   #handle(down: Downstream, bound: BoundRoute | undefined, expectsContinue: boolean): void {

@@ -56,6 +56,22 @@ export function superviseStream(stream: http2.ServerHttp2Stream, idleMs: number,
 function noop(): void {}
 
 /**
+ * Runs `handle` once the read that brought the stream in is over, unless the client reset the stream in that
+ * same read: a rapid-reset flood (CVE-2023-44487) then costs the sidecar a stream object, never a request to
+ * the app. `dropped` is told of a stream reset before it was handled.
+ */
+export function unlessResetAtOnce(
+  stream: http2.ServerHttp2Stream,
+  handle: () => void,
+  dropped: () => void,
+): void {
+  setImmediate(() => {
+    if (stream.destroyed || stream.closed) dropped();
+    else handle();
+  });
+}
+
+/**
  * Rules of RFC 9113 §8.3.1 that nghttp2 does not check (it already refuses uppercase names, connection-specific
  * fields, bad, missing or duplicate pseudo-headers, and content-length that disagrees with DATA): `:authority`
  * and `host` must agree, and `:authority` carries no userinfo. Returns what is wrong, or undefined.

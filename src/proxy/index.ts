@@ -41,6 +41,7 @@ export {
   malformedH2Request,
   NGHTTP2_PROTOCOL_ERROR,
   superviseStream,
+  unlessResetAtOnce,
 } from "./h2-server.ts";
 export {
   filterRequestHeaders,
