@@ -285,24 +285,59 @@ t.test("HEAD and 304 over HTTP/2 end with their head", async (t) => {
   t.equal((await get(session, "/v1/after-304")).status, 200, "the session goes on");
 });
 
-t.test("in permissive mode a plaintext HTTP/2 client (prior knowledge) is served as unauthenticated", async (t) => {
-  const permissive = await startSidecar(pki, orders, {
-    inbound: {
-      listen: "127.0.0.1:0",
-      app: wiretap.url,
-      mode: "permissive",
-      policy: { rules: [{ name: "anyone", action: "allow", to: [{ paths: ["/v1/*"] }] }] },
-    },
-  });
-  t.teardown(() => permissive.stop());
-  const session = http2.connect(`http://127.0.0.1:${permissive.inboundPort}`);
-  session.on("error", () => {});
-  t.teardown(() => session.close());
-  const result = await get(session, "/v1/plain-h2c", { "x-forwarded-client-cert": "By=forged" });
-  t.equal(result.status, 200);
-  const echo = JSON.parse(result.body) as { headers: Record<string, string> };
-  t.equal(echo.headers["x-forwarded-client-cert"], undefined, "a forged XFCC never reaches the app");
-  t.equal(echo.headers["x-forwarded-proto"], "http");
-  const line = await waitForLog(permissive.logs, (l) => l.msg === "request" && l.path === "/v1/plain-h2c");
-  t.match(line, { protocol: "h2", plaintext: true, source_identity: "unauthenticated" });
-});
+t.test(
+  "in permissive mode a plaintext HTTP/2 client (prior knowledge) is served as unauthenticated",
+  async (t) => {
+    const permissive = await startSidecar(pki, orders, {
+      inbound: {
+        listen: "127.0.0.1:0",
+        app: wiretap.url,
+        mode: "permissive",
+        policy: { rules: [{ name: "anyone", action: "allow", to: [{ paths: ["/v1/*"] }] }] },
+      },
+    });
+    t.teardown(() => permissive.stop());
+    const session = http2.connect(`http://127.0.0.1:${permissive.inboundPort}`);
+    session.on("error", () => {});
+    t.teardown(() => session.close());
+    const result = await get(session, "/v1/plain-h2c", { "x-forwarded-client-cert": "By=forged" });
+    t.equal(result.status, 200);
+    const echo = JSON.parse(result.body) as { headers: Record<string, string> };
+    t.equal(echo.headers["x-forwarded-client-cert"], undefined, "a forged XFCC never reaches the app");
+    t.equal(echo.headers["x-forwarded-proto"], "http");
+    const line = await waitForLog(permissive.logs, (l) => l.msg === "request" && l.path === "/v1/plain-h2c");
+    t.match(line, { protocol: "h2", plaintext: true, source_identity: "unauthenticated" });
+  },
+);
+
+t.test(
+  "an app head HTTP/2 cannot carry (two Content-Type fields) is a 502 upstream_protocol_error",
+  async (t) => {
+    const { createServer } = await import("node:http");
+    const odd = createServer((_req, res) => {
+      res.writeHead(200, [
+        ["content-type", "text/plain"],
+        ["content-type", "text/html"],
+      ]);
+      res.end("which one?");
+    });
+    await new Promise<void>((resolve) => odd.listen(0, "127.0.0.1", resolve));
+    t.teardown(() => new Promise<void>((resolve) => odd.close(() => resolve())));
+    const address = odd.address() as { port: number };
+    const front = await startSidecar(pki, orders, {
+      inbound: { listen: "127.0.0.1:0", app: `http://127.0.0.1:${address.port}`, policy },
+    });
+    t.teardown(() => front.stop());
+    const session = await h2Session(front.inboundPort);
+    t.teardown(() => session.close());
+    const result = await get(session, "/v1/odd-head");
+    t.equal(result.status, 502);
+    t.equal(result.headers["x-mtlsd-reason"], "upstream_protocol_error");
+    t.match(JSON.parse(result.body).error, "content-type");
+    const http11 = await curlRequest(`https://localhost:${front.inboundPort}/v1/odd-head`, {
+      ...curlTls,
+      args: ["--http1.1"],
+    });
+    t.equal(http11.response?.status, 200, "an HTTP/1.1 peer gets the head as the app sent it");
+  },
+);

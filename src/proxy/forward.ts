@@ -151,7 +151,15 @@ class Forwarding implements StreamHandler {
     }
     this.#status = statusCode;
     if (this.#down.grpc) this.#grpcStatus = firstValue(headers["grpc-status"]);
-    this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
+    try {
+      this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
+    } catch (error) {
+      // A head HTTP/1.1 allowed that HTTP/2 does not (two Content-Type fields, say): the app was reachable,
+      // its answer cannot be passed on as it is.
+      const message = `${this.#upstream}'s response cannot be passed on: ${(error as Error).message}`;
+      this.#fail({ status: 502, reason: "upstream_protocol_error", message });
+      controller.abort(new ReplacedResponseError(message));
+    }
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
