@@ -16,6 +16,7 @@ export {
   type WorkloadApiSocket,
 } from "./config-schema.ts";
 export { ConfigError, type LoadedConfig, loadConfigFile, type ParseOptions, parseConfig } from "./load.ts";
+export { pathPatternProblem } from "./path-pattern.ts";
 export { formatByteSize, formatDuration, parseByteSize, parseDuration } from "./schema.ts";
 
 import { configSchema } from "./config-schema.ts";
