@@ -69,13 +69,17 @@ export class InboundHandler {
       connection,
       record,
       (status, reason, message) => {
-        const grpcStatus = sendError(down, status, reason, message, reason === "bad_request");
+        // A client waiting for `100 Continue` learns here that its body is not wanted: it may still send it
+        // (tired of waiting), or not, so where the next request starts is unknown and the connection closes.
+        // Without Expect the body is on its way; Node reads and drops it and the connection stays usable.
+        const close = reason === "bad_request" || expectsContinue;
+        const grpcStatus = sendError(down, status, reason, message, close);
         this.#finish(record, started, wireStatus(status, grpcStatus), reason, grpcStatus);
       },
     );
     if (!admitted) return;
     if (down.grpc && this.#options.config.appProtocol === "http1") {
-      const grpcStatus = sendError(down, 502, "app_protocol_mismatch", GRPC_NEEDS_H2C);
+      const grpcStatus = sendError(down, 502, "app_protocol_mismatch", GRPC_NEEDS_H2C, expectsContinue);
       this.#finish(
         record,
         started,

@@ -78,6 +78,8 @@ export class HttpDrain {
   readonly #sockets = new Set<net.Socket>();
   /** The response in progress on each connection; pipelined requests wait their turn behind it. */
   readonly #inFlight = new Map<net.Socket, http.ServerResponse>();
+  /** The last response on each connection, in flight or done: a parse error may concern its request's body. */
+  readonly #last = new WeakMap<net.Socket, http.ServerResponse>();
   #draining = false;
 
   /** Starts following `server`'s connections (for a server fed by hand, the ones emitted to it). */
@@ -100,6 +102,7 @@ export class HttpDrain {
     if (this.#draining) res.setHeader("connection", "close");
     const socket = req.socket;
     this.#inFlight.set(socket, res);
+    this.#last.set(socket, res);
     res.once("close", () => {
       if (this.#inFlight.get(socket) === res) this.#inFlight.delete(socket);
     });
@@ -108,6 +111,16 @@ export class HttpDrain {
   /** The response in progress on `socket`, if any: a late parse error must never write into it. */
   responseOn(socket: net.Socket): http.ServerResponse | undefined {
     return this.#inFlight.get(socket);
+  }
+
+  /**
+   * Whether `socket` is past its last response but still reading that request's body (Node drops the body of a
+   * request answered early, a refused upload's): a parse error now concerns a request that was already answered,
+   * logged and counted, typically a client that read our answer and hung up mid-body.
+   */
+  discardingBodyOn(socket: net.Socket): boolean {
+    const last = this.#last.get(socket);
+    return last?.writableEnded === true && !last.req.complete;
   }
 
   /**
