@@ -1,9 +1,18 @@
 // Graceful drain of HTTP/1.1 servers: which requests are in flight, `Connection: close` once draining, a deadline.
 import type http from "node:http";
 import net from "node:net";
+import type { ForwardFailure } from "./errors.ts";
+import { cutForward } from "./forward.ts";
 
 // How often a drain checks whether every connection is gone.
 const POLL_MS = 20;
+
+/** How a request still in flight at the drain deadline is logged: cut by the drain, not by its client. */
+export const DRAIN_CUT: ForwardFailure = Object.freeze({
+  status: 503,
+  reason: "draining",
+  message: "cut at the drain deadline (limits.drainTimeout)",
+});
 
 /** The moment a drain must end; a second stop request can bring it forward, never push it back. */
 export class Deadline {
@@ -148,6 +157,7 @@ export class HttpDrain {
       await Promise.race([new Promise((resolve) => setTimeout(resolve, POLL_MS)), deadline.reached]);
     }
     const cut = open();
+    for (const res of this.#inFlight.values()) cutForward(res, DRAIN_CUT);
     for (const socket of this.#sockets) socket.destroy();
     return { inFlight, cut };
   }

@@ -1,6 +1,8 @@
 // HTTP/2 servers fed connections by a listener: the limits that bound them, and the request rules nghttp2 leaves to us.
 import http2 from "node:http2";
 import type { LimitsConfig } from "../config/index.ts";
+import { DRAIN_CUT } from "./drain.ts";
+import { cutForward } from "./forward.ts";
 
 const { NGHTTP2_PROTOCOL_ERROR } = http2.constants;
 
@@ -59,6 +61,8 @@ type CountedSession = http2.ServerHttp2Session & { [kOpenStreams]?: number };
  */
 export class H2Sessions {
   readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /** Streams open over every session, so a drain's deadline can say why each one was cut. */
+  readonly #streams = new Set<http2.ServerHttp2Stream>();
   #draining = false;
 
   watch(server: http2.Http2Server, idleMs: number): void {
@@ -76,8 +80,10 @@ export class H2Sessions {
       const session = stream.session as CountedSession | undefined;
       if (!session) return;
       session[kOpenStreams] = (session[kOpenStreams] ?? 0) + 1;
+      this.#streams.add(stream);
       stream.once("close", () => {
         session[kOpenStreams]!--;
+        this.#streams.delete(stream);
       });
     });
   }
@@ -99,7 +105,9 @@ export class H2Sessions {
     for (const session of this.#sessions) session.close();
   }
 
+  /** The drain's deadline: every session is cut, and each stream still in flight is logged as cut by it. */
   destroy(): void {
+    for (const stream of this.#streams) cutForward(stream, DRAIN_CUT);
     for (const session of this.#sessions) session.destroy();
   }
 }
