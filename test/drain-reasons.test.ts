@@ -12,7 +12,10 @@ const orders = await pki.identity("orders");
 const frontend = await pki.identity("frontend");
 const client: ClientTls = { ca: pki.bundlePem, cert: frontend.chainPem, key: frontend.keyPem };
 
-async function gatedSidecar(t: Parameters<Parameters<typeof t.test>[0]>[0]) {
+/** The subtest handed to a `t.test` callback. */
+type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
+
+async function gatedSidecar(t: TestContext) {
   const gate = await startGateApp();
   t.teardown(() => gate.close());
   const running = await startSidecar(pki, orders, {
