@@ -302,7 +302,11 @@ export class InboundListener {
   }
 
   #refusePlaintext(socket: net.Socket): void {
-    this.#handshakeFailure(socket, "tls_protocol", "plaintext request on an mTLS port");
+    this.#handshakeFailure(
+      socket,
+      "mtls_required",
+      "plaintext HTTP on a strict mTLS port: the client must connect with https:// and a client certificate",
+    );
     linger(socket);
     socket.end(
       rawErrorResponse(
