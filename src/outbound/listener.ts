@@ -132,11 +132,7 @@ export class OutboundListener {
     this.#http.on("checkContinue", (req, res) => this.#onRequest(req, res, true));
     this.#http.on("upgrade", this.#onUpgrade);
     this.#http.on("connect", this.#onConnect);
-    this.#http.on("clientError", (error: Error & { code?: string }, socket: net.Socket) => {
-      const answer = settleClientError(error, socket, this.#drain);
-      if (answer)
-        socket.end(rawErrorResponse(answer.status, answer.statusText, answer.reason, answer.message));
-    });
+    this.#http.on("clientError", this.#onClientError);
     this.#drain.watch(this.#http);
 
     this.#h2 = http2.createServer(h2ServerOptions(limits));
@@ -393,6 +389,18 @@ export class OutboundListener {
     tunnel.write(CONNECT_ESTABLISHED);
     if (head.length > 0) tunnel.unshift(head);
     this.#accept(tunnel);
+  };
+
+  /** Node's parser gave up on the app's request (too large, malformed, too slow): answered, logged and counted. */
+  readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
+    const answer = settleClientError(error, socket, this.#drain);
+    if (!answer) return;
+    const { status, statusText, reason, message } = answer;
+    const record = this.#record("-", "-", "http/1.1");
+    record.decision = "deny";
+    record.destination_identity = "unknown";
+    this.#finish(record, performance.now(), status, reason, error.code ?? error.message);
+    socket.end(rawErrorResponse(status, statusText, reason, message));
   };
 
   readonly #onHandshakeFailure = (upstream: Upstream, failure: UpstreamHandshakeFailure): void => {
