@@ -212,7 +212,9 @@ export class CredentialReloader {
       // What is in use already: a touch, a burst that undid itself, or a SIGHUP with nothing new.
       this.#burst = undefined;
       this.#reported = undefined;
-      if (force) this.#options.logger.info({ trigger }, "credential files unchanged; nothing to reload");
+      // After a refused push, files that are back to what is in use end the failure: /status says so.
+      if (this.#status.result === "failure") this.#recover(trigger);
+      else if (force) this.#options.logger.info({ trigger }, "credential files unchanged; nothing to reload");
       return { result: "unchanged" };
     }
     if (!force && !this.#burst && sha256 === this.#reported) return { result: "unchanged" };
@@ -276,6 +278,22 @@ export class CredentialReloader {
       "credential reload failed; keeping the current credentials",
     );
     return { result: "failure", status: this.status() };
+  }
+
+  #recover(trigger: ReloadTrigger): void {
+    const current = this.#options.store.current;
+    const failed = this.#status.error;
+    this.#status = { at: new Date(), result: "success", trigger, error: null };
+    this.#options.logger.info(
+      {
+        trigger,
+        identity: current.spiffeId,
+        serial: current.leaf.serialHex,
+        not_after: current.leaf.notAfter.toISOString(),
+        previous_error: failed?.code,
+      },
+      "credential files match the credentials in use again; recovered from the failed reload",
+    );
   }
 
   #conclude(run: number, outcome: ReloadOutcome): void {
