@@ -1,4 +1,6 @@
 // The config module's public face: the schema-derived types, loading and validation, the JSON Schema.
+
+export { type ConfigChange, configChangeKeys, configChanges } from "./changes.ts";
 export {
   type AdminConfig,
   type Config,

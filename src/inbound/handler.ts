@@ -52,11 +52,17 @@ interface Admitted {
 export class InboundHandler {
   /** Swapped whole on a policy reload; a request uses the policy it started with. */
   policy: Policy;
-  readonly #options: InboundHandlerOptions;
+  /** Swapped whole on a config reload (`configure`); a request reads it as it starts. */
+  #options: InboundHandlerOptions;
 
   constructor(options: InboundHandlerOptions) {
     this.#options = options;
     this.policy = options.policy;
+  }
+
+  /** A config reload: requests from now on use these settings and this app client; those in flight keep theirs. */
+  configure(config: InboundConfig, app: AppClient): void {
+    this.#options = { ...this.#options, config, app };
   }
 
   /** A request, over HTTP/1.1 or HTTP/2. `expectsContinue`: the client waits for a 100 before its body. */
