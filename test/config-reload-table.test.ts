@@ -1,5 +1,6 @@
 // The one table that decides what a config reload applies live: it covers every key of the schema, and a plan
 // built from it applies the live changes and keeps restart-only settings at their running values.
+import { readFileSync } from "node:fs";
 import t from "tap";
 import { type Config, configChangeKeys, configChanges, parseConfig } from "../src/config/index.ts";
 import { planReload, RELOAD_RULES, reloadRule } from "../src/config-reload.ts";
@@ -162,4 +163,35 @@ t.test("switching to the Workload API keeps the files in use until a restart", a
   );
   t.same(plan.effective.identity, running.identity);
   t.same(plan.applied, []);
+});
+
+/** The backticked keys of the docs table that starts with `| heading |`, in docs/configuration.md. */
+function documented(heading: string): string[] {
+  const page = readFileSync(new URL("../docs/configuration.md", import.meta.url), "utf8");
+  const start = page.indexOf(`| ${heading} |`);
+  const table = page.slice(start, page.indexOf("\n\n", start));
+  return table
+    .split("\n")
+    .slice(2)
+    .flatMap((row) => [...(row.split(" | ")[0] ?? "").matchAll(/`([^`]+)`/g)].map((match) => match[1]!));
+}
+
+/** A key is documented when it, or a section above it, is in the table. */
+function covered(key: string, keys: readonly string[]): boolean {
+  return keys.some((documentedKey) => key === documentedKey || key.startsWith(`${documentedKey}.`));
+}
+
+t.test("docs/configuration.md lists every key that waits for a restart, and only those", async (t) => {
+  const restart = documented("waits for a restart");
+  for (const [key, rule] of Object.entries(RELOAD_RULES)) {
+    if (rule.restart) t.ok(covered(key, restart), `${key} is in the restart table`);
+  }
+  for (const key of restart) t.ok(RELOAD_RULES[key]?.restart, `${key} does wait for a restart`);
+});
+
+t.test("docs/configuration.md lists every key that applies live", async (t) => {
+  const live = documented("applies live");
+  for (const [key, rule] of Object.entries(RELOAD_RULES)) {
+    if (rule.live) t.ok(covered(key, live), `${key} is in the live table`);
+  }
 });
