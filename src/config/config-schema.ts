@@ -298,7 +298,7 @@ export const configSchema = s.object({
             .duration(100, 86_400_000)
             .default(30_000)
             .describe(
-              "Polling backstop: the files are re-read (and the certificate's expiry checked) this often.",
+              "Polling backstop: the files and the config file are re-read (and the certificate's expiry checked) this often.",
             ),
         })
         .default({ watch: true, interval: 30_000 })
