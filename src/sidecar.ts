@@ -315,7 +315,6 @@ export class Sidecar {
    */
   async #applyLive(plan: ReloadPlan, policy: Policy | undefined): Promise<void> {
     const { parts, effective } = plan;
-    if (this.draining) throw new MtlsdError("DRAINING", "the sidecar is stopping: nothing is reloaded");
     let commitOutbound: (() => void) | undefined;
     if (parts.has("outbound") && this.#outbound && effective.outbound) {
       const outbound = this.#outbound;

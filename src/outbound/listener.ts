@@ -96,6 +96,7 @@ export class OutboundListener {
   readonly #retiring = new Set<Promise<void>>();
   /** The shared listener first, then one per upstream that has a `listen` of its own. */
   #listeners: Listener[] = [];
+  #draining = false;
   readonly #http: http.Server;
   readonly #h2: http2.Http2Server;
   readonly #sockets = new Set<net.Socket>();
@@ -193,6 +194,8 @@ export class OutboundListener {
       .map((w) => this.#listener(w.field, w.address, w.upstream));
     try {
       for (const listener of added) await bind(listener);
+      // A stop that came while the ports were being bound closed the listeners it knew: these must not outlive it.
+      if (this.#draining) throw new Error("the outbound listener is draining");
     } catch (error) {
       for (const listener of added) listener.server.close();
       throw error;
@@ -252,6 +255,7 @@ export class OutboundListener {
    * cut at the deadline. Then the upstream pools close.
    */
   async drain(deadline: Deadline): Promise<DrainResult> {
+    this.#draining = true;
     this.#unsubscribe();
     const closed = Promise.all(
       this.#listeners.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))),
