@@ -309,7 +309,8 @@ export class ConfigReloader {
    */
   reload(trigger: ConfigReloadTrigger): Promise<ConfigReloadOutcome> {
     const run = this.#queue.then(() => this.#reload(trigger));
-    this.#queue = run;
+    // #reload settles every failure itself; should it ever throw, the next reload must still run.
+    this.#queue = run.catch(() => undefined);
     return run;
   }
 

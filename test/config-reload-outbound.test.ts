@@ -182,3 +182,20 @@ t.test("an upstream newly listed in identity.deny is refused from the next call"
   t.equal(refused.reason, "upstream_tls_error");
   t.match(refused.error, /revoked/);
 });
+
+t.test(
+  "a smaller limits.maxHeaderSize applies to the app's next connection to the outbound port",
+  async (t) => {
+    const running = await caller(t, { orders: ORDERS });
+    const big = [`X-Big: ${"b".repeat(4000)}`];
+    t.equal(
+      (await appRequest("http://orders/big", { proxy: running.proxyUrl, headers: big })).response?.status,
+      200,
+    );
+    await editConfig(running, (config) => (config.limits = { maxHeaderSize: "2KiB" }));
+    t.equal(
+      (await appRequest("http://orders/big", { proxy: running.proxyUrl, headers: big })).response?.status,
+      431,
+    );
+  },
+);

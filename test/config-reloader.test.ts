@@ -143,3 +143,39 @@ t.test("a deleted file is left for the next event: the poll does not complain", 
     "nothing logged while the file is missing",
   );
 });
+
+t.test("a policy the engine refuses is refused by the reload, naming the field", async (t) => {
+  const { reloader: r, file } = await reloader(t);
+  await writeFile(
+    file,
+    stringify({
+      identity: { cert: "c.crt", key: "c.key", trustBundle: "ca.crt", trustDomain: "example.org" },
+      inbound: { listen: "127.0.0.1:0", policy: { rules: [{ name: "default", action: "allow" }] } },
+    }),
+  );
+  t.match(await r.reload("request"), {
+    result: "rejected",
+    error: /inbound\.policy\.rules\[0\]\.name.*reserved/,
+  });
+  t.equal(r.policy?.ruleCount, 1, "the running policy stays");
+});
+
+t.test("a config directory that cannot be watched is said in the log; the poll is still armed", async (t) => {
+  const seed = path.join(dir, `seed-${Date.now()}.yaml`);
+  await writeFile(seed, text("30s"));
+  const running = loadConfigFile(seed);
+  const { lines, stream } = captureLogs();
+  const gone = path.join(dir, "no-such-directory", "mtlsd.yaml");
+  const orphan = new ConfigReloader({
+    running: { ...running, file: gone },
+    policy: compileConfigPolicy(running),
+    apply: async () => {},
+    logger: createLogger({ level: "debug", stream }),
+  });
+  t.teardown(() => orphan.close());
+  orphan.watch({ debounceMs: 20 });
+  t.match(
+    lines.find((line) => line.msg.startsWith("cannot watch the config directory")),
+    { level: "warn", config: gone, error: /ENOENT|no such file/ },
+  );
+});
