@@ -133,3 +133,25 @@ t.test("a policy built without the config schema gets the same advice", async (t
     },
   );
 });
+
+t.test("/** is refused, naming /{**} and the prefix /*", async (t) => {
+  t.match(refusal("/**"), 'write the template "/{**}" or the prefix "/*"');
+});
+
+t.test("** glued to other text is refused, pointing at {**} as a whole segment", async (t) => {
+  t.match(refusal("/files/a**"), "write {**} as a whole segment");
+});
+
+t.test(
+  "a template with an empty segment is refused by the policy: a normalized path never has one",
+  async (t) => {
+    t.throws(() => matcher("/v1//{*}"), {
+      code: "POLICY_INVALID",
+      message: /has an empty segment \("\/\/"\)/,
+    });
+  },
+);
+
+t.test("a relative path with a * in the middle is refused, naming the absolute template", async (t) => {
+  t.match(refusal("v1/*/items"), 'write the template "/v1/{*}/items"');
+});
