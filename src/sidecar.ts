@@ -3,7 +3,15 @@ import type { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { DestinationStream } from "pino";
-import type { LoadedConfig } from "./config/index.ts";
+import type { Config, LoadedConfig } from "./config/index.ts";
+import {
+  ConfigReloader,
+  type ConfigReloadOutcome,
+  type ConfigReloadTrigger,
+  compileConfigPolicy,
+  type LivePart,
+  type ReloadPlan,
+} from "./config-reload.ts";
 import {
   type BackoffTiming,
   type CredentialSource,
@@ -21,12 +29,6 @@ import { DenyList } from "./identity/index.ts";
 import { InboundListener, type InboundStats } from "./inbound/index.ts";
 import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import type { Policy } from "./policy/index.ts";
-import {
-  compileConfigPolicy,
-  PolicyReloader,
-  type PolicyReloadOutcome,
-  type PolicyReloadTrigger,
-} from "./policy-reload.ts";
 import { Deadline, httpLimits } from "./proxy/index.ts";
 import {
   AdminServer,
@@ -43,11 +45,11 @@ export interface SidecarOptions {
   /** Log destination; stdout by default. Tests pass a stream to read the lines. */
   logStream?: DestinationStream;
   /**
-   * Where SIGHUP comes from (the process, for `mtlsd run`); each one reloads the credentials and the policy.
+   * Where SIGHUP comes from (the process, for `mtlsd run`); each one reloads the credentials and the config.
    * Subscribed from the start, so a SIGHUP during startup is served once running instead of ending the process.
    */
   signals?: EventEmitter;
-  /** Reload the policy when the config file changes (`mtlsd run` does); SIGHUP works either way. */
+  /** Reload the config when its file changes (`mtlsd run` does); SIGHUP works either way. */
   watchConfig?: boolean;
   /** The clock the certificate expiry warnings and override expiries read; tests move it. */
   now?: () => Date;
@@ -73,12 +75,14 @@ export class Sidecar {
   readonly #inbound: InboundListener | undefined;
   readonly #outbound: OutboundListener | undefined;
   readonly #admin: AdminServer;
-  readonly #policyReloader: PolicyReloader | undefined;
+  readonly #readiness: Readiness;
+  /** `identity.deny`, one list shared by every listener and upstream; a reload replaces its entries. */
+  readonly #denyList: DenyList;
+  readonly #configReloader: ConfigReloader;
   /** Where the credentials come from (files or the Workload API); it offers every new version to the store. */
   readonly #source: CredentialSource;
   readonly #expiry: ExpiryMonitor;
   readonly #signals: EventEmitter | undefined;
-  #outboundAddresses: Record<string, AddressInfo> = {};
   /** Set by the first stop request; a later one can only bring it forward. */
   #deadline: Deadline | undefined;
   #stopping: Promise<void> | undefined;
@@ -115,8 +119,9 @@ export class Sidecar {
     );
     this.observer = new TrafficFanout([new TrafficLog(logger), this.metrics]);
     const denyList = new DenyList(config.identity.deny);
+    this.#denyList = denyList;
     if (config.inbound && policy) {
-      const inbound = new InboundListener({
+      this.#inbound = new InboundListener({
         config: config.inbound,
         limits: config.limits,
         store,
@@ -126,15 +131,15 @@ export class Sidecar {
         logger,
         observer: this.observer,
       });
-      this.#inbound = inbound;
-      this.#policyReloader = new PolicyReloader({
-        running: loaded,
-        policy,
-        apply: (next) => inbound.setPolicy(next),
-        logger,
-        ...(options.now ? { now: millisecondsOf(options.now) } : {}),
-      });
     }
+    this.#configReloader = new ConfigReloader({
+      running: loaded,
+      policy,
+      apply: (plan, next) => this.#applyLive(plan, next),
+      onResult: (result) => this.metrics.configReloads.inc({ result }),
+      logger,
+      ...(options.now ? { now: millisecondsOf(options.now) } : {}),
+    });
     if (config.outbound) {
       this.#outbound = new OutboundListener({
         config: config.outbound,
@@ -146,7 +151,7 @@ export class Sidecar {
         logger,
       });
     }
-    const readiness = new Readiness({
+    this.#readiness = new Readiness({
       certificate: () => this.store.current.leaf,
       listeners: () => this.#listening(),
       app: config.inbound ? appAddress(config.inbound.app) : undefined,
@@ -154,7 +159,7 @@ export class Sidecar {
     });
     const served = {
       metrics: this.metrics,
-      readiness,
+      readiness: this.#readiness,
       draining: () => this.draining,
       status: {
         credentials: () => this.store.current,
@@ -162,6 +167,7 @@ export class Sidecar {
         // Read at request time: the policy in force after any reload, the last credential reload's outcome.
         policy: () => this.policy,
         reload: () => this.#source.status(),
+        configReload: () => this.#configReloader.status(),
         upstreams: () => this.upstreamStats(),
       },
     };
@@ -228,19 +234,20 @@ export class Sidecar {
 
   /** The policy requests are decided by now; undefined without an inbound section. */
   get policy(): Policy | undefined {
-    return this.#policyReloader?.policy;
+    return this.#configReloader.policy;
+  }
+
+  /** The config in force: the file as last reloaded, with restart-only settings at their starting values. */
+  get config(): Config {
+    return this.#configReloader.config;
   }
 
   /**
-   * Re-reads the config file and, if it validates, swaps in its `inbound.policy`; other settings need a
-   * restart (the log line names any that changed). A bad config keeps the current policy. Never throws.
+   * Re-reads the config file and, if it validates, applies what applies live (src/config-reload.ts says what);
+   * the log line names what waits for a restart. A bad file keeps everything as it is. Never rejects.
    */
-  reloadPolicy(trigger: PolicyReloadTrigger = "request"): PolicyReloadOutcome | undefined {
-    if (!this.#policyReloader) {
-      this.logger.info({ trigger }, "no inbound policy to reload; config changes need a restart");
-      return undefined;
-    }
-    return this.#policyReloader.reload(trigger);
+  reloadConfig(trigger: ConfigReloadTrigger = "request"): Promise<ConfigReloadOutcome> {
+    return this.#configReloader.reload(trigger);
   }
 
   addresses(): SidecarAddresses {
@@ -249,7 +256,7 @@ export class Sidecar {
     if (admin) addresses.admin = admin;
     const inbound = this.#inbound?.address();
     if (inbound) addresses.inbound = inbound;
-    for (const [field, address] of Object.entries(this.#outboundAddresses)) {
+    for (const [field, address] of Object.entries(this.#outbound?.addresses() ?? {})) {
       if (field === "outbound.listen") addresses.outbound = address;
       else {
         addresses.upstreams ??= {};
@@ -297,13 +304,55 @@ export class Sidecar {
       this.logger.info({ signal: "SIGHUP" }, "draining: reload ignored");
       return;
     }
-    this.logger.info(
-      { signal: "SIGHUP" },
-      this.#policyReloader ? "reloading credentials and policy" : "reloading credentials",
-    );
+    this.logger.info({ signal: "SIGHUP" }, "reloading credentials and config");
     void this.#source.reload("signal");
-    this.#policyReloader?.reload("signal");
+    void this.#configReloader.reload("signal");
   };
+
+  /**
+   * Hands a validated reload to the parts that take it. The one step that can fail (binding a per-upstream port)
+   * runs first, so a failure leaves everything as it was; each part then takes its settings.
+   */
+  async #applyLive(plan: ReloadPlan, policy: Policy | undefined): Promise<void> {
+    const { parts, effective } = plan;
+    let commitOutbound: (() => void) | undefined;
+    if (parts.has("outbound") && this.#outbound && effective.outbound) {
+      const outbound = this.#outbound;
+      commitOutbound = await listenOrExplain("outbound.upstreams", () =>
+        outbound.prepare(effective.outbound!),
+      );
+    }
+    const apply: Record<LivePart, () => void> = {
+      policy: () => {
+        if (policy) this.#inbound?.setPolicy(policy);
+      },
+      inbound: () => {
+        this.#inbound?.applyConfig(effective.inbound!);
+        this.#readiness.probeApp(appAddress(effective.inbound!.app));
+      },
+      outbound: () => commitOutbound?.(),
+      limits: () => {
+        this.#inbound?.applyLimits(effective.limits);
+        this.#outbound?.applyLimits(effective.limits);
+        this.#admin.applyLimits(httpLimits(effective.limits), effective.limits.maxConnections);
+      },
+      log: () => {
+        this.logger.level = effective.log.level;
+      },
+      metrics: () => this.metrics.setMaxIdentityLabels(effective.metrics.maxIdentityLabels),
+      denyList: () => {
+        this.#denyList.replace(effective.identity.deny);
+        this.#inbound?.enforceDenyList();
+        this.#outbound?.renewPools();
+      },
+      credentialReload: () => {
+        const { watch, interval } = effective.identity.reload;
+        this.#source.retime({ watch, intervalMs: interval });
+        this.#expiry.retime(interval);
+      },
+    };
+    for (const part of LIVE_ORDER) if (parts.has(part)) apply[part]();
+  }
 
   async #listen(watchConfig: boolean): Promise<void> {
     const addresses: Record<string, string> = {};
@@ -312,8 +361,8 @@ export class Sidecar {
       addresses.inbound = `${address.address}:${address.port}`;
     }
     if (this.#outbound) {
-      this.#outboundAddresses = await listenOrExplain("outbound.listen", () => this.#outbound!.listen());
-      for (const [field, address] of Object.entries(this.#outboundAddresses)) {
+      const bound = await listenOrExplain("outbound.listen", () => this.#outbound!.listen());
+      for (const [field, address] of Object.entries(bound)) {
         addresses[field === "outbound.listen" ? "outbound" : `upstream:${field.split(".")[2]}`] =
           `${address.address}:${address.port}`;
       }
@@ -323,14 +372,9 @@ export class Sidecar {
       : await listenOrExplain("admin.listen", () => this.#admin.listen());
     addresses.admin = `${admin.address}:${admin.port}`;
     // Before "mtlsd started": whoever waits for that line may change the config file right after it.
-    this.#policyReloader?.start();
+    this.#configReloader.start();
     // The config file is watched like the credential files: same debounce, same polling backstop.
-    if (watchConfig) {
-      this.#policyReloader?.watch({
-        debounceMs: RELOAD_TIMING.debounceMs,
-        pollMs: this.loaded.config.identity.reload.interval,
-      });
-    }
+    if (watchConfig) this.#configReloader.watch({ debounceMs: RELOAD_TIMING.debounceMs });
     const credentials = this.store.current;
     this.logger.info(
       {
@@ -375,7 +419,7 @@ export class Sidecar {
     const started = performance.now();
     // Nothing is reloaded during a drain: the watchers, the polling and expiry timers stop now, so none of
     // them keeps the process alive once the drain is over.
-    this.#policyReloader?.close();
+    this.#configReloader.close();
     this.#source.close();
     this.#expiry.close();
     if (drainTimeoutMs > 0) {
@@ -404,6 +448,21 @@ export class Sidecar {
     this.logger.flush();
   }
 }
+
+/**
+ * The order in which parts take a reload: the outbound's new upstreams before the limits that bound its ports,
+ * the rest independent of each other.
+ */
+const LIVE_ORDER: readonly LivePart[] = [
+  "log",
+  "metrics",
+  "denyList",
+  "credentialReload",
+  "policy",
+  "inbound",
+  "outbound",
+  "limits",
+];
 
 /** The files of `identity`, or the Workload API of `identity.workloadApi`; validation lives in the store. */
 function credentialSource(

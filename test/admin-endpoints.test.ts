@@ -141,6 +141,7 @@ t.test(
     const status = JSON.parse(response.text);
     t.same(Object.keys(status).sort(), [
       "cert",
+      "configReload",
       "draining",
       "identity",
       "policy",
@@ -178,6 +179,12 @@ t.test(
     t.same(Object.keys(status.reload).sort(), ["at", "error", "result", "trigger"]);
     t.match(status.reload, { result: "success", trigger: "startup", error: null });
     t.ok(Date.parse(status.reload.at) <= Date.now(), "the startup load, in the past");
+    t.match(status.configReload, {
+      result: "success",
+      trigger: "startup",
+      error: null,
+      restartRequired: [],
+    });
     t.same(status.upstreams, {
       payments: {
         address: "payments.internal:15006",
@@ -247,7 +254,10 @@ t.test(
     };
     config.inbound.policy.rules.push(policy.rules[1]);
     await writeFile(running.configPath, stringify(config));
-    t.match(running.sidecar.reloadPolicy("request"), { result: "applied", changed: true });
+    t.match(await running.sidecar.reloadConfig("request"), {
+      result: "applied",
+      changed: ["inbound.policy.rules"],
+    });
     const after = JSON.parse((await get(`${running.adminUrl}/status`)).text).policy;
     t.equal(after.rules, 2);
     t.not(after.sha256, before.sha256);

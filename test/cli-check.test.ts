@@ -79,6 +79,11 @@ t.test("check lists the upstreams of an outbound config", async (t) => {
           address: "payments.internal:15006",
           identity: "spiffe://example.org/ns/payments/sa/payments",
         },
+        ledger: {
+          address: "ledger.internal:15006",
+          identity: "spiffe://example.org/ns/ledger/sa/ledger",
+          listen: "127.0.0.1:15102",
+        },
       },
     },
   });
@@ -86,7 +91,12 @@ t.test("check lists the upstreams of an outbound config", async (t) => {
   t.equal(result.code, 0, result.stdout);
   t.match(
     result.stdout,
-    /- payments: payments\.internal:15006 must present spiffe:\/\/example\.org\/ns\/payments\/sa\/payments/,
+    /- payments: payments\.internal:15006 must present spiffe:\/\/example\.org\/ns\/payments\/sa\/payments\n/,
+  );
+  t.match(
+    result.stdout,
+    /- ledger: ledger\.internal:15006 must present spiffe:\/\/example\.org\/ns\/ledger\/sa\/ledger; the app may also call 127\.0\.0\.1:15102 \(plain HTTP, no Host needed\)/,
+    "a per-upstream listen port is listed with its upstream",
   );
 });
 

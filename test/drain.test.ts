@@ -351,7 +351,7 @@ t.test("a SIGHUP during a drain is answered, not fatal, and stopping removes the
   signals.emit("SIGHUP");
   t.match(running.logs.at(-1), { msg: "draining: reload ignored", signal: "SIGHUP" });
   t.notOk(
-    running.logs.some((line) => line.msg === "reloading credentials and policy"),
+    running.logs.some((line) => line.msg === "reloading credentials and config"),
     "nothing is reloaded",
   );
   gate.release();

@@ -66,9 +66,14 @@ t.test(
 
     const failure = await waitForLog(
       strict.logs,
-      (line) => line.msg === "handshake failed" && strict.logs.indexOf(line) >= before,
+      (line) => line.msg === "plaintext refused: mTLS required" && strict.logs.indexOf(line) >= before,
     );
-    t.match(failure, { level: "warn", reason: "tls_protocol", detail: /plaintext/ });
+    t.match(failure, {
+      level: "warn",
+      reason: "mtls_required",
+      remote_address: "127.0.0.1",
+      detail: /plaintext HTTP on a strict mTLS port/,
+    });
     t.notOk(
       strict.logs.some((line) => line.msg === "request" && line.path === path),
       "no request was forwarded or logged as served",
@@ -97,6 +102,18 @@ t.test(
     t.equal(response?.headers["x-mtlsd-reason"], "mtls_required");
   },
 );
+
+t.test("strict: a plaintext request is counted as an mtls_required refusal, not a TLS failure", async (t) => {
+  const count = async (reason: string) =>
+    (await strict.sidecar.metrics.handshakeFailures.get()).values.find(
+      (sample) => sample.labels.reason === reason && sample.labels.direction === "inbound",
+    )?.value ?? 0;
+  const [required, protocol] = [await count("mtls_required"), await count("tls_protocol")];
+  const result = await curlRequest(plainUrl(strict, "/counted"), { cacert: pki.bundlePath });
+  t.equal(result.response?.status, 400);
+  t.equal(await count("mtls_required"), required + 1);
+  t.equal(await count("tls_protocol"), protocol, "no tls_protocol failure for it");
+});
 
 t.test("the startup line says which mode the inbound listener runs in", async (t) => {
   t.match(

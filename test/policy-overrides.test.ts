@@ -143,8 +143,8 @@ t.test("reloading a config with the same overrides does not log them again", asy
   };
   config.inbound.policy.rules.push({ name: "frontend-reads", action: "allow", from: [frontend.spiffeId] });
   await writeFile(sidecar.configPath, stringify(config));
-  const outcome = sidecar.sidecar.reloadPolicy("signal");
-  t.match(outcome, { result: "applied", changed: true });
+  const outcome = await sidecar.sidecar.reloadConfig("signal");
+  t.match(outcome, { result: "applied", changed: ["inbound.policy.rules"] });
   t.equal(linesAbout(expired.approvedBy, /override expired/).length, 1, "the expired one, still once");
   t.equal(linesAbout(active.approvedBy, /override active/).length, 1, "the active one, still once");
 });

@@ -51,7 +51,7 @@ async function waitForLine(
   }
 }
 
-const isReload = (line: Line) => typeof line.msg === "string" && line.msg.startsWith("policy reload");
+const isReload = (line: Line) => typeof line.msg === "string" && line.msg.startsWith("config reload");
 
 async function status(running: SidecarProcess, who: IdentityFiles): Promise<number | undefined> {
   const port = running.listeners.inbound!.split(":").at(-1);
@@ -81,7 +81,13 @@ t.test("a policy changed in the config file applies without a restart", async (t
   const before = running.logs.length;
   await writeFile(file, configText([FRONTEND_RULE, REPORTING_RULE]));
   const line = await waitForLine(running, before, isReload);
-  t.match(line, { level: "info", msg: "policy reloaded", trigger: "watch", changed: true, rules: 2 });
+  t.match(line, {
+    level: "info",
+    msg: "config reloaded",
+    trigger: "watch",
+    changed: ["inbound.policy.rules"],
+    rules: 2,
+  });
   t.equal(await status(running, reporting), 200, "reporting is allowed now");
   t.equal(await status(running, frontend), 200, "frontend still is");
 });
@@ -97,7 +103,7 @@ t.test("a broken policy is refused: the running policy stays, and the log says w
   const line = await waitForLine(running, before, isReload);
   t.match(line, {
     level: "warn",
-    msg: "policy reload failed; keeping the current policy",
+    msg: "config reload refused; keeping the running config",
     trigger: "watch",
     error: /inbound\.policy\.rules\[1\]\.from\[0\] \(line \d+\): expected a SPIFFE ID/,
   });
@@ -152,7 +158,7 @@ t.test("SIGHUP reloads the policy when no file event announces the change", asyn
   const before = running.logs.length;
   running.child.kill("SIGHUP");
   const line = await waitForLine(running, before, isReload);
-  t.match(line, { msg: "policy reloaded", trigger: "signal", changed: true });
+  t.match(line, { msg: "config reloaded", trigger: "signal", changed: ["inbound.policy.rules"] });
   t.equal(await status(running, reporting), 200);
   t.equal(running.child.exitCode, null, "SIGHUP does not stop the process");
 });
@@ -164,28 +170,28 @@ t.test("SIGHUP with an unchanged file confirms the running policy", async (t) =>
   const before = running.logs.length;
   running.child.kill("SIGHUP");
   const line = await waitForLine(running, before, isReload);
-  t.match(line, { level: "info", msg: "policy reloaded; unchanged", trigger: "signal", changed: false });
+  t.match(line, { level: "info", msg: "config reloaded; unchanged", trigger: "signal", changed: [] });
 });
 
-t.test("changes outside the policy are named in the reload line as needing a restart", async (t) => {
-  const file = path.join(pki.dir, "restart.yaml");
-  await writeFile(file, configText([FRONTEND_RULE]));
-  const running = await startWith(t, file);
+t.test(
+  "a changed listen address is named in one warn line; the policy beside it still applies",
+  async (t) => {
+    const file = path.join(pki.dir, "restart.yaml");
+    await writeFile(file, configText([FRONTEND_RULE]));
+    const running = await startWith(t, file);
 
-  const before = running.logs.length;
-  await writeFile(
-    file,
-    configText([FRONTEND_RULE, REPORTING_RULE], { appTimeout: "5s", mode: "permissive" }),
-  );
-  const line = await waitForLine(running, before, isReload);
-  t.match(line, {
-    level: "warn",
-    msg: "policy reloaded; other changed settings need a restart",
-    changed: true,
-    restart_required: ["inbound.appTimeout", "inbound.mode"],
-  });
-  t.equal(await status(running, reporting), 200, "the policy part applied");
-});
+    const before = running.logs.length;
+    await writeFile(file, configText([FRONTEND_RULE, REPORTING_RULE], { listen: "127.0.0.1:1" }));
+    const line = await waitForLine(running, before, isReload);
+    t.match(line, {
+      level: "warn",
+      msg: "config reloaded; some changes need a restart and keep their running value",
+      changed: ["inbound.policy.rules"],
+      restart_required: ["inbound.listen"],
+    });
+    t.equal(await status(running, reporting), 200, "the policy part applied, on the port it had");
+  },
+);
 
 t.test("one SIGHUP reloads both the credentials and the policy", async (t) => {
   // Config and credentials live in a directory the sidecar does not watch (the config is reached through a
@@ -225,9 +231,9 @@ t.test("one SIGHUP reloads both the credentials and the policy", async (t) => {
   const credentials = await waitForLine(running, before, (line) => line.msg === "credentials reloaded");
   const policy = await waitForLine(running, before, isReload);
   t.match(credentials, { trigger: "signal", new_serial: renewed.issued.serialHex.toLowerCase() });
-  t.match(policy, { msg: "policy reloaded", trigger: "signal", changed: true, rules: 2 });
+  t.match(policy, { msg: "config reloaded", trigger: "signal", changed: ["inbound.policy.rules"], rules: 2 });
   t.equal(
-    running.logs.slice(before).filter((line) => line.msg === "reloading credentials and policy").length,
+    running.logs.slice(before).filter((line) => line.msg === "reloading credentials and config").length,
     1,
     "one signal, one announcement",
   );
@@ -244,10 +250,10 @@ t.test("a SIGHUP that arrives while the sidecar starts is served once it runs", 
   signals.emit("SIGHUP");
   const sidecar = await starting;
   t.teardown(() => sidecar.stop());
-  const announced = await waitForLog(lines, (line) => line.msg === "reloading credentials and policy");
+  const announced = await waitForLog(lines, (line) => line.msg === "reloading credentials and config");
   const started = lines.findIndex((line) => line.msg === "mtlsd started");
   t.ok(started >= 0 && lines.indexOf(announced) > started, "served after startup, not lost");
-  await waitForLog(lines, (line) => line.msg === "policy reloaded; unchanged" && line.trigger === "signal");
+  await waitForLog(lines, (line) => line.msg === "config reloaded; unchanged" && line.trigger === "signal");
   await waitForLog(lines, (line) => line.msg === "credential files unchanged; nothing to reload");
   t.equal(signals.listenerCount("SIGHUP"), 1, "only the running sidecar listens now");
   await sidecar.stop();

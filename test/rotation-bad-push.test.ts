@@ -209,12 +209,36 @@ t.test("a good push after bad ones recovers", async (t) => {
   t.equal(result.response?.status, 200);
 });
 
+/** What the volume held when it was last installed: putting it back is no new version. */
+let installed: CredentialPems | undefined;
+
 t.test("a new CRL on its own is a reload, and the credentials carry it", async (t) => {
   const crl = await freshCrl(["0badc0de"]);
-  await volume.swap({ ...(await good(serving)), crl });
+  installed = { ...(await good(serving)), crl };
+  await volume.swap(installed);
   await waitFor("the new CRL", () => orders.sidecar.store.current.crlPem === crl);
   successes++;
   t.equal(orders.sidecar.store.current.crl?.[0]?.revoked, 1);
   t.equal(orders.sidecar.store.current.leaf.serialHex, serving.serialHex.toLowerCase(), "same certificate");
   t.equal(await reloadCount(orders.sidecar, "success"), 2);
+});
+
+t.test("files put back to what is in use after a refused push read as recovered", async (t) => {
+  const other = await issueOrders();
+  await refusedPush(t, { ...installed!, key: other.keyPem }, "CERT_KEY_MISMATCH", /does not belong/);
+  const failures = await reloadCount(orders.sidecar, "failure");
+  const logged = orders.logs.length;
+  await volume.swap(installed!);
+  await waitFor("/status to recover", () => orders.sidecar.reloadStatus().result === "success");
+  t.equal(orders.sidecar.reloadStatus().error, null, "/status no longer shows the refused push");
+  const line = orders.logs
+    .slice(logged)
+    .find((entry) => entry.msg?.toString().startsWith("credential files match the credentials in use again"));
+  t.match(line, {
+    level: "info",
+    previous_error: "CERT_KEY_MISMATCH",
+    serial: serving.serialHex.toLowerCase(),
+  });
+  t.equal(await reloadCount(orders.sidecar, "failure"), failures, "no new failure");
+  t.equal(await reloadCount(orders.sidecar, "success"), successes, "and nothing new installed");
 });

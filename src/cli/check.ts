@@ -394,7 +394,11 @@ function checkOutbound(loaded: LoadedConfig, report: Report): void {
   report.section("outbound");
   report.fields([["listen", `${outbound.listen} (plain HTTP from the app)`]]);
   for (const [name, upstream] of Object.entries(outbound.upstreams)) {
-    report.line(`- ${name}: ${upstream.address} must present ${upstream.identity}`);
+    // An app that can set neither a proxy nor a Host header is pointed at this port: say which it is.
+    const port = upstream.listen
+      ? `; the app may also call ${upstream.listen} (plain HTTP, no Host needed)`
+      : "";
+    report.line(`- ${name}: ${upstream.address} must present ${upstream.identity}${port}`);
   }
 }
 

@@ -1,10 +1,10 @@
 // `mtlsd policy explain` and `mtlsd policy test`: why a request gets its decision, and a decision table for CI.
 import { parseArgs } from "node:util";
 import { type Config, ConfigError, type LoadedConfig, loadConfigFile } from "../config/index.ts";
+import { compileConfigPolicy } from "../config-reload.ts";
 import { MtlsdError } from "../errors.ts";
 import { DenyList, parseSpiffeId } from "../identity/index.ts";
 import { type Decision, formatExplanation, type Policy } from "../policy/index.ts";
-import { compileConfigPolicy } from "../policy-reload.ts";
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError } from "./io.ts";
 import { isMethod, loadPolicyCases, type PolicyCase, parseSource } from "./policy-cases.ts";
 import { configPath } from "./run.ts";

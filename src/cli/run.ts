@@ -53,8 +53,8 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
   const stop = new StopSignals(signals);
   let sidecar: Sidecar;
   try {
-    // SIGHUP reloads the credentials and the policy (as nginx and ghostunnel reload) instead of ending the
-    // process; the config file is watched for policy changes too.
+    // SIGHUP reloads the credentials and the config (as nginx and ghostunnel reload) instead of ending the
+    // process; the config file is watched for changes too.
     const started = await Promise.race([
       Sidecar.start(loadConfigFile(file), { signals, watchConfig: true }),
       stop.first,
@@ -113,9 +113,10 @@ class StopSignals {
  * "runtime failure": requests still in flight were abandoned.
  */
 async function drainOnSignals(sidecar: Sidecar, stop: StopSignals): Promise<number> {
-  const drainTimeout = sidecar.loaded.config.limits.drainTimeout;
   try {
     const signal = await stop.first;
+    // Read now, not at startup: a config reload may have changed it.
+    const drainTimeout = sidecar.config.limits.drainTimeout;
     sidecar.logger.info({ signal, drain_timeout_ms: drainTimeout }, "stop signal received");
     const outcome = await Promise.race([
       sidecar.stop(drainTimeout).then(() => "drained" as const),

@@ -1,6 +1,7 @@
 // The mtlsd configuration: every key, its type, its default and its documentation, in one place.
 import { isIP } from "node:net";
 import { isValidTrustDomain, parseSpiffeId } from "../identity/spiffe-id.ts";
+import { pathPatternProblem } from "./path-pattern.ts";
 import { type Infer, s } from "./schema.ts";
 
 /** A SPIFFE ID (`spiffe://trust.domain/path`), checked against the SPIFFE-ID standard. */
@@ -32,33 +33,12 @@ const spiffeIdPattern = () =>
     },
   });
 
-const PATH_TEMPLATE_SEGMENT = /^(\{\*\}|\{\*\*\}|[^{}*]*)$/;
-
 /** A path pattern: exact, `prefix*`, `*suffix`, `*`, or an Istio template with `{*}` / `{**}` segments. */
 const pathPattern = () =>
   s.string({
     expected:
       'a path pattern: exact "/v1/orders", "/v1/*", "*.json", "*", or a template "/v1/{*}/items/{**}"',
-    check: (value) => {
-      if (value === "*") return undefined;
-      if (value.includes("{")) {
-        if (!value.startsWith("/")) return "a path template must start with /";
-        const segments = value.split("/");
-        for (const [index, segment] of segments.entries()) {
-          if (!PATH_TEMPLATE_SEGMENT.test(segment))
-            return `segment "${segment}" mixes {*} or {**} with other text`;
-          if (segment === "{**}" && index !== segments.length - 1) return "{**} must be the last segment";
-        }
-        return undefined;
-      }
-      const star = value.indexOf("*");
-      if (star === -1) return value.startsWith("/") ? undefined : "an exact path must start with /";
-      if (value.indexOf("*", star + 1) !== -1 || (star !== 0 && star !== value.length - 1)) {
-        return "a * may only stand at the start or the end";
-      }
-      if (star !== 0 && !value.startsWith("/")) return "a prefix pattern must start with /";
-      return undefined;
-    },
+    check: pathPatternProblem,
   });
 
 const httpMethod = () =>
@@ -318,7 +298,7 @@ export const configSchema = s.object({
             .duration(100, 86_400_000)
             .default(30_000)
             .describe(
-              "Polling backstop: the files are re-read (and the certificate's expiry checked) this often.",
+              "Polling backstop: the files and the config file are re-read (and the certificate's expiry checked) this often.",
             ),
         })
         .default({ watch: true, interval: 30_000 })

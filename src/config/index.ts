@@ -1,4 +1,6 @@
 // The config module's public face: the schema-derived types, loading and validation, the JSON Schema.
+
+export { type ConfigChange, configChangeKeys, configChanges } from "./changes.ts";
 export {
   type AdminConfig,
   type Config,
@@ -16,6 +18,7 @@ export {
   type WorkloadApiSocket,
 } from "./config-schema.ts";
 export { ConfigError, type LoadedConfig, loadConfigFile, type ParseOptions, parseConfig } from "./load.ts";
+export { pathPatternProblem } from "./path-pattern.ts";
 export { formatByteSize, formatDuration, parseByteSize, parseDuration } from "./schema.ts";
 
 import { configSchema } from "./config-schema.ts";

@@ -21,7 +21,7 @@ export interface ExpiryMonitorOptions {
  * every peer refuses us, so log an error at every check until a valid certificate is installed.
  */
 export class ExpiryMonitor {
-  readonly #options: ExpiryMonitorOptions;
+  #options: ExpiryMonitorOptions;
   readonly #now: () => Date;
   #warned: string | undefined;
   #timer: NodeJS.Timeout | undefined;
@@ -40,6 +40,16 @@ export class ExpiryMonitor {
 
   close(): void {
     clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** A config reload changed `identity.reload.interval`: look at that pace from now on. */
+  retime(intervalMs: number): void {
+    this.#options = { ...this.#options, intervalMs };
+    if (this.#timer === undefined) return;
+    clearInterval(this.#timer);
+    this.#timer = setInterval(() => this.check(), intervalMs);
+    this.#timer.unref();
   }
 
   /** One look at the current certificate; returns what it found. */

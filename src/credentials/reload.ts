@@ -73,7 +73,9 @@ export interface ReloaderOptions {
 export class CredentialReloader {
   readonly #options: ReloaderOptions;
   readonly #timing: ReloadTiming;
-  readonly #watch: DirectoryWatch | undefined;
+  #watch: DirectoryWatch | undefined;
+  #intervalMs: number;
+  #started = false;
   #status: ReloadStatus;
   #installed = { version: 0, sha256: "" };
   /** Digest of the content whose failure was last reported: not reported again until it changes. */
@@ -96,22 +98,44 @@ export class CredentialReloader {
     this.#timing = { ...RELOAD_TIMING, ...options.timing };
     const current = options.store.current;
     this.#status = { at: current.loadedAt, result: "success", trigger: "startup", error: null };
-    if (options.watch) {
-      const { cert, key, trustBundle, crl, federation } = options.files;
-      const federated = (federation ?? []).flatMap((entry) => (entry.trustBundle ? [entry.trustBundle] : []));
-      this.#watch = new DirectoryWatch(
-        [cert, key, trustBundle, ...(crl ? [crl] : []), ...federated],
-        () => this.#fileEvent(),
-        options.logger,
-      );
-    }
+    this.#intervalMs = options.intervalMs;
+    if (options.watch) this.#watch = this.#directoryWatch();
   }
 
   /** Starts watching and polling. */
   start(): void {
+    this.#started = true;
     this.#watch?.arm();
-    this.#poller = setInterval(() => this.#poll(), this.#options.intervalMs);
+    this.#poller = setInterval(() => this.#poll(), this.#intervalMs);
     this.#poller.unref();
+  }
+
+  /** A config reload changed `identity.reload`: watch (or stop watching) and poll at the new pace from now on. */
+  retime(settings: { watch: boolean; intervalMs: number }): void {
+    if (this.#closed) return;
+    if (settings.watch && !this.#watch) {
+      this.#watch = this.#directoryWatch();
+      if (this.#started) this.#watch.arm();
+    } else if (!settings.watch && this.#watch) {
+      this.#watch.close();
+      this.#watch = undefined;
+    }
+    this.#intervalMs = settings.intervalMs;
+    if (this.#started) {
+      clearInterval(this.#poller);
+      this.#poller = setInterval(() => this.#poll(), this.#intervalMs);
+      this.#poller.unref();
+    }
+  }
+
+  #directoryWatch(): DirectoryWatch {
+    const { cert, key, trustBundle, crl, federation } = this.#options.files;
+    const federated = (federation ?? []).flatMap((entry) => (entry.trustBundle ? [entry.trustBundle] : []));
+    return new DirectoryWatch(
+      [cert, key, trustBundle, ...(crl ? [crl] : []), ...federated],
+      () => this.#fileEvent(),
+      this.#options.logger,
+    );
   }
 
   status(): ReloadStatus {
@@ -212,7 +236,9 @@ export class CredentialReloader {
       // What is in use already: a touch, a burst that undid itself, or a SIGHUP with nothing new.
       this.#burst = undefined;
       this.#reported = undefined;
-      if (force) this.#options.logger.info({ trigger }, "credential files unchanged; nothing to reload");
+      // After a refused push, files that are back to what is in use end the failure: /status says so.
+      if (this.#status.result === "failure") this.#recover(trigger);
+      else if (force) this.#options.logger.info({ trigger }, "credential files unchanged; nothing to reload");
       return { result: "unchanged" };
     }
     if (!force && !this.#burst && sha256 === this.#reported) return { result: "unchanged" };
@@ -276,6 +302,22 @@ export class CredentialReloader {
       "credential reload failed; keeping the current credentials",
     );
     return { result: "failure", status: this.status() };
+  }
+
+  #recover(trigger: ReloadTrigger): void {
+    const current = this.#options.store.current;
+    const failed = this.#status.error;
+    this.#status = { at: new Date(), result: "success", trigger, error: null };
+    this.#options.logger.info(
+      {
+        trigger,
+        identity: current.spiffeId,
+        serial: current.leaf.serialHex,
+        not_after: current.leaf.notAfter.toISOString(),
+        previous_error: failed?.code,
+      },
+      "credential files match the credentials in use again; recovered from the failed reload",
+    );
   }
 
   #conclude(run: number, outcome: ReloadOutcome): void {

@@ -31,6 +31,8 @@ export interface CredentialSource {
   status(): ReloadStatus;
   /** SIGHUP or a caller: look again now. */
   reload(trigger?: ReloadTrigger): Promise<ReloadOutcome>;
+  /** A config reload changed `identity.reload`: watch and poll as it now says. */
+  retime(settings: { watch: boolean; intervalMs: number }): void;
   close(): void;
 }
 
@@ -86,6 +88,10 @@ export class FileSource implements CredentialSource {
 
   reload(trigger: ReloadTrigger = "request"): Promise<ReloadOutcome> {
     return this.#opened().reload(trigger);
+  }
+
+  retime(settings: { watch: boolean; intervalMs: number }): void {
+    this.#opened().retime(settings);
   }
 
   close(): void {

@@ -276,7 +276,7 @@ export interface WorkloadApiSourceOptions extends SourceOptions, MaterialOptions
  */
 export class WorkloadApiSource implements CredentialSource {
   readonly kind = "workload_api" as const;
-  readonly #options: WorkloadApiSourceOptions;
+  #options: WorkloadApiSourceOptions;
   readonly #backoff: BackoffTiming;
   readonly #random: () => number;
   #store: CredentialStore | undefined;
@@ -337,6 +337,15 @@ export class WorkloadApiSource implements CredentialSource {
 
   start(): void {
     if (!(this.#options.federation ?? []).some((entry) => entry.trustBundle)) return;
+    this.#poller = setInterval(() => void this.#reoffer("poll"), this.#options.intervalMs);
+    this.#poller.unref();
+  }
+
+  /** The API pushes every change by itself: only the pace at which federated bundle files are re-read changes. */
+  retime(settings: { watch: boolean; intervalMs: number }): void {
+    this.#options = { ...this.#options, intervalMs: settings.intervalMs };
+    if (this.#poller === undefined || this.#closed) return;
+    clearInterval(this.#poller);
     this.#poller = setInterval(() => void this.#reoffer("poll"), this.#options.intervalMs);
     this.#poller.unref();
   }

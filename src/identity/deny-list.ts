@@ -29,11 +29,19 @@ export function normalizeSerial(serial: string): string {
  * 126-bit serials do not happen in practice, and an emergency list should err on the side of refusing.
  */
 export class DenyList {
-  readonly size: number;
-  readonly #serials: ReadonlySet<string>;
-  readonly #spiffeIds: ReadonlySet<string>;
+  size = 0;
+  #serials: ReadonlySet<string> = new Set();
+  #spiffeIds: ReadonlySet<string> = new Set();
 
   constructor(config: DenyListConfig) {
+    this.replace(config);
+  }
+
+  /**
+   * A config reload: every listener and upstream holds this one list, so connections checked from now on see the
+   * new entries. (Open connections were checked when they were made; the listeners close those it now lists.)
+   */
+  replace(config: DenyListConfig): void {
     this.#serials = new Set(config.serials.map(normalizeSerial));
     this.#spiffeIds = new Set(config.spiffeIds);
     this.size = this.#serials.size + this.#spiffeIds.size;

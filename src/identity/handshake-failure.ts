@@ -10,6 +10,8 @@ export const HANDSHAKE_FAILURE_REASONS = [
   "revoked",
   "wrong_trust_domain",
   "tls_protocol",
+  // Not TLS at all: a plaintext HTTP request on a strict mTLS port (answered 400 mtls_required).
+  "mtls_required",
 ] as const;
 
 export type HandshakeFailureReason = (typeof HANDSHAKE_FAILURE_REASONS)[number];

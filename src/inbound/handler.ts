@@ -52,11 +52,17 @@ interface Admitted {
 export class InboundHandler {
   /** Swapped whole on a policy reload; a request uses the policy it started with. */
   policy: Policy;
-  readonly #options: InboundHandlerOptions;
+  /** Swapped whole on a config reload (`configure`); a request reads it as it starts. */
+  #options: InboundHandlerOptions;
 
   constructor(options: InboundHandlerOptions) {
     this.#options = options;
     this.policy = options.policy;
+  }
+
+  /** A config reload: requests from now on use these settings and this app client; those in flight keep theirs. */
+  configure(config: InboundConfig, app: AppClient): void {
+    this.#options = { ...this.#options, config, app };
   }
 
   /** A request, over HTTP/1.1 or HTTP/2. `expectsContinue`: the client waits for a 100 before its body. */
@@ -69,13 +75,17 @@ export class InboundHandler {
       connection,
       record,
       (status, reason, message) => {
-        const grpcStatus = sendError(down, status, reason, message, reason === "bad_request");
+        // A client waiting for `100 Continue` learns here that its body is not wanted: it may still send it
+        // (tired of waiting), or not, so where the next request starts is unknown and the connection closes.
+        // Without Expect the body is on its way; Node reads and drops it and the connection stays usable.
+        const close = reason === "bad_request" || expectsContinue;
+        const grpcStatus = sendError(down, status, reason, message, close);
         this.#finish(record, started, wireStatus(status, grpcStatus), reason, grpcStatus);
       },
     );
     if (!admitted) return;
     if (down.grpc && this.#options.config.appProtocol === "http1") {
-      const grpcStatus = sendError(down, 502, "app_protocol_mismatch", GRPC_NEEDS_H2C);
+      const grpcStatus = sendError(down, 502, "app_protocol_mismatch", GRPC_NEEDS_H2C, expectsContinue);
       this.#finish(
         record,
         started,

@@ -42,6 +42,7 @@ import {
   tcpConnector,
   type UpstreamDispatcher,
   unlessResetAtOnce,
+  updateHttpLimits,
   upgradeRefusal,
   upgradeRequested,
   upgradeToken,
@@ -83,20 +84,23 @@ export interface InboundOptions {
  * `https.Server` with `rejectUnauthorized` would turn into a silent disconnect.
  */
 export class InboundListener {
-  readonly #options: InboundOptions;
+  /** Swapped whole by a config reload (`applyConfig`, `applyLimits`): read per connection, never cached. */
+  #options: InboundOptions;
   readonly #net: net.Server;
   readonly #tls: tls.Server;
   readonly #http: http.Server;
   readonly #h2: http2.Http2Server;
   /** Where a refused peer that chose HTTP/2 learns why, in HTTP/2. */
   readonly #refusals: http2.Http2Server;
-  readonly #app: InboundApp;
+  #app: InboundApp;
   readonly #handler: InboundHandler;
   readonly #drain = new HttpDrain();
   readonly #sessions = new H2Sessions();
   readonly #tunnels = new Tunnels();
   /** Every accepted TCP connection, from accept to close. */
   readonly #sockets = new Set<net.Socket>();
+  /** Verified mTLS connections, so a changed `identity.deny` can close those of a peer it now lists. */
+  readonly #verified = new Set<tls.TLSSocket>();
   readonly #stats: InboundStats = { connections: 0, resumed: 0 };
   #peers: PeerIdentityCache;
   #bundleSha256: string;
@@ -140,7 +144,7 @@ export class InboundListener {
         requireHostHeader: false,
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
-        shouldUpgradeCallback: upgradeRequested(config.upgrades),
+        shouldUpgradeCallback: upgradeRequested(() => this.#options.config.upgrades),
       },
       (req, res) => this.#onRequest(req, res, false),
     );
@@ -199,6 +203,52 @@ export class InboundListener {
 
   setPolicy(policy: Policy): void {
     this.#handler.policy = policy;
+  }
+
+  /**
+   * A config reload (src/config-reload.ts decides what reaches here): connections and requests from now on read
+   * the new settings. A new app address or protocol gets a new client; requests in flight finish on the old one,
+   * which then closes. A new minTLSVersion goes into the TLS context new handshakes use.
+   */
+  applyConfig(config: InboundConfig): void {
+    const previous = this.#options.config;
+    this.#options = { ...this.#options, config };
+    if (config.app !== previous.app || config.appProtocol !== previous.appProtocol) {
+      const retired = this.#app;
+      this.#app = new InboundApp(config, this.#options.limits);
+      void retired.close();
+    }
+    this.#handler.configure(config, this.#app);
+    if (config.minTLSVersion !== previous.minTLSVersion) {
+      this.#tls.setSecureContext(this.#contextOptions(this.#options.store.current));
+    }
+  }
+
+  /** A config reload changed `limits`: new connections and requests get the new bounds. */
+  applyLimits(limits: LimitsConfig): void {
+    this.#options = { ...this.#options, limits };
+    this.#net.maxConnections = limits.maxConnections;
+    updateHttpLimits({ http: this.#http, h2: this.#h2 }, limits);
+  }
+
+  /**
+   * `identity.deny` changed (the list itself is shared and already replaced): a connection from a peer it now
+   * lists is closed, as a new one would be refused. Returns how many were closed.
+   */
+  enforceDenyList(): number {
+    let closed = 0;
+    for (const socket of this.#verified) {
+      const peer = (socket as InboundSocket)[kConnection]?.peer;
+      const verdict = peer ? this.#options.denyList.check(peer) : undefined;
+      if (!peer || !verdict?.denied) continue;
+      this.#options.logger.warn(
+        { source_identity: peer.spiffeId, remote_address: socket.remoteAddress, detail: verdict.detail },
+        "closing a connection: its peer is now listed in identity.deny",
+      );
+      socket.destroy();
+      closed++;
+    }
+    return closed;
   }
 
   /**
@@ -297,7 +347,11 @@ export class InboundListener {
   }
 
   #refusePlaintext(socket: net.Socket): void {
-    this.#handshakeFailure(socket, "tls_protocol", "plaintext request on an mTLS port");
+    this.#handshakeFailure(
+      socket,
+      "mtls_required",
+      "plaintext HTTP on a strict mTLS port: the client must connect with https:// and a client certificate",
+    );
     linger(socket);
     socket.end(
       rawErrorResponse(
@@ -355,6 +409,8 @@ export class InboundListener {
       plaintext: false,
     };
     (socket as InboundSocket)[kConnection] = connection;
+    this.#verified.add(socket);
+    socket.once("close", () => this.#verified.delete(socket));
     (socket.alpnProtocol === "h2" ? this.#h2 : this.#http).emit("connection", socket);
   };
 

@@ -6,7 +6,7 @@ import net from "node:net";
 import { performance } from "node:perf_hooks";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
-import type { LimitsConfig, OutboundConfig } from "../config/index.ts";
+import type { LimitsConfig, OutboundConfig, UpstreamConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
 import { type DenyList, PeerIdentityCache } from "../identity/index.ts";
@@ -32,6 +32,7 @@ import {
   superviseStream,
   Tunnels,
   unlessResetAtOnce,
+  updateHttpLimits,
   upgradeRefusal,
   upgradeRequested,
   upgradeToken,
@@ -67,7 +68,8 @@ export function clientContext(credentials: Credentials): tls.SecureContext {
 
 /** Which upstream a connection from the app is bound to, if any. */
 interface BoundRoute {
-  upstream: Upstream;
+  /** By name, looked up per request: a config reload may replace the upstream (or remove it) under an open connection. */
+  upstream: string;
   /** A CONNECT tunnel names its upstream once for all its requests; their Host cannot reroute them. */
   pinned: boolean;
 }
@@ -83,11 +85,18 @@ const CONNECT_ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
  * tunnel, carries that upstream on its socket.
  */
 export class OutboundListener {
-  readonly #options: OutboundOptions;
-  readonly #upstreams: Upstream[];
-  readonly #router: Router;
+  /** Swapped whole by a config reload, with the upstreams and the router built from it. */
+  #options: OutboundOptions;
+  #upstreams: Upstream[];
+  #router: Router;
+  /** Our client credentials, for upstreams a config reload adds. */
+  #context: tls.SecureContext;
+  readonly #peers: PeerIdentityCache;
+  /** Upstreams a config reload replaced or removed, closing once their requests in flight finish. */
+  readonly #retiring = new Set<Promise<void>>();
   /** The shared listener first, then one per upstream that has a `listen` of its own. */
-  readonly #listeners: { field: string; server: net.Server; address: string; upstream?: Upstream }[] = [];
+  #listeners: Listener[] = [];
+  #draining = false;
   readonly #http: http.Server;
   readonly #h2: http2.Http2Server;
   readonly #sockets = new Set<net.Socket>();
@@ -99,20 +108,10 @@ export class OutboundListener {
   constructor(options: OutboundOptions) {
     this.#options = options;
     const { config, limits, store } = options;
-    const context = clientContext(store.current);
-    const peers = new PeerIdentityCache("server", store);
-    this.#upstreams = Object.entries(config.upstreams).map(
-      ([name, upstream]) =>
-        new Upstream({
-          name,
-          config: upstream,
-          context,
-          peers,
-          denyList: options.denyList,
-          connectTimeoutMs: limits.handshakeTimeout,
-          idleTimeoutMs: limits.keepAliveTimeout,
-          onFailure: this.#onHandshakeFailure,
-        }),
+    this.#context = clientContext(store.current);
+    this.#peers = new PeerIdentityCache("server", store);
+    this.#upstreams = Object.entries(config.upstreams).map(([name, upstream]) =>
+      this.#upstream(name, upstream),
     );
     this.#router = new Router(this.#upstreams);
 
@@ -121,7 +120,7 @@ export class OutboundListener {
         ...httpLimits(limits),
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
-        shouldUpgradeCallback: upgradeRequested(config.upgrades),
+        shouldUpgradeCallback: upgradeRequested(() => this.#options.config.upgrades),
       },
       (req, res) => this.#onRequest(req, res, false),
     );
@@ -129,44 +128,106 @@ export class OutboundListener {
     this.#http.on("checkContinue", (req, res) => this.#onRequest(req, res, true));
     this.#http.on("upgrade", this.#onUpgrade);
     this.#http.on("connect", this.#onConnect);
-    this.#http.on("clientError", (error: Error & { code?: string }, socket: net.Socket) => {
-      const answer = settleClientError(error, socket, this.#drain);
-      if (answer)
-        socket.end(rawErrorResponse(answer.status, answer.statusText, answer.reason, answer.message));
-    });
+    this.#http.on("clientError", this.#onClientError);
     this.#drain.watch(this.#http);
 
     this.#h2 = http2.createServer(h2ServerOptions(limits));
     this.#h2.on("stream", this.#onStream);
     this.#sessions.watch(this.#h2, limits.keepAliveTimeout);
 
-    this.#addListener("outbound.listen", config.listen, undefined);
+    this.#listeners.push(this.#listener("outbound.listen", config.listen, undefined));
     for (const upstream of this.#upstreams) {
       if (upstream.config.listen) {
-        this.#addListener(`outbound.upstreams.${upstream.name}.listen`, upstream.config.listen, upstream);
+        this.#listeners.push(
+          this.#listener(`outbound.upstreams.${upstream.name}.listen`, upstream.config.listen, upstream.name),
+        );
       }
     }
     this.#unsubscribe = store.subscribe((next) => {
-      const nextContext = clientContext(next);
-      for (const upstream of this.#upstreams) void upstream.useContext(nextContext);
+      this.#context = clientContext(next);
+      for (const upstream of this.#upstreams) void upstream.useContext(this.#context);
     });
   }
 
   /** Binds every listener; on failure, the field that could not be bound is named. */
   async listen(): Promise<Record<string, AddressInfo>> {
-    const bound: Record<string, AddressInfo> = {};
-    for (const { field, server, address } of this.#listeners) {
-      const { host, port } = parseHostPort(address)!;
-      await new Promise<void>((resolve, reject) => {
-        server.once("error", (error: Error) => reject(Object.assign(error, { field })));
-        server.listen(port, host, () => resolve());
-      });
-      bound[field] = server.address() as AddressInfo;
-    }
+    for (const listener of this.#listeners) await bind(listener);
     // The http.Server is fed sockets and never listens itself, but Node starts the timer that enforces
     // headersTimeout and requestTimeout on "listening" (see the inbound listener).
     this.#http.emit("listening");
-    return bound;
+    return this.addresses();
+  }
+
+  /** Where each listener is bound, by config field. */
+  addresses(): Record<string, AddressInfo> {
+    return Object.fromEntries(
+      this.#listeners.flatMap(({ field, server }) =>
+        server.listening ? [[field, server.address() as AddressInfo]] : [],
+      ),
+    );
+  }
+
+  /**
+   * A config reload changed `outbound` (src/config-reload.ts decides what reaches here). First the part that can
+   * fail: the per-upstream ports the new config adds are bound (a port in use refuses the whole reload, and
+   * nothing changes). The returned function then installs the rest, and cannot fail: an upstream whose settings
+   * changed, or that is new, gets new pools; one replaced or removed finishes its requests in flight and closes;
+   * a per-upstream port the config no longer has stops accepting (its open connections stay, routed by name).
+   */
+  async prepare(config: OutboundConfig): Promise<() => void> {
+    const wanted = Object.entries(config.upstreams).flatMap(([name, upstream]) =>
+      upstream.listen
+        ? [{ field: `outbound.upstreams.${name}.listen`, address: upstream.listen, upstream: name }]
+        : [],
+    );
+    const isWanted = (listener: Listener) =>
+      listener.upstream === undefined ||
+      wanted.some((w) => w.field === listener.field && w.address === listener.address);
+    const kept = this.#listeners.filter(isWanted);
+    const added = wanted
+      .filter((w) => !kept.some((listener) => listener.field === w.field))
+      .map((w) => this.#listener(w.field, w.address, w.upstream));
+    try {
+      for (const listener of added) await bind(listener);
+      // A stop that came while the ports were being bound closed the listeners it knew: these must not outlive it.
+      if (this.#draining) throw new Error("the outbound listener is draining");
+    } catch (error) {
+      for (const listener of added) listener.server.close();
+      throw error;
+    }
+    return () => {
+      const closing = this.#listeners.filter((listener) => !isWanted(listener));
+      this.#listeners = [...kept, ...added];
+      for (const { server } of closing) server.close();
+      this.#options = { ...this.#options, config };
+      const previous = new Map(this.#upstreams.map((upstream) => [upstream.name, upstream]));
+      this.#upstreams = Object.entries(config.upstreams).map(([name, upstreamConfig]) => {
+        const current = previous.get(name);
+        if (current && samePools(current.config, upstreamConfig)) {
+          // Same pools: a changed `listen` alone is the port's business, done above.
+          previous.delete(name);
+          return current;
+        }
+        return this.#upstream(name, upstreamConfig);
+      });
+      this.#router = new Router(this.#upstreams);
+      for (const upstream of previous.values()) this.#retire(upstream);
+    };
+  }
+
+  /** A config reload changed `limits`: new connections and requests on every port get the new bounds. */
+  applyLimits(limits: LimitsConfig): void {
+    this.#options = { ...this.#options, limits };
+    for (const { server } of this.#listeners) server.maxConnections = limits.maxConnections;
+    updateHttpLimits({ http: this.#http, h2: this.#h2 }, limits);
+  }
+
+  /**
+   * `identity.deny` changed (the list itself is shared and already replaced): every upstream gets new pools, whose
+   * connections are checked against it; requests in flight finish on the old ones.
+   */
+  renewPools(): void {
+    for (const upstream of this.#upstreams) void upstream.useContext(this.#context);
   }
 
   stats(): Record<string, UpstreamStats> {
@@ -189,6 +250,7 @@ export class OutboundListener {
    * cut at the deadline. Then the upstream pools close.
    */
   async drain(deadline: Deadline): Promise<DrainResult> {
+    this.#draining = true;
     this.#unsubscribe();
     const closed = Promise.all(
       this.#listeners.map(({ server }) => new Promise<void>((resolve) => server.close(() => resolve()))),
@@ -205,11 +267,37 @@ export class OutboundListener {
     await closed;
     // No client connection is left, so nothing is in flight on the pools; a pool that still fails to close
     // (a connection mid-handshake) is destroyed.
-    await Promise.all(this.#upstreams.map((upstream) => upstream.close().catch(() => upstream.destroy())));
+    await Promise.all([
+      ...this.#upstreams.map((upstream) => upstream.close().catch(() => upstream.destroy())),
+      ...this.#retiring,
+    ]);
     return result;
   }
 
-  #addListener(field: string, address: string, upstream: Upstream | undefined): void {
+  #upstream(name: string, config: UpstreamConfig): Upstream {
+    const { limits, denyList } = this.#options;
+    return new Upstream({
+      name,
+      config,
+      context: this.#context,
+      peers: this.#peers,
+      denyList,
+      connectTimeoutMs: limits.handshakeTimeout,
+      idleTimeoutMs: limits.keepAliveTimeout,
+      onFailure: this.#onHandshakeFailure,
+    });
+  }
+
+  #retire(upstream: Upstream): void {
+    const closing: Promise<void> = upstream
+      .close()
+      .catch(() => upstream.destroy())
+      .finally(() => this.#retiring.delete(closing));
+    this.#retiring.add(closing);
+  }
+
+  /** A port of the app's side; `upstream` names the upstream it is for, when it has one. */
+  #listener(field: string, address: string, upstream: string | undefined): Listener {
     const { limits, logger } = this.#options;
     const server = net.createServer({ noDelay: true }, (socket: AppSocket) => {
       if (upstream) socket[kRoute] = { upstream, pinned: false };
@@ -217,7 +305,7 @@ export class OutboundListener {
     });
     server.maxConnections = limits.maxConnections;
     reportCapacity(server, field, logger);
-    this.#listeners.push({ field, server, address, ...(upstream ? { upstream } : {}) });
+    return { field, server, address, ...(upstream ? { upstream } : {}) };
   }
 
   /** A connection from the app (or a tunnel inside one): HTTP/1.1 or h2c, by its first bytes. */
@@ -267,7 +355,7 @@ export class OutboundListener {
     // A `Connection: close` from the app ends only the app's own connection, never a pooled one.
     const headers = filterRequestHeaders(down.rawHeaders);
     const record = this.#record(down.method, "", down.protocol);
-    const route = this.#router.route(down.target, headers.host, bound?.upstream, bound?.pinned);
+    const route = this.#router.route(down.target, headers.host, this.#bound(bound), bound?.pinned);
     if (!route.ok || headers.hosts > 1) {
       const [status, reason, detail] = route.ok
         ? ([400, "bad_request", "the request has more than one Host header"] as const)
@@ -334,7 +422,7 @@ export class OutboundListener {
     }
     const headers = filterRequestHeaders(req.rawHeaders);
     const bound = (req.socket as AppSocket)[kRoute];
-    const route = this.#router.route(req.url!, headers.host, bound?.upstream, bound?.pinned);
+    const route = this.#router.route(req.url!, headers.host, this.#bound(bound), bound?.pinned);
     if (!route.ok || headers.hosts > 1) {
       if (route.ok) refuse(400, "bad_request", "the request has more than one Host header");
       else refuse(route.status, route.reason, route.detail);
@@ -390,12 +478,29 @@ export class OutboundListener {
       return;
     }
     const tunnel = socket as AppSocket;
-    tunnel[kRoute] = { upstream, pinned: true };
+    tunnel[kRoute] = { upstream: upstream.name, pinned: true };
     this.#options.logger.debug({ upstream: upstream.name, authority }, "CONNECT tunnel opened");
     tunnel.write(CONNECT_ESTABLISHED);
     if (head.length > 0) tunnel.unshift(head);
     this.#accept(tunnel);
   };
+
+  /** Node's parser gave up on the app's request (too large, malformed, too slow): answered, logged and counted. */
+  readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
+    const answer = settleClientError(error, socket, this.#drain);
+    if (!answer) return;
+    const { status, statusText, reason, message } = answer;
+    const record = this.#record("-", "-", "http/1.1");
+    record.decision = "deny";
+    record.destination_identity = "unknown";
+    this.#finish(record, performance.now(), status, reason, error.code ?? error.message);
+    socket.end(rawErrorResponse(status, statusText, reason, message));
+  };
+
+  /** The upstream a port or tunnel is bound to, as configured now (undefined once a reload removed it). */
+  #bound(route: BoundRoute | undefined): Upstream | undefined {
+    return route ? this.#router.named(route.upstream) : undefined;
+  }
 
   readonly #onHandshakeFailure = (upstream: Upstream, failure: UpstreamHandshakeFailure): void => {
     this.#options.observer.handshakeFailure({
@@ -442,6 +547,34 @@ export class OutboundListener {
 }
 
 function noop(): void {}
+
+interface Listener {
+  field: string;
+  server: net.Server;
+  address: string;
+  /** The upstream whose own port this is, by name. */
+  upstream?: string;
+}
+
+/** Binds a listener; an error names its config field. */
+async function bind({ field, server, address }: Listener): Promise<void> {
+  const { host, port } = parseHostPort(address)!;
+  await new Promise<void>((resolve, reject) => {
+    const failed = (error: Error) => reject(Object.assign(error, { field }));
+    server.once("error", failed);
+    server.listen(port, host, () => {
+      server.off("error", failed);
+      resolve();
+    });
+  });
+}
+
+/** Whether an upstream's pools serve `next` as they are: every setting but its own `listen` port is theirs. */
+function samePools(current: UpstreamConfig, next: UpstreamConfig): boolean {
+  const { listen: _current, ...pools } = current;
+  const { listen: _next, ...nextPools } = next;
+  return JSON.stringify(pools) === JSON.stringify(nextPools);
+}
 
 /** Sets the Host of a flat header list to the absolute-form target's authority, as RFC 9112 §3.2.2 requires. */
 function replaceHost(list: string[], authority: string): void {

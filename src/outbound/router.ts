@@ -77,6 +77,11 @@ export class Router {
     return { ok: true, upstream, path, authority };
   }
 
+  /** The upstream configured under `name`, if any. */
+  named(name: string): Upstream | undefined {
+    return this.#byName.get(name);
+  }
+
   /** The upstream a CONNECT authority (`orders:443`, `orders.internal:15006`) names, if any. */
   upstreamFor(authority: string): Upstream | undefined {
     return authority === "" ? undefined : this.#lookup(authority);

@@ -1,5 +1,6 @@
 // Compiles `from` and `paths` patterns once, into matchers that run per request without regexes or allocation.
 
+import { pathPatternProblem } from "../config/index.ts";
 import { MtlsdError } from "../errors.ts";
 import { normalizePath } from "./path.ts";
 
@@ -125,27 +126,16 @@ function requireNormalized(candidate: string, field: string, pattern: string): v
   }
 }
 
+/** Compiles a template that `pathPatternProblem` accepted: operators are whole segments, `{**}` is the last one. */
 function compileTemplate(pattern: string, field: string): PathTemplate {
-  if (!pattern.startsWith("/"))
-    throw invalid(field, `a path template must start with "/", found ${JSON.stringify(pattern)}`);
   const segments = pattern.slice(1).split("/");
   const head: Array<string | null> = [];
   let glob = false;
   const tail: string[] = [];
   segments.forEach((seg, i) => {
-    if (seg === "{**}") {
-      if (glob) throw invalid(field, `${JSON.stringify(pattern)}: "{**}" must be the last operator`);
-      glob = true;
-    } else if (seg === "{*}") {
-      if (glob) throw invalid(field, `${JSON.stringify(pattern)}: "{**}" must be the last operator`);
-      head.push(null);
-    } else {
-      if (/[*{}]/.test(seg)) {
-        throw invalid(
-          field,
-          `${JSON.stringify(pattern)}: in a path template, "*", "{" and "}" may only appear as a whole "{*}" or "{**}" segment`,
-        );
-      }
+    if (seg === "{**}") glob = true;
+    else if (seg === "{*}") head.push(null);
+    else {
       const literal = canonicalEscapes(seg);
       // Only a trailing slash may leave an empty segment; dot segments never survive normalization.
       if (literal === "" && i !== segments.length - 1) {
@@ -178,6 +168,9 @@ export class PathMatcher {
     let any = false;
     patterns.forEach((pattern, i) => {
       const at = `${field}[${i}]`;
+      // The config schema refuses these first; a policy built another way gets the same advice.
+      const problem = pathPatternProblem(pattern);
+      if (problem) throw invalid(at, `${JSON.stringify(pattern)}: ${problem}`);
       if (pattern.includes("{*}") || pattern.includes("{**}")) {
         templates.push(compileTemplate(pattern, at));
         return;

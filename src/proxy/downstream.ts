@@ -5,6 +5,7 @@
 // both wrapped as a Downstream, and the handlers, the forwarding engine and the error responses see only that.
 import type { IncomingMessage, ServerResponse } from "node:http";
 import http2 from "node:http2";
+import type { Socket } from "node:net";
 import { Readable } from "node:stream";
 import { setTimeout } from "node:timers/promises";
 import type { ResponseHeaders } from "./headers.ts";
@@ -153,6 +154,7 @@ export class H1Downstream implements Downstream {
 
   closeAfter(): void {
     if (!this.res.headersSent) this.res.setHeader("connection", "close");
+    if (bodyUnread(this.req)) lingerAfterResponse(this.req.socket);
   }
 
   onClose(listener: () => void): void {
@@ -162,6 +164,29 @@ export class H1Downstream implements Downstream {
   offClose(listener: () => void): void {
     this.res.removeListener("close", listener);
   }
+}
+
+/** Whether the request announced a body that has not all arrived yet (Node marks even a GET complete only later). */
+function bodyUnread(req: IncomingMessage): boolean {
+  if (req.complete) return false;
+  const length = req.headers["content-length"];
+  return req.headers["transfer-encoding"] !== undefined || (length !== undefined && length !== "0");
+}
+
+/** How long a closing connection still reads (and drops) a request body nobody will use, at most. */
+const LINGER_MS = 2000;
+
+/**
+ * Node closes a `Connection: close` response's socket as soon as the response is written. A client still sending
+ * the body of a refused request then meets a reset, which can destroy our response before it is read (curl:
+ * "Send failure: Broken pipe" instead of the 403). As nginx's lingering close does, the socket instead only
+ * ends its own side and drops what still arrives until the client closes, or LINGER_MS pass.
+ */
+function lingerAfterResponse(socket: Socket): void {
+  socket.destroySoon = () => {
+    socket.end();
+    socket.setTimeout(LINGER_MS, () => socket.destroy());
+  };
 }
 
 /** An HTTP/2 stream; its pseudo-headers read as a request line and Host. */

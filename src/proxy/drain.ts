@@ -1,9 +1,18 @@
 // Graceful drain of HTTP/1.1 servers: which requests are in flight, `Connection: close` once draining, a deadline.
 import type http from "node:http";
 import net from "node:net";
+import type { ForwardFailure } from "./errors.ts";
+import { cutForward } from "./forward.ts";
 
 // How often a drain checks whether every connection is gone.
 const POLL_MS = 20;
+
+/** How a request still in flight at the drain deadline is logged: cut by the drain, not by its client. */
+export const DRAIN_CUT: ForwardFailure = Object.freeze({
+  status: 503,
+  reason: "draining",
+  message: "cut at the drain deadline (limits.drainTimeout)",
+});
 
 /** The moment a drain must end; a second stop request can bring it forward, never push it back. */
 export class Deadline {
@@ -78,6 +87,8 @@ export class HttpDrain {
   readonly #sockets = new Set<net.Socket>();
   /** The response in progress on each connection; pipelined requests wait their turn behind it. */
   readonly #inFlight = new Map<net.Socket, http.ServerResponse>();
+  /** The last response on each connection, in flight or done: a parse error may concern its request's body. */
+  readonly #last = new WeakMap<net.Socket, http.ServerResponse>();
   #draining = false;
 
   /** Starts following `server`'s connections (for a server fed by hand, the ones emitted to it). */
@@ -100,6 +111,7 @@ export class HttpDrain {
     if (this.#draining) res.setHeader("connection", "close");
     const socket = req.socket;
     this.#inFlight.set(socket, res);
+    this.#last.set(socket, res);
     res.once("close", () => {
       if (this.#inFlight.get(socket) === res) this.#inFlight.delete(socket);
     });
@@ -108,6 +120,16 @@ export class HttpDrain {
   /** The response in progress on `socket`, if any: a late parse error must never write into it. */
   responseOn(socket: net.Socket): http.ServerResponse | undefined {
     return this.#inFlight.get(socket);
+  }
+
+  /**
+   * Whether `socket` is past its last response but still reading that request's body (Node drops the body of a
+   * request answered early, a refused upload's): a parse error now concerns a request that was already answered,
+   * logged and counted, typically a client that read our answer and hung up mid-body.
+   */
+  discardingBodyOn(socket: net.Socket): boolean {
+    const last = this.#last.get(socket);
+    return last?.writableEnded === true && !last.req.complete;
   }
 
   /**
@@ -135,6 +157,7 @@ export class HttpDrain {
       await Promise.race([new Promise((resolve) => setTimeout(resolve, POLL_MS)), deadline.reached]);
     }
     const cut = open();
+    for (const res of this.#inFlight.values()) cutForward(res, DRAIN_CUT);
     for (const socket of this.#sockets) socket.destroy();
     return { inFlight, cut };
   }

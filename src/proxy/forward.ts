@@ -133,6 +133,15 @@ class Forwarding implements StreamHandler {
     this.#controller?.abort(new ForwardFailedError(failure.message));
   }
 
+  /** Cuts the exchange without a word to the client (a drain's deadline); `failure` is what the log says. */
+  cut(failure: ForwardFailure): void {
+    if (this.#finished) return;
+    const status = this.#down.headersSent ? this.#status : failure.status;
+    this.#down.abort();
+    this.#finish({ status, failure });
+    this.#controller?.abort(new ForwardFailedError(failure.message));
+  }
+
   onResponseStart(
     controller: Dispatcher.DispatchController,
     statusCode: number,
@@ -249,6 +258,17 @@ export function failForward(target: ForwardTarget, failure: ForwardFailure): boo
   const forwarding = (target as Forwarded)[kForwarding];
   if (!forwarding) return false;
   forwarding.fail(failure);
+  return true;
+}
+
+/**
+ * Cuts the forward that owns `target`, reported once with `failure` as its outcome, where it would otherwise
+ * read as the client closing: a drain's deadline ends what is still in flight. False when none is in progress.
+ */
+export function cutForward(target: ForwardTarget, failure: ForwardFailure): boolean {
+  const forwarding = (target as Forwarded)[kForwarding];
+  if (!forwarding) return false;
+  forwarding.cut(failure);
   return true;
 }
 

@@ -2,7 +2,8 @@
 import http2 from "node:http2";
 import type { LimitsConfig } from "../config/index.ts";
 import { resetStream } from "./downstream.ts";
-import { failForward } from "./forward.ts";
+import { DRAIN_CUT } from "./drain.ts";
+import { cutForward, failForward } from "./forward.ts";
 
 const { NGHTTP2_PROTOCOL_ERROR } = http2.constants;
 
@@ -96,6 +97,8 @@ type CountedSession = http2.ServerHttp2Session & { [kOpenStreams]?: number };
  */
 export class H2Sessions {
   readonly #sessions = new Set<http2.ServerHttp2Session>();
+  /** Streams open over every session, so a drain's deadline can say why each one was cut. */
+  readonly #streams = new Set<http2.ServerHttp2Stream>();
   #draining = false;
 
   watch(server: http2.Http2Server, idleMs: number): void {
@@ -113,8 +116,10 @@ export class H2Sessions {
       const session = stream.session as CountedSession | undefined;
       if (!session) return;
       session[kOpenStreams] = (session[kOpenStreams] ?? 0) + 1;
+      this.#streams.add(stream);
       stream.once("close", () => {
         session[kOpenStreams]!--;
+        this.#streams.delete(stream);
       });
     });
   }
@@ -136,7 +141,9 @@ export class H2Sessions {
     for (const session of this.#sessions) session.close();
   }
 
+  /** The drain's deadline: every session is cut, and each stream still in flight is logged as cut by it. */
   destroy(): void {
+    for (const stream of this.#streams) cutForward(stream, DRAIN_CUT);
     for (const session of this.#sessions) session.destroy();
   }
 }

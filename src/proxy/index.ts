@@ -51,7 +51,13 @@ export {
   type RequestHeaders,
   type ResponseHeaders,
 } from "./headers.ts";
-export { type CapacityLog, connectionsCheckingInterval, httpLimits, reportCapacity } from "./limits.ts";
+export {
+  type CapacityLog,
+  connectionsCheckingInterval,
+  httpLimits,
+  reportCapacity,
+  updateHttpLimits,
+} from "./limits.ts";
 export {
   encodeGrpcMessage,
   grpcStatusFor,

@@ -1,5 +1,6 @@
 // The `limits` every client-facing HTTP server applies, in the shape node:http takes them.
 import type http from "node:http";
+import type http2 from "node:http2";
 import type net from "node:net";
 import type { LimitsConfig } from "../config/index.ts";
 
@@ -25,6 +26,22 @@ export function httpLimits(limits: LimitsConfig): http.ServerOptions {
     keepAliveTimeoutBuffer: 1000,
     connectionsCheckingInterval: connectionsCheckingInterval(limits),
   };
+}
+
+/**
+ * A config reload changed `limits`: what an HTTP server reads per connection or request takes the new values
+ * (`maxHeaderSize` for new connections; the request timers at their next check, which keeps the pace it was
+ * started with), and so do the HTTP/2 settings new sessions are offered.
+ */
+export function updateHttpLimits(
+  servers: { http: http.Server; h2?: http2.Http2Server },
+  limits: LimitsConfig,
+): void {
+  const { http: server, h2 } = servers;
+  (server as http.Server & { maxHeaderSize: number }).maxHeaderSize = limits.maxHeaderSize;
+  server.headersTimeout = limits.headersTimeout;
+  server.requestTimeout = limits.requestTimeout;
+  h2?.updateSettings({ maxHeaderListSize: limits.maxHeaderSize });
 }
 
 /** Where a listener says that it reached, and left, `limits.maxConnections`. */

@@ -38,12 +38,13 @@ const TUNNEL_TOKENS = new Set(["websocket", "h2c"]);
 /**
  * For http.Server's `shouldUpgradeCallback`: upgrades that open a tunnel come to the `upgrade` event (to be
  * decided, or refused with a reason); any other token is ignored, as RFC 9110 §7.8 allows, and the request is
- * served as plain HTTP/1.1 (its Upgrade header dropped as hop-by-hop).
+ * served as plain HTTP/1.1 (its Upgrade header dropped as hop-by-hop). `honored` is read per request: a
+ * config reload may change it.
  */
-export function upgradeRequested(honored: readonly string[]): (req: IncomingMessage) => boolean {
+export function upgradeRequested(honored: () => readonly string[]): (req: IncomingMessage) => boolean {
   return (req) => {
     const token = upgradeToken(req.rawHeaders);
-    return token !== undefined && (TUNNEL_TOKENS.has(token) || honored.includes(token));
+    return token !== undefined && (TUNNEL_TOKENS.has(token) || honored().includes(token));
   };
 }
 

@@ -24,6 +24,28 @@ export interface ReloadReport {
   error: { code: string; message: string } | null;
 }
 
+/** The last config reload (startup counts), as the config reloader keeps it. */
+export interface LastConfigReload {
+  at: Date;
+  result: "success" | "failure";
+  /** startup, watch, poll, signal (SIGHUP) or request. */
+  trigger: string;
+  /** Why the file was refused; null after a success. */
+  error: { code: string; message: string } | null;
+  /** Settings the file changes that keep their running value until a restart, by field path. */
+  restartRequired: readonly string[];
+}
+
+/** `configReload` in /status: whether the config file on disk is the one running, and if not, why. */
+export interface ConfigReloadReport {
+  /** ISO 8601 time of the attempt. */
+  at: string;
+  result: "success" | "failure";
+  trigger: string;
+  error: { code: string; message: string } | null;
+  restartRequired: string[];
+}
+
 /** One trust domain's roots in /status: ours first, then each federated one. */
 export interface TrustDomainReport {
   trustDomain: string;
@@ -42,6 +64,7 @@ export interface StatusDocument {
   /** Null when there is no inbound side, hence no policy. */
   policy: { rules: number; sha256: string } | null;
   reload: ReloadReport;
+  configReload: ConfigReloadReport;
   upstreams: Record<string, { address: string; identity: string; connections: number; pending: number }>;
   draining: boolean;
 }
@@ -59,6 +82,7 @@ export interface StatusSources {
   source(): string;
   policy(): { ruleCount: number; sha256: string } | undefined;
   reload(): LastReload;
+  configReload(): LastConfigReload;
   upstreams(): Record<string, { address: string; identity: string; connections: number; pending: number }>;
 }
 
@@ -147,6 +171,15 @@ export class AdminServer {
     return this.#server.listening;
   }
 
+  /** A config reload changed `limits`: new connections and requests on the admin port get these. */
+  applyLimits(serverOptions: http.ServerOptions, maxConnections: number): void {
+    const server = this.#server as http.Server & { maxHeaderSize?: number };
+    server.maxConnections = maxConnections;
+    if (serverOptions.maxHeaderSize !== undefined) server.maxHeaderSize = serverOptions.maxHeaderSize;
+    if (serverOptions.headersTimeout !== undefined) server.headersTimeout = serverOptions.headersTimeout;
+    if (serverOptions.requestTimeout !== undefined) server.requestTimeout = serverOptions.requestTimeout;
+  }
+
   /** Ends the startup wait: from now on every endpoint reads from the running sidecar. */
   serve(options: Omit<AdminOptions, "listen" | "serverOptions" | "maxConnections">): this {
     this.#options = { ...this.#options, ...options };
@@ -178,6 +211,7 @@ export class AdminServer {
       trustBundle: credentials.trustBundle.map(({ subject, sha256 }) => ({ subject, sha256 })),
       policy: policy ? { rules: policy.ruleCount, sha256: policy.sha256 } : null,
       reload: reloadReport(status.reload()),
+      configReload: configReloadReport(status.configReload()),
       upstreams: Object.fromEntries(
         Object.entries(status.upstreams()).map(([name, { address, identity, connections, pending }]) => [
           name,
@@ -270,6 +304,22 @@ function reloadReport({ at, result, trigger, error }: LastReload): ReloadReport 
     result,
     trigger,
     error: error ? { code: error.code, message: error.message } : null,
+  };
+}
+
+function configReloadReport({
+  at,
+  result,
+  trigger,
+  error,
+  restartRequired,
+}: LastConfigReload): ConfigReloadReport {
+  return {
+    at: at.toISOString(),
+    result,
+    trigger,
+    error: error ? { code: error.code, message: error.message } : null,
+    restartRequired: [...restartRequired],
   };
 }
 

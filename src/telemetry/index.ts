@@ -2,6 +2,8 @@
 export {
   type AdminOptions,
   AdminServer,
+  type ConfigReloadReport,
+  type LastConfigReload,
   type LastReload,
   type ReloadReport,
   type StatusDocument,

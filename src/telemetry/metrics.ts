@@ -139,9 +139,10 @@ export class Metrics implements TrafficObserver {
   >;
   readonly handshakeFailures: Counter<"direction" | "reason">;
   readonly credentialReloads: Counter<"result">;
+  readonly configReloads: Counter<"result">;
   readonly policyShadow: Counter<"rule" | "result">;
   readonly #requestDuration = new DurationHistogram();
-  readonly #maxIdentityLabels: number;
+  #maxIdentityLabels: number;
   readonly #identities = new Set<string>();
   /**
    * Requests counted per label set, handed to `requests` when it is scraped: prom-client validates and
@@ -197,6 +198,13 @@ export class Metrics implements TrafficObserver {
     });
     // Both series exist from the start, so `increase(...{result="failure"}[5m]) > 0` can fire on the first one.
     for (const result of ["success", "failure"]) this.credentialReloads.inc({ result }, 0);
+    this.configReloads = new Counter({
+      name: "mtlsd_config_reloads_total",
+      help: "Reloads of the config file (on change or SIGHUP), by result: success (applied, perhaps with changes waiting for a restart) or failure (refused, the running config kept).",
+      labelNames: ["result"],
+      registers,
+    });
+    for (const result of ["success", "failure"]) this.configReloads.inc({ result }, 0);
     this.policyShadow = new Counter({
       name: "mtlsd_policy_shadow_total",
       help: "Dry-run policy rules that matched, by rule and shadow result.",
@@ -220,6 +228,8 @@ export class Metrics implements TrafficObserver {
       labelNames: ["upstream"],
       registers,
       collect() {
+        // A reload may remove an upstream: its series goes with it rather than freezing at its last value.
+        this.reset();
         for (const [upstream, stats] of Object.entries(sources.upstreams()))
           this.set({ upstream }, stats.connections);
       },
@@ -230,11 +240,20 @@ export class Metrics implements TrafficObserver {
       labelNames: ["upstream"],
       registers,
       collect() {
+        this.reset();
         for (const [upstream, stats] of Object.entries(sources.upstreams()))
           this.set({ upstream }, stats.pending);
       },
     });
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
+  }
+
+  /**
+   * A config reload changed `metrics.maxIdentityLabels`: identities seen from now on are counted against it;
+   * those already labelled keep their label (a series never changes its name mid-life).
+   */
+  setMaxIdentityLabels(max: number): void {
+    this.#maxIdentityLabels = max;
   }
 
   /** Caps distinct identity label values: the first N seen keep their name, later ones read `other`. */

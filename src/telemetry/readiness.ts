@@ -29,16 +29,18 @@ const APP_PROBE_CACHE_MS = 1000;
 export class Readiness {
   readonly #sources: ReadinessSources;
   readonly #now: () => Date;
-  readonly #app: TcpProbe | undefined;
+  #app: TcpProbe | undefined;
 
   constructor(sources: ReadinessSources) {
     this.#sources = sources;
     this.#now = sources.now ?? (() => new Date());
-    this.#app = sources.app
-      ? new TcpProbe(sources.app.host, sources.app.port, {
-          timeoutMs: APP_PROBE_TIMEOUT_MS,
-          cacheMs: APP_PROBE_CACHE_MS,
-        })
+    this.probeApp(sources.app);
+  }
+
+  /** Where the app listens, when there is one; a config reload that moves `inbound.app` calls it again. */
+  probeApp(app: { host: string; port: number } | undefined): void {
+    this.#app = app
+      ? new TcpProbe(app.host, app.port, { timeoutMs: APP_PROBE_TIMEOUT_MS, cacheMs: APP_PROBE_CACHE_MS })
       : undefined;
   }
 

@@ -79,6 +79,8 @@ export class TrafficLog implements TrafficObserver {
     // A client that connects and leaves without a word is a port check, not an incident.
     if (record.detail === "connection closed before the TLS handshake")
       this.#logger.debug(record, "handshake failed");
+    // No handshake was even tried: a client speaking plain HTTP to an mTLS port, answered 400 mtls_required.
+    else if (record.reason === "mtls_required") this.#logger.warn(record, "plaintext refused: mTLS required");
     else this.#logger.warn(record, "handshake failed");
   }
 }
