@@ -394,7 +394,8 @@ function checkOutbound(loaded: LoadedConfig, report: Report): void {
   report.section("outbound");
   report.fields([["listen", `${outbound.listen} (plain HTTP from the app)`]]);
   for (const [name, upstream] of Object.entries(outbound.upstreams)) {
-    report.line(`- ${name}: ${upstream.address} must present ${upstream.identity}`);
+    const where = upstream.address ?? (upstream.endpoints ?? []).join(", ");
+    report.line(`- ${name}: ${where} must present ${upstream.identity}`);
   }
 }
 
@@ -611,7 +612,9 @@ async function checkPeer(
   }
   // Outbound: would our sidecar accept this server as one of its upstreams?
   const upstreams = Object.entries(outbound?.upstreams ?? {});
-  const atAddress = upstreams.filter(([, u]) => u.address.toLowerCase() === address.toLowerCase());
+  const atAddress = upstreams.filter(([, u]) =>
+    [u.address, ...(u.endpoints ?? [])].some((at) => at?.toLowerCase() === address.toLowerCase()),
+  );
   let isOurUpstream = false;
   if (!peerId) fields.push(["outbound", "no SPIFFE ID to compare with our upstreams"]);
   else if (atAddress.length > 0) {
@@ -623,7 +626,7 @@ async function checkPeer(
         fields.push(["outbound", style.bad(`upstream "${name}" expects ${upstream.identity}: MISMATCH`)]);
         report.problem({
           kind: "identity mismatch",
-          detail: `upstream "${name}" (${upstream.address}) must present ${upstream.identity}, but the peer presents ${peerId}; calls to ${name} fail with 502 upstream_identity_mismatch`,
+          detail: `upstream "${name}" (${address}) must present ${upstream.identity}, but the peer presents ${peerId}; calls to ${name} fail with 502 upstream_identity_mismatch`,
         });
       }
     }

@@ -3,6 +3,9 @@ import { HANDSHAKE_FAILURE_REASONS, type HandshakeFailureReason } from "../ident
 import { type FailureInterpreter, REFUSAL_MARK, type ResponseHeaders } from "../proxy/index.ts";
 import { isTlsFailure, tlsFailure, type UpstreamHandshakeFailure } from "./connector.ts";
 
+/** An upstream with no endpoint at all: its DNS name does not resolve (yet). */
+export const NO_ENDPOINT_CODE = "MTLSD_NO_ENDPOINT";
+
 const REFUSAL_REASONS: ReadonlySet<string> = new Set(HANDSHAKE_FAILURE_REASONS);
 
 /**
@@ -23,6 +26,9 @@ export function upstreamFailures(
     },
     error(error: Error & { code?: string }) {
       // The connector's own timeout says which phase took too long; the generic text would not.
+      if (error.code === NO_ENDPOINT_CODE) {
+        return { status: 502, reason: "upstream_unreachable", message: error.message };
+      }
       if (error.code === "UND_ERR_CONNECT_TIMEOUT") {
         return { status: 504, reason: "upstream_timeout", message: error.message };
       }

@@ -37,6 +37,7 @@ import {
 } from "../proxy/index.ts";
 import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
+import { type ResolveHost, systemResolver } from "./resolve.ts";
 import { Router } from "./router.ts";
 import { Upstream, type UpstreamStats } from "./upstream.ts";
 
@@ -49,6 +50,8 @@ export interface OutboundOptions {
   denyList: DenyList;
   observer: TrafficObserver;
   logger: Logger;
+  /** How upstream DNS names become endpoints; the system's resolver (getaddrinfo) by default. */
+  resolve?: ResolveHost;
 }
 
 /** Our client credentials as a SecureContext: built once per credential version, shared by every upstream. */
@@ -101,6 +104,7 @@ export class OutboundListener {
     const { config, limits, store } = options;
     const context = clientContext(store.current);
     const peers = new PeerIdentityCache("server", store);
+    const resolve = options.resolve ?? systemResolver();
     this.#upstreams = Object.entries(config.upstreams).map(
       ([name, upstream]) =>
         new Upstream({
@@ -111,6 +115,8 @@ export class OutboundListener {
           denyList: options.denyList,
           connectTimeoutMs: limits.handshakeTimeout,
           idleTimeoutMs: limits.keepAliveTimeout,
+          resolve,
+          logger: options.logger,
           onFailure: this.#onHandshakeFailure,
         }),
     );
@@ -155,8 +161,13 @@ export class OutboundListener {
     });
   }
 
-  /** Binds every listener; on failure, the field that could not be bound is named. */
+  /**
+   * Binds every listener once each upstream's DNS names have been looked up (a name that does not resolve is
+   * logged and tried again; its upstream answers 502 meanwhile); on failure, the field that could not be bound
+   * is named.
+   */
   async listen(): Promise<Record<string, AddressInfo>> {
+    await Promise.all(this.#upstreams.map((upstream) => upstream.resolved()));
     const bound: Record<string, AddressInfo> = {};
     for (const { field, server, address } of this.#listeners) {
       const { host, port } = parseHostPort(address)!;
@@ -395,12 +406,17 @@ export class OutboundListener {
     this.#accept(tunnel);
   };
 
-  readonly #onHandshakeFailure = (upstream: Upstream, failure: UpstreamHandshakeFailure): void => {
+  readonly #onHandshakeFailure = (
+    upstream: Upstream,
+    failure: UpstreamHandshakeFailure,
+    endpoint?: string,
+  ): void => {
     this.#options.observer.handshakeFailure({
       direction: "outbound",
       reason: failure.reason,
       detail: failure.detail,
       upstream: upstream.name,
+      ...(endpoint ? { endpoint } : {}),
       source_identity: this.#options.store.current.spiffeId,
       destination_identity: upstream.config.identity,
       ...(failure.presented ? { presented_identity: failure.presented } : {}),

@@ -44,6 +44,8 @@ export interface HandshakeFailureRecord {
   destination_identity?: string;
   /** Outbound: the upstream's name, and the SPIFFE ID its server presented when it was not the expected one. */
   upstream?: string;
+  /** Outbound: the endpoint (`ip:port`) of the upstream the connection went to. */
+  endpoint?: string;
   presented_identity?: string;
 }
 
