@@ -155,7 +155,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     if (attempt.started && !refused) this.#host.failed(attempt.endpoint, error);
     const next = this.#retry(attempt, refused, error);
     if (!next) {
-      this.#handler.onResponseError?.(this, error);
+      this.#handler.onResponseError?.(this, attempt.started && !refused ? this.#lost(attempt, error) : error);
       return;
     }
     // On the next tick: the failed pool is still unwinding the call that brought us here.
@@ -163,6 +163,27 @@ export class BalancedExchange implements Dispatcher.DispatchController {
       if (this.#aborted) this.#handler.onResponseError?.(this, this.#reason ?? error);
       else this.start(next);
     });
+  }
+
+  /**
+   * A connection lost after the request went out, told as such: which endpoint, and why the request was not sent
+   * again, so that a 502 for a POST reads as the deliberate answer it is.
+   */
+  #lost(attempt: Try, error: Error & { code?: string; rstCode?: number }): Error {
+    if (!LOST.has(error.code ?? "")) return error;
+    const { method } = this.#options;
+    const why =
+      this.#options.body !== null && this.#options.body !== undefined
+        ? `a ${method} with a body may have been processed`
+        : !IDEMPOTENT.has(method)
+          ? `a ${method} may have been processed`
+          : this.#host.retries === 0
+            ? "retries is 0"
+            : `its ${this.#host.retries} retries are used up`;
+    return new LostRequestError(
+      `${attempt.endpoint.address} lost the connection after the request was sent (${error.message}); not sent again: ${why}`,
+      error,
+    );
   }
 
   /** The endpoint of the next try, if the request may be sent again; counts the retry. */
@@ -250,6 +271,21 @@ class Try implements StreamHandler {
     if (this.#over) return;
     this.#over = true;
     this.endpoint.health.active--;
+  }
+}
+
+/** Codes of a connection that broke (closed, reset) rather than one that timed out or refused our certificate. */
+const LOST = new Set(["UND_ERR_SOCKET", "ECONNRESET", "EPIPE", "MTLSD_UPSTREAM_RESET"]);
+
+/** A request that may have reached the upstream when its connection broke; `code` and `rstCode` are the cause's. */
+export class LostRequestError extends Error {
+  readonly code: string | undefined;
+  readonly rstCode: number | undefined;
+
+  constructor(message: string, cause: Error & { code?: string; rstCode?: number }) {
+    super(message, { cause });
+    this.code = cause.code;
+    this.rstCode = cause.rstCode;
   }
 }
 
