@@ -166,8 +166,8 @@ export class BalancedExchange implements Dispatcher.DispatchController {
   }
 
   /**
-   * A connection lost after the request went out, told as such: which endpoint, and why the request was not sent
-   * again, so that a 502 for a POST reads as the deliberate answer it is.
+   * A connection lost (or a stream reset) after the request went out, told as such: which endpoint, and why the
+   * request was not sent again, so that a 502 for a POST reads as the deliberate answer it is.
    */
   #lost(attempt: Try, error: Error & { code?: string; rstCode?: number }): Error {
     if (!LOST.has(error.code ?? "")) return error;
@@ -181,7 +181,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
             ? "retries is 0"
             : `its ${this.#host.retries} retries are used up`;
     return new LostRequestError(
-      `${attempt.endpoint.address} lost the connection after the request was sent (${error.message}); not sent again: ${why}`,
+      `${attempt.endpoint.address} failed after the request was sent (${error.message}); not sent again: ${why}`,
       error,
     );
   }
