@@ -228,6 +228,42 @@ t.test(
   },
 );
 
+t.test("a lookup that fails later keeps the endpoints of the last one that worked", async (t) => {
+  dns.set("flaky.test", ["127.0.0.1", "127.0.0.2"]);
+  const via = await caller(t, { address: `flaky.test:${port}`, resolveInterval: "100ms" });
+  dns.set("flaky.test", []);
+  const warned = await waitForLog(via.logs, (line) => line.msg.startsWith("upstream name did not resolve"));
+  t.match(warned, {
+    msg: "upstream name did not resolve: keeping the addresses it had",
+    name: "flaky.test",
+    error: "ENOTFOUND",
+    endpoints: 2,
+  });
+  t.same(
+    via.sidecar
+      .upstreamStats()
+      .orders!.endpoints.map((endpoint) => endpoint.address)
+      .sort(),
+    [addresses[0], addresses[1]],
+  );
+  t.equal((await send(via, "/flaky")).status, 200);
+});
+
+t.test("two entries that name the same endpoint make one endpoint, with a warning", async (t) => {
+  dns.set("also-first.test", ["127.0.0.1"]);
+  const via = await caller(t, { endpoints: [addresses[0], `also-first.test:${port}`] });
+  const warned = await waitForLog(via.logs, (line) => line.msg.startsWith("two entries of the upstream"));
+  t.match(warned, {
+    level: "warn",
+    endpoint: addresses[0],
+    entries: [addresses[0], `also-first.test:${port}`],
+  });
+  t.same(
+    via.sidecar.upstreamStats().orders!.endpoints.map((endpoint) => endpoint.address),
+    [addresses[0]],
+  );
+});
+
 t.test("an endpoint presenting the wrong identity is ejected at once and never sent a request", async (t) => {
   const impostor = await instance("127.0.0.1:0", payments);
   t.teardown(() => impostor.stop());

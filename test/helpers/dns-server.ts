@@ -53,7 +53,12 @@ function readQuestion(message: Buffer): { name: string; type: number; end: numbe
     const length = message[offset]!;
     offset++;
     if (length === 0) break;
-    labels.push(message.subarray(offset, offset + length).toString("ascii").toLowerCase());
+    labels.push(
+      message
+        .subarray(offset, offset + length)
+        .toString("ascii")
+        .toLowerCase(),
+    );
     offset += length;
   }
   if (offset + 4 > message.length) return undefined;
