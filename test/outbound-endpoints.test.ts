@@ -1,8 +1,10 @@
 // An upstream of several instances: requests spread over its endpoints, DNS changes followed, failing ones ejected.
+import { once } from "node:events";
 import http from "node:http";
 import net from "node:net";
 import t from "tap";
 import { request } from "undici";
+import { WebSocket } from "ws";
 import { startApp } from "./helpers/app.ts";
 import { startDnsServer } from "./helpers/dns-server.ts";
 import { inboundAddress } from "./helpers/outbound.ts";
@@ -381,4 +383,29 @@ t.test("endpoint metrics keep an address label only while there are few", async 
     .sort();
   t.same(labels, [addresses[0], addresses[1], "other"].sort(), "two addresses, then other");
   t.match(metrics, /^mtlsd_upstream_endpoints\{upstream="orders",state="healthy"\} 3$/m);
+});
+
+t.test("a WebSocket upgrade whose endpoint refuses the connection is opened on another", async (t) => {
+  const wsApp = await startApp(0, "ws-app.ts");
+  t.teardown(() => wsApp.stop());
+  const wsInstance = await instance("127.0.0.1:0", orders, wsApp.url);
+  t.teardown(() => wsInstance.stop());
+  const closed = net.createServer();
+  await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+  const refusing = `127.0.0.1:${(closed.address() as net.AddressInfo).port}`;
+  await new Promise<void>((resolve) => closed.close(() => resolve()));
+  const via = await caller(t, { endpoints: [refusing, inboundAddress(wsInstance)], balance: "round_robin" });
+  for (const round of [1, 2]) {
+    const socket = new WebSocket(`${via.proxyUrl.replace("http:", "ws:")}/ws/${round}`, {
+      headers: { host: "orders" },
+    });
+    const [hello] = (await once(socket, "message")) as [Buffer];
+    t.match(JSON.parse(hello.toString()), { hello: `/ws/${round}` }, `upgrade ${round} reached the app`);
+    socket.close();
+    await once(socket, "close");
+  }
+  t.ok(
+    via.sidecar.upstreamStats().orders!.retries.not_sent >= 1,
+    "one of them met the refusing endpoint first",
+  );
 });
