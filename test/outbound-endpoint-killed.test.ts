@@ -256,7 +256,7 @@ t.test("a POST in flight on a killed instance gets a clear 502 and is not sent a
   const posts = apps.reduce((sum, app) => sum + (app.received.get("POST /hold") ?? 0), 0);
   t.equal(posts, 1, "the POST reached one instance, once");
   const line = await waitForLog(via.logs, (entry) => entry.msg === "request" && entry.path === "/hold");
-  t.match(line, { level: "warn", status: 502, reason: error.reason });
+  t.match(line, { level: "warn", status: 502, reason: error.reason, endpoint: addresses[holder] });
   await restart(holder);
 });
 

@@ -155,6 +155,14 @@ t.test("round_robin gives each endpoint its turn", async (t) => {
     instances.map((running) => served(running, "/round-robin/")),
     [3, 3, 3],
   );
+  const logged = via.logs.filter(
+    (line) => line.msg === "request" && String(line.path).startsWith("/round-robin/"),
+  );
+  t.same(
+    addresses.map((address) => logged.filter((line) => line.endpoint === address).length),
+    [3, 3, 3],
+    "each request's log line names the endpoint it went to",
+  );
 });
 
 t.test("a DNS name with three A records is three endpoints, and requests reach all three", async (t) => {

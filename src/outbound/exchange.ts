@@ -14,6 +14,11 @@ const IDEMPOTENT = new Set(["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"])
 /** Why a request went to another endpoint, as `mtlsd_upstream_retries_total` counts it. */
 export type RetryReason = "not_sent" | "idempotent";
 
+/** Where an exchange notes the endpoint it sent the request to last: the request's log record. */
+export interface EndpointRecord {
+  endpoint?: string;
+}
+
 /** What an exchange needs of its upstream. */
 export interface ExchangeHost {
   /** An endpoint for a try: one not in `tried` when there is any; `repeat` allows a tried one when there is not. */
@@ -43,6 +48,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
   readonly #handler: StreamHandler;
   /** Upgrades (WebSocket) ride an endpoint's HTTP/1.1 pool. */
   readonly #upgrade: boolean;
+  readonly #record: EndpointRecord | undefined;
   readonly #tried: Endpoint[] = [];
   #try: Try | undefined;
   #handlerStarted = false;
@@ -56,11 +62,13 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     options: Dispatcher.DispatchOptions,
     handler: StreamHandler,
     upgrade: boolean,
+    record?: EndpointRecord,
   ) {
     this.#host = host;
     this.#options = options;
     this.#handler = handler;
     this.#upgrade = upgrade;
+    this.#record = record;
     this.#retriesLeft = host.retries;
   }
 
@@ -97,6 +105,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     const attempt = new Try(this, endpoint);
     this.#try = attempt;
     this.#tried.push(endpoint);
+    if (this.#record) this.#record.endpoint = endpoint.address;
     endpoint.health.active++;
     const dispatcher = this.#upgrade ? endpoint.http1 : endpoint.dispatcher;
     dispatcher.dispatch(this.#options, attempt);

@@ -167,7 +167,15 @@ export class OutboundListener {
    * is named.
    */
   async listen(): Promise<Record<string, AddressInfo>> {
-    await Promise.all(this.#upstreams.map((upstream) => upstream.resolved()));
+    // A lookup is part of connecting: it gets as long as limits.handshakeTimeout before mtlsd starts regardless.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(this.#upstreams.map((upstream) => upstream.resolved())),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, this.#options.limits.handshakeTimeout);
+      }),
+    ]);
+    clearTimeout(timer);
     const bound: Record<string, AddressInfo> = {};
     for (const { field, server, address } of this.#listeners) {
       const { host, port } = parseHostPort(address)!;
@@ -298,7 +306,7 @@ export class OutboundListener {
     forward(
       down,
       {
-        dispatcher: upstream.dispatcher,
+        dispatcher: upstream.dispatcherFor(record),
         upstream: upstream.name,
         method: down.method,
         path,
@@ -358,7 +366,7 @@ export class OutboundListener {
       socket,
       head,
       {
-        dispatcher: upstream.http1(),
+        dispatcher: upstream.http1(record),
         upstream: upstream.name,
         method: req.method!,
         path,

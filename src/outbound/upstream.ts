@@ -10,7 +10,7 @@ import type { FailureInterpreter, StreamHandler, UpstreamDispatcher } from "../p
 import type { Logger } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
 import { Endpoint, type UpstreamProtocol } from "./endpoint.ts";
-import { BalancedExchange, type ExchangeHost, type RetryReason } from "./exchange.ts";
+import { BalancedExchange, type EndpointRecord, type ExchangeHost, type RetryReason } from "./exchange.ts";
 import { NO_ENDPOINT_CODE, upstreamFailures } from "./failures.ts";
 import type { Ejection } from "./outlier.ts";
 import { joinHostPort, type ResolveHost } from "./resolve.ts";
@@ -120,6 +120,8 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
   readonly #http1: UpstreamDispatcher;
   readonly #resolved: Promise<void>;
   #timer: NodeJS.Timeout | undefined;
+  /** A lookup slower than resolveInterval is not overlapped by the next. */
+  #resolving = false;
   #closed = false;
 
   constructor(options: UpstreamOptions) {
@@ -130,7 +132,7 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
     this.#now = options.now ?? (() => performance.timeOrigin + performance.now());
     this.#context = options.context;
     this.failures = upstreamFailures(this.name, (failure) => options.onFailure?.(this, failure));
-    this.#http1 = { dispatch: (dispatch, handler) => this.#dispatch(dispatch, handler, true) };
+    this.#http1 = { dispatch: (dispatch, handler) => this.#dispatch(dispatch, handler, true, undefined) };
     const texts = options.config.endpoints ?? [options.config.address!];
     this.#targets = texts.map((text) => {
       const { host, port } = parseHostPort(text)!;
@@ -139,7 +141,9 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
     this.#apply();
     if (this.#targets.some((target) => target.name)) {
       this.#resolved = this.#resolve();
-      this.#timer = setInterval(() => void this.#resolve(), options.config.resolveInterval);
+      this.#timer = setInterval(() => {
+        if (!this.#resolving) void this.#resolve();
+      }, options.config.resolveInterval);
       this.#timer.unref();
     } else this.#resolved = Promise.resolve();
   }
@@ -154,22 +158,33 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
     return this;
   }
 
+  /** The balancer, noting in `record.endpoint` where the request was sent (for the request log). */
+  dispatcherFor(record: EndpointRecord): UpstreamDispatcher {
+    return { dispatch: (options, handler) => this.#dispatch(options, handler, false, record) };
+  }
+
   /** Upgrades (WebSocket) through the balancer, each on an endpoint's HTTP/1.1 pool. */
-  http1(): UpstreamDispatcher {
-    return this.#http1;
+  http1(record?: EndpointRecord): UpstreamDispatcher {
+    if (!record) return this.#http1;
+    return { dispatch: (options, handler) => this.#dispatch(options, handler, true, record) };
   }
 
   dispatch(options: Dispatcher.DispatchOptions, handler: StreamHandler): boolean {
-    return this.#dispatch(options, handler, false);
+    return this.#dispatch(options, handler, false, undefined);
   }
 
-  #dispatch(options: Dispatcher.DispatchOptions, handler: StreamHandler, upgrade: boolean): boolean {
+  #dispatch(
+    options: Dispatcher.DispatchOptions,
+    handler: StreamHandler,
+    upgrade: boolean,
+    record: EndpointRecord | undefined,
+  ): boolean {
     const endpoint = this.pick([], false);
     if (!endpoint) {
       handler.onResponseError?.(IDLE_CONTROLLER, this.#noEndpointError());
       return false;
     }
-    new BalancedExchange(this, options, handler, upgrade).start(endpoint);
+    new BalancedExchange(this, options, handler, upgrade, record).start(endpoint);
     return true;
   }
 
@@ -314,6 +329,7 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
   /** Looks up every DNS name again, then brings the endpoints in line with the answers. */
   async #resolve(): Promise<void> {
     const { logger, resolve } = this.#options;
+    this.#resolving = true;
     await Promise.all(
       this.#targets.map(async (target) => {
         if (!target.name) return;
@@ -347,6 +363,7 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
         target.addresses = addresses;
       }),
     );
+    this.#resolving = false;
     if (!this.#closed) this.#apply();
   }
 
