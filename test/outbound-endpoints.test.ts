@@ -2,6 +2,7 @@
 import { once } from "node:events";
 import http from "node:http";
 import net from "node:net";
+import tls from "node:tls";
 import t from "tap";
 import { request } from "undici";
 import { WebSocket } from "ws";
@@ -193,6 +194,11 @@ t.test(
       (line) => line.msg === "upstream endpoints changed" && (line.removed as string[]).length > 0,
     );
     t.match(changed, { upstream: "orders", added: [addresses[0], addresses[2]], removed: [addresses[1]] });
+    t.match(
+      via.sidecar.upstreamStats().orders,
+      { pending: 1, endpoints: [{ pending: 0 }, { pending: 0 }] },
+      "its request in flight still counts for the upstream while the endpoint is gone from the list",
+    );
     t.equal((await slow).status, 200, "the request in flight on the endpoint that left finished");
     for (let i = 0; i < 10; i++) t.equal((await send(via, `/moved/${i}`)).status, 200);
     t.equal(served(instances[1]!, "/moved/"), 0, "the endpoint that left gets no new request");
@@ -416,4 +422,44 @@ t.test("a WebSocket upgrade whose endpoint refuses the connection is opened on a
     via.sidecar.upstreamStats().orders!.retries.not_sent >= 1,
     "one of them met the refusing endpoint first",
   );
+});
+
+t.test("a large answer through the balancer reaches a slow reader whole", async (t) => {
+  const via = await caller(t, { endpoints: addresses });
+  const bytes = 16 * 1024 * 1024;
+  const response = await request(`${via.proxyUrl}/download?bytes=${bytes}`, { headers: { host: "orders" } });
+  t.equal(response.statusCode, 200);
+  // Not read for a while: the buffers fill, and the endpoint's stream is paused until the reader catches up.
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  let received = 0;
+  for await (const chunk of response.body) received += (chunk as Buffer).length;
+  t.equal(received, bytes);
+});
+
+t.test("with a single endpoint, retries send a GET whose connection was lost to it again", async (t) => {
+  // The right identity; the first connection is dropped as soon as the request arrives, later ones answered.
+  let connections = 0;
+  const server = tls.createServer(
+    { cert: orders.chainPem, key: orders.keyPem, ca: pki.bundlePem, requestCert: true },
+    (socket) => {
+      const first = connections++ === 0;
+      socket.on("error", () => {});
+      socket.on("data", () => {
+        if (first) socket.destroy();
+        else socket.write("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain");
+      });
+    },
+  );
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const via = await caller(t, {
+    endpoints: [`127.0.0.1:${(server.address() as net.AddressInfo).port}`],
+    protocol: "http1",
+    retries: 1,
+  });
+  const response = await send(via, "/lost-once");
+  t.equal(response.status, 200);
+  t.equal(response.text, "again");
+  t.equal(connections, 2, "sent again on a new connection to the same endpoint");
+  t.equal(via.sidecar.upstreamStats().orders!.retries.idempotent, 1);
 });

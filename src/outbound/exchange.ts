@@ -48,12 +48,14 @@ export class BalancedExchange implements Dispatcher.DispatchController {
   readonly #handler: StreamHandler;
   /** Upgrades (WebSocket) ride an endpoint's HTTP/1.1 pool. */
   readonly #upgrade: boolean;
-  readonly #record: EndpointRecord | undefined;
+  readonly #record: EndpointRecord;
   readonly #tried: Endpoint[] = [];
   #try: Try | undefined;
   #handlerStarted = false;
-  #aborted = false;
-  #reason: Error | null = null;
+  /** The controller the handler sees, for every try: set once aborted, whichever try was running. */
+  aborted = false;
+  reason: Error | null = null;
+  paused = false;
   #notSentRetried = false;
   #retriesLeft: number;
 
@@ -62,7 +64,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     options: Dispatcher.DispatchOptions,
     handler: StreamHandler,
     upgrade: boolean,
-    record?: EndpointRecord,
+    record: EndpointRecord,
   ) {
     this.#host = host;
     this.#options = options;
@@ -72,31 +74,22 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     this.#retriesLeft = host.retries;
   }
 
-  get aborted(): boolean {
-    return this.#aborted;
-  }
-
-  get paused(): boolean {
-    return this.#try?.controller?.paused ?? false;
-  }
-
-  get reason(): Error | null {
-    return this.#reason;
-  }
-
   abort(reason: Error): void {
-    if (this.#aborted) return;
-    this.#aborted = true;
-    this.#reason = reason;
-    // A try still waiting for a connection is aborted when it starts (see onRequestStart).
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    // A try still waiting for a connection is aborted when it starts (see tryStarted).
     this.#try?.controller?.abort(reason);
   }
 
+  // Only the response of the last try reaches the handler, so only that try is ever paused.
   pause(): void {
+    this.paused = true;
     this.#try?.controller?.pause();
   }
 
   resume(): void {
+    this.paused = false;
     this.#try?.controller?.resume();
   }
 
@@ -105,7 +98,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     const attempt = new Try(this, endpoint);
     this.#try = attempt;
     this.#tried.push(endpoint);
-    if (this.#record) this.#record.endpoint = endpoint.address;
+    this.#record.endpoint = endpoint.address;
     endpoint.health.active++;
     const dispatcher = this.#upgrade ? endpoint.http1 : endpoint.dispatcher;
     dispatcher.dispatch(this.#options, attempt);
@@ -114,8 +107,8 @@ export class BalancedExchange implements Dispatcher.DispatchController {
   // What each try reports; only the current one is listened to.
 
   tryStarted(attempt: Try, context: unknown): void {
-    if (this.#aborted) {
-      attempt.controller!.abort(this.#reason!);
+    if (this.aborted) {
+      attempt.controller!.abort(this.reason!);
       return;
     }
     if (this.#handlerStarted) return;
@@ -148,9 +141,9 @@ export class BalancedExchange implements Dispatcher.DispatchController {
   }
 
   tryFailed(attempt: Try, error: Error & { code?: string; rstCode?: number }): void {
-    if (this.#aborted) {
+    if (this.aborted) {
       // Whatever the try ended with, the request ended because it was aborted (the client went away, or failed).
-      this.#handler.onResponseError?.(this, this.#reason ?? error);
+      this.#handler.onResponseError?.(this, this.reason ?? error);
       return;
     }
     if (attempt.responded) {
@@ -169,7 +162,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     }
     // On the next tick: the failed pool is still unwinding the call that brought us here.
     process.nextTick(() => {
-      if (this.#aborted) this.#handler.onResponseError?.(this, this.#reason ?? error);
+      if (this.aborted) this.#handler.onResponseError?.(this, this.reason ?? error);
       else this.start(next);
     });
   }

@@ -88,17 +88,17 @@ const IDLE_CONTROLLER: Dispatcher.DispatchController = {
 };
 
 /**
- * The upstream the forwarding engine sees: one dispatcher. Behind it, each endpoint has its own pools (so pooling
- * and TLS session resumption work per endpoint), a balancer picks one per request (least_request: the one with
- * fewer requests in flight of two picked at random; or round_robin), endpoints that fail are ejected for a while
- * (never all: when every one is ejected, all are used), and a request is tried again elsewhere when that is safe
- * (see BalancedExchange).
+ * What the forwarding engine sees of an upstream is a dispatcher, as before. Behind it, each endpoint has its own
+ * pools (so pooling and TLS session resumption work per endpoint), a balancer picks one per request (least_request:
+ * the one with fewer requests in flight of two picked at random; or round_robin), endpoints that fail are ejected
+ * for a while (never all: when every one is ejected, all are used), and a request is tried again elsewhere when
+ * that is safe (see BalancedExchange).
  *
  * DNS names are resolved again every `resolveInterval`: a new address becomes an endpoint at once, one that went
  * away takes no new requests and closes once its requests in flight are done. A failed resolution keeps the
  * addresses of the last one that worked.
  */
-export class Upstream implements UpstreamDispatcher, ExchangeHost {
+export class Upstream implements ExchangeHost {
   readonly name: string;
   readonly config: UpstreamConfig;
   readonly handshakes = { full: 0, resumed: 0 };
@@ -117,7 +117,6 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
   #cursor = 0;
   #ejections = 0;
   readonly #retried: Record<RetryReason, number> = { not_sent: 0, idempotent: 0 };
-  readonly #http1: UpstreamDispatcher;
   readonly #resolved: Promise<void>;
   #timer: NodeJS.Timeout | undefined;
   /** A lookup slower than resolveInterval is not overlapped by the next. */
@@ -132,7 +131,6 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
     this.#now = options.now ?? (() => performance.timeOrigin + performance.now());
     this.#context = options.context;
     this.failures = upstreamFailures(this.name, (failure) => options.onFailure?.(this, failure));
-    this.#http1 = { dispatch: (dispatch, handler) => this.#dispatch(dispatch, handler, true, undefined) };
     const texts = options.config.endpoints ?? [options.config.address!];
     this.#targets = texts.map((text) => {
       const { host, port } = parseHostPort(text)!;
@@ -153,31 +151,21 @@ export class Upstream implements UpstreamDispatcher, ExchangeHost {
     return this.#resolved;
   }
 
-  /** Where requests go: the balancer. */
-  get dispatcher(): UpstreamDispatcher {
-    return this;
-  }
-
-  /** The balancer, noting in `record.endpoint` where the request was sent (for the request log). */
+  /** Where requests go: the balancer. It notes in `record.endpoint` where each was sent, for the request log. */
   dispatcherFor(record: EndpointRecord): UpstreamDispatcher {
     return { dispatch: (options, handler) => this.#dispatch(options, handler, false, record) };
   }
 
   /** Upgrades (WebSocket) through the balancer, each on an endpoint's HTTP/1.1 pool. */
-  http1(record?: EndpointRecord): UpstreamDispatcher {
-    if (!record) return this.#http1;
+  http1(record: EndpointRecord): UpstreamDispatcher {
     return { dispatch: (options, handler) => this.#dispatch(options, handler, true, record) };
-  }
-
-  dispatch(options: Dispatcher.DispatchOptions, handler: StreamHandler): boolean {
-    return this.#dispatch(options, handler, false, undefined);
   }
 
   #dispatch(
     options: Dispatcher.DispatchOptions,
     handler: StreamHandler,
     upgrade: boolean,
-    record: EndpointRecord | undefined,
+    record: EndpointRecord,
   ): boolean {
     const endpoint = this.pick([], false);
     if (!endpoint) {
