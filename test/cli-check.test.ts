@@ -69,7 +69,7 @@ t.test("check reads -c from $MTLSD_CONFIG like mtlsd run", async (t) => {
   t.equal(result.code, 0, result.stdout);
 });
 
-t.test("check lists the upstreams of an outbound config", async (t) => {
+t.test("check lists the upstreams of an outbound config, with their endpoints", async (t) => {
   const file = await writeConfig(orders, {
     inbound: undefined,
     outbound: {
@@ -79,6 +79,10 @@ t.test("check lists the upstreams of an outbound config", async (t) => {
           address: "payments.internal:15006",
           identity: "spiffe://example.org/ns/payments/sa/payments",
         },
+        ledger: {
+          endpoints: ["10.0.1.11:15006", "10.0.1.12:15006"],
+          identity: "spiffe://example.org/ns/ledger/sa/ledger",
+        },
       },
     },
   });
@@ -87,6 +91,10 @@ t.test("check lists the upstreams of an outbound config", async (t) => {
   t.match(
     result.stdout,
     /- payments: payments\.internal:15006 must present spiffe:\/\/example\.org\/ns\/payments\/sa\/payments/,
+  );
+  t.match(
+    result.stdout,
+    /- ledger: 10\.0\.1\.11:15006, 10\.0\.1\.12:15006 must present spiffe:\/\/example\.org\/ns\/ledger\/sa\/ledger/,
   );
 });
 
