@@ -464,3 +464,16 @@ t.test("with a single endpoint, retries send a GET whose connection was lost to 
   t.equal(connections, 2, "sent again on a new connection to the same endpoint");
   t.equal(via.sidecar.upstreamStats().orders!.retries.idempotent, 1);
 });
+
+t.test("a GET that timed out is not sent again, whatever retries allows", async (t) => {
+  const via = await caller(t, { endpoints: addresses, retries: 2, timeout: "300ms" });
+  const slowLines = () =>
+    instances.reduce((sum, running) => sum + running.logs.filter((line) => line.path === "/slow").length, 0);
+  const before = slowLines();
+  const response = await send(via, "/slow?ms=3000");
+  t.equal(response.status, 504);
+  t.equal(response.headers["x-mtlsd-reason"], "upstream_timeout");
+  t.same(via.sidecar.upstreamStats().orders!.retries, { not_sent: 0, idempotent: 0 });
+  await until(() => slowLines() > before, "the instance logs the cancelled request");
+  t.equal(slowLines(), before + 1, "one instance saw it, once");
+});

@@ -181,7 +181,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
           ? `a ${method} may have been processed`
           : this.#host.retries === 0
             ? "retries is 0"
-            : `its ${this.#host.retries} retries are used up`;
+            : `retries (${this.#host.retries}) used up`;
     return new LostRequestError(
       `${attempt.endpoint.address} failed after the request was sent (${error.message}); not sent again: ${why}`,
       error,
@@ -202,6 +202,8 @@ export class BalancedExchange implements Dispatcher.DispatchController {
       }
     }
     if (this.#retriesLeft === 0 || !bodiless || !IDEMPOTENT.has(this.#options.method)) return undefined;
+    // A broken connection, not a slow answer: a timeout is not cured by doubling the load that caused it.
+    if (!notSent && !LOST.has(error.code ?? "")) return undefined;
     const next = this.#host.pick(this.#tried, true);
     if (!next) return undefined;
     this.#retriesLeft--;
