@@ -157,7 +157,7 @@ export class Sidecar {
     const readiness = new Readiness({
       certificate: () => this.store.current.leaf,
       listeners: () => this.#listening(),
-      upstreams: () => this.upstreamStats(),
+      ...(config.outbound ? { upstreams: () => this.upstreamStats() } : {}),
       app: config.inbound ? appAddress(config.inbound.app) : undefined,
       ...(options.now ? { now: options.now } : {}),
     });

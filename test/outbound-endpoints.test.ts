@@ -477,3 +477,23 @@ t.test("a GET that timed out is not sent again, whatever retries allows", async 
   await until(() => slowLines() > before, "the instance logs the cancelled request");
   t.equal(slowLines(), before + 1, "one instance saw it, once");
 });
+
+t.test("each endpoint keeps its own pool and resumes its own TLS sessions", async (t) => {
+  const pooled = await caller(t, { endpoints: addresses, balance: "round_robin" });
+  for (let i = 0; i < 12; i++) t.equal((await send(pooled, `/pooled/${i}`)).status, 200);
+  t.same(pooled.sidecar.upstreamStats().orders!.handshakes, { full: 3, resumed: 0 }, "one connection each");
+  t.equal(pooled.sidecar.upstreamStats().orders!.connections, 3);
+
+  // Pooled connections close after 100 ms idle: each endpoint's second connection resumes its first's session.
+  const churning = await caller(
+    t,
+    { endpoints: addresses, balance: "round_robin" },
+    { limits: { keepAliveTimeout: "100ms" } },
+  );
+  for (let i = 0; i < 6; i++) {
+    t.equal((await send(churning, `/churn/${i}`)).status, 200);
+    if (i === 2)
+      await until(() => churning.sidecar.upstreamStats().orders!.connections === 0, "idle ones closed");
+  }
+  t.same(churning.sidecar.upstreamStats().orders!.handshakes, { full: 3, resumed: 3 });
+});
