@@ -21,7 +21,6 @@ import type { Policy } from "../policy/index.ts";
 import {
   type Deadline,
   type DrainResult,
-  failForward,
   feed,
   H1Downstream,
   H2Client,
@@ -35,13 +34,16 @@ import {
   REFUSAL_MARK,
   rawErrorResponse,
   reportCapacity,
-  resetStream,
   sendError,
   settleClientError,
   sniffHttp2Preface,
+  superviseStream,
   Tunnels,
   tcpConnector,
   type UpstreamDispatcher,
+  unlessResetAtOnce,
+  upgradeRefusal,
+  upgradeRequested,
   upgradeToken,
 } from "../proxy/index.ts";
 import type { Logger, TrafficObserver } from "../telemetry/index.ts";
@@ -54,8 +56,6 @@ const TLS_HANDSHAKE_RECORD = 0x16;
 const REFUSAL_LINGER_MS = 2000;
 /** Permissive mode: a plaintext connection has no peer, so the policy sees it as unauthenticated. */
 const PLAINTEXT_CONNECTION: InboundConnection = Object.freeze({ peer: null, xfcc: null, plaintext: true });
-/** Upgrade tokens that open a tunnel: refused with a reason when not honored, never passed on as plain requests. */
-const TUNNEL_TOKENS = new Set(["websocket", "h2c"]);
 
 /** TLS connections whose handshake completed (refused peers included), and how many resumed a session. */
 export interface InboundStats {
@@ -140,12 +140,7 @@ export class InboundListener {
         requireHostHeader: false,
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
-        // Upgrades that open a tunnel come to `upgrade` (to be decided, or refused with a reason); any other
-        // token is ignored, as RFC 9110 §7.8 allows, and the request is served as plain HTTP/1.1.
-        shouldUpgradeCallback: (req) => {
-          const token = upgradeToken(req.rawHeaders);
-          return token !== undefined && (TUNNEL_TOKENS.has(token) || config.upgrades.includes(token));
-        },
+        shouldUpgradeCallback: upgradeRequested(config.upgrades),
       },
       (req, res) => this.#onRequest(req, res, false),
     );
@@ -374,7 +369,7 @@ export class InboundListener {
     _flags: number,
     rawHeaders: string[],
   ): void => {
-    stream.on("error", noop);
+    superviseStream(stream, this.#options.config.streamIdleTimeout, "inbound.streamIdleTimeout");
     const connection = connectionOf(stream.session?.socket);
     const method = headers[":method"] ?? "";
     const target = headers[":path"] ?? "";
@@ -408,21 +403,27 @@ export class InboundListener {
       );
       return;
     }
-    // Long-lived streams (gRPC, SSE) are timed by their idleness, never by a total.
-    stream.setTimeout(this.#options.config.streamIdleTimeout, () => {
-      if (!failForward(stream, STREAM_IDLE)) resetStream(stream, true);
-    });
-    this.#handler.handle(down, connection, headers.expect === "100-continue");
+    unlessResetAtOnce(
+      stream,
+      () => this.#handler.handle(down, connection, headers.expect === "100-continue"),
+      () =>
+        this.#options.logger.debug(
+          { method, path: target, protocol: "h2" },
+          "stream reset before it was forwarded",
+        ),
+    );
   };
 
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     const connection = connectionOf(req.socket);
     const token = upgradeToken(req.rawHeaders)!;
-    if (token === "h2c" || !this.#options.config.upgrades.includes(token)) {
-      const message =
-        token === "h2c"
-          ? "Upgrade: h2c is never honored: speak HTTP/2 over TLS (ALPN h2) instead"
-          : `Upgrade: ${token} is not in inbound.upgrades`;
+    const message = upgradeRefusal(
+      token,
+      this.#options.config.upgrades,
+      "inbound.upgrades",
+      "speak HTTP/2 over TLS (ALPN h2) instead",
+    );
+    if (message) {
       socket.end(rawErrorResponse(400, "Bad Request", "upgrade_refused", message));
       this.#handler.refused(req.method!, req.url!, connection, token, 400, "upgrade_refused", message);
       return;
@@ -539,11 +540,6 @@ function refusalMessage(reason: HandshakeFailureReason): string {
 }
 
 const CONNECT_REFUSED = "CONNECT is not served on the inbound listener: no tunnel bypasses the policy";
-const STREAM_IDLE = {
-  status: 408,
-  reason: "request_timeout" as const,
-  message: "the stream was idle longer than inbound.streamIdleTimeout",
-};
 const NO_CONNECTION: InboundConnection = { peer: null, xfcc: null, plaintext: true };
 
 /** What the handshake learnt about the connection a request arrived on. */
@@ -582,6 +578,7 @@ class InboundApp implements AppClient {
         // A session opens only when those open carry as many streams as the app allows.
         maxSessions: 16,
         idleTimeoutMs: limits.keepAliveTimeout,
+        settingsTimeoutMs: limits.handshakeTimeout,
       });
       this.dispatcher = this.#h2;
     } else {

@@ -176,7 +176,9 @@ export function tlsFailure(
       ? " (it did not accept our certificate)"
       : alert === "protocol version"
         ? " (mtlsd speaks only TLS 1.3 to upstreams)"
-        : "";
+        : alert === "no application protocol"
+          ? ` (it speaks none of the protocols offered: see outbound.upstreams.${upstream}.protocol)`
+          : "";
     detail = `${upstream} sent the TLS alert "${alert}"${hint}`;
   } else if (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS")) {
     // OpenSSL's text is "…:SSL routines:<function>:<reason>:<file>:<line>…"; the reason is the useful part.

@@ -170,6 +170,7 @@ export class Endpoint {
         ),
       maxSessions: config.pool.connections,
       idleTimeoutMs,
+      settingsTimeoutMs: this.#options.connectTimeoutMs,
       onNegotiated: () => {
         generation.protocol = "h2";
       },

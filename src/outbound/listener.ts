@@ -14,7 +14,6 @@ import {
   type Deadline,
   type Downstream,
   type DrainResult,
-  failForward,
   feed,
   filterRequestHeaders,
   forward,
@@ -27,11 +26,14 @@ import {
   httpLimits,
   rawErrorResponse,
   reportCapacity,
-  resetStream,
   sendError,
   settleClientError,
   sniffHttp2Preface,
+  superviseStream,
   Tunnels,
+  unlessResetAtOnce,
+  upgradeRefusal,
+  upgradeRequested,
   upgradeToken,
   wireStatus,
 } from "../proxy/index.ts";
@@ -76,8 +78,6 @@ interface BoundRoute {
 const kRoute = Symbol("mtlsd.outboundRoute");
 type AppSocket = net.Socket & { [kRoute]?: BoundRoute };
 
-/** Upgrade tokens that open a tunnel: refused with a reason when not honored, never passed on as plain requests. */
-const TUNNEL_TOKENS = new Set(["websocket", "h2c"]);
 const CONNECT_ESTABLISHED = "HTTP/1.1 200 Connection Established\r\n\r\n";
 
 /**
@@ -127,10 +127,7 @@ export class OutboundListener {
         ...httpLimits(limits),
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
-        shouldUpgradeCallback: (req) => {
-          const token = upgradeToken(req.rawHeaders);
-          return token !== undefined && (TUNNEL_TOKENS.has(token) || config.upgrades.includes(token));
-        },
+        shouldUpgradeCallback: upgradeRequested(config.upgrades),
       },
       (req, res) => this.#onRequest(req, res, false),
     );
@@ -263,12 +260,9 @@ export class OutboundListener {
     _flags: number,
     rawHeaders: string[],
   ): void => {
-    stream.on("error", noop);
+    superviseStream(stream, this.#options.config.streamIdleTimeout, "outbound.streamIdleTimeout");
     const down = new H2Downstream(stream, headers, rawHeaders);
     const route = (stream.session?.socket as AppSocket | undefined)?.[kRoute];
-    stream.setTimeout(this.#options.config.streamIdleTimeout, () => {
-      if (!failForward(stream, STREAM_IDLE)) resetStream(stream, true);
-    });
     if (down.method === "CONNECT") {
       const detail = "CONNECT inside HTTP/2 is not supported: send requests, or CONNECT over HTTP/1.1";
       const record = this.#record(down.method, down.target || (headers[":authority"] ?? ""), down.protocol);
@@ -276,7 +270,15 @@ export class OutboundListener {
       this.#finish(record, performance.now(), 405, "method_not_allowed", detail);
       return;
     }
-    this.#handle(down, route, headers.expect === "100-continue");
+    unlessResetAtOnce(
+      stream,
+      () => this.#handle(down, route, headers.expect === "100-continue"),
+      () =>
+        this.#options.logger.debug(
+          { method: down.method, path: down.target, protocol: "h2" },
+          "stream reset before it was forwarded",
+        ),
+    );
   };
 
   #handle(down: Downstream, bound: BoundRoute | undefined, expectsContinue: boolean): void {
@@ -339,14 +341,14 @@ export class OutboundListener {
       socket.end(rawErrorResponse(status, http.STATUS_CODES[status] ?? "Error", reason, detail));
       this.#finish(record, started, status, reason, detail);
     };
-    if (token === "h2c" || !this.#options.config.upgrades.includes(token)) {
-      refuse(
-        400,
-        "upgrade_refused",
-        token === "h2c"
-          ? "Upgrade: h2c is never honored: send HTTP/2 with prior knowledge (curl --http2-prior-knowledge) or HTTP/1.1"
-          : `Upgrade: ${token} is not in outbound.upgrades`,
-      );
+    const refusal = upgradeRefusal(
+      token,
+      this.#options.config.upgrades,
+      "outbound.upgrades",
+      "send HTTP/2 with prior knowledge (curl --http2-prior-knowledge) or HTTP/1.1",
+    );
+    if (refusal) {
+      refuse(400, "upgrade_refused", refusal);
       return;
     }
     const headers = filterRequestHeaders(req.rawHeaders);
@@ -464,12 +466,6 @@ export class OutboundListener {
 }
 
 function noop(): void {}
-
-const STREAM_IDLE = {
-  status: 408,
-  reason: "request_timeout" as const,
-  message: "the stream was idle longer than outbound.streamIdleTimeout",
-};
 
 /** Sets the Host of a flat header list to the absolute-form target's authority, as RFC 9112 §3.2.2 requires. */
 function replaceHost(list: string[], authority: string): void {

@@ -87,12 +87,17 @@ export class H1Downstream implements Downstream {
   readonly hasBody = undefined;
   readonly req: IncomingMessage;
   readonly res: ServerResponse;
-  readonly grpc: boolean;
+  #grpc: boolean | undefined;
 
   constructor(req: IncomingMessage, res: ServerResponse) {
     this.req = req;
     this.res = res;
-    this.grpc = isGrpcContentType(req.headers["content-type"]);
+  }
+
+  /** Read from the raw headers, once: `req.headers` would build an object per request just for this. */
+  get grpc(): boolean {
+    this.#grpc ??= isGrpcContentType(fieldValue(this.req.rawHeaders, "content-type"));
+    return this.#grpc;
   }
 
   get method(): string {
@@ -296,6 +301,15 @@ function requestFields(raw: readonly string[], authority: string | undefined): s
   if (!hasHost && authority !== undefined) fields.unshift("host", authority);
   if (cookie !== undefined) fields.push("cookie", cookie);
   return fields;
+}
+
+/** The first value of a field in a flat raw header list, by its lowercase name. */
+function fieldValue(raw: readonly string[], lowerName: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === lowerName.length && name.toLowerCase() === lowerName) return raw[i + 1];
+  }
+  return undefined;
 }
 
 /** A flat header list as an HTTP/2 headers object: repeated names become arrays. */

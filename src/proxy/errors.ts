@@ -42,6 +42,13 @@ export function classifyForwardError(error: Error & { code?: string }, upstream:
   }
   if (code === UPSTREAM_TLS_CODE)
     return { status: 502, reason: "upstream_tls_error", message: error.message };
+  if (code === "UND_ERR_BODY_TIMEOUT") {
+    return {
+      status: 504,
+      reason: "upstream_timeout",
+      message: `${upstream} sent nothing for longer than the stream idle limit (streamIdleTimeout)`,
+    };
+  }
   if (TIMEOUT.has(code)) {
     return { status: 504, reason: "upstream_timeout", message: `${upstream} did not answer in time` };
   }

@@ -151,7 +151,15 @@ class Forwarding implements StreamHandler {
     }
     this.#status = statusCode;
     if (this.#down.grpc) this.#grpcStatus = firstValue(headers["grpc-status"]);
-    this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
+    try {
+      this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
+    } catch (error) {
+      // A head HTTP/1.1 allowed that HTTP/2 does not (two Content-Type fields, say): the app was reachable,
+      // its answer cannot be passed on as it is.
+      const message = `${this.#upstream}'s response cannot be passed on: ${(error as Error).message}`;
+      this.#fail({ status: 502, reason: "upstream_protocol_error", message });
+      controller.abort(new ReplacedResponseError(message));
+    }
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
@@ -181,9 +189,11 @@ class Forwarding implements StreamHandler {
       // The head is out: the only honest signal left is an aborted response, never a truncated "success".
       // An upstream that cancelled its stream is cancelled downstream too (gRPC tells CANCELLED from INTERNAL).
       this.#down.abort((error as { rstCode?: number }).rstCode === NGHTTP2_CANCEL);
+      // A stalled response keeps its reason; anything else that cuts a started response is a reset.
+      const reason = failure.reason === "upstream_timeout" ? failure.reason : "upstream_reset";
       this.#finish({
         status: this.#status,
-        failure: { status: this.#status, reason: "upstream_reset", message: failure.message },
+        failure: { status: this.#status, reason, message: failure.message },
       });
       return;
     }

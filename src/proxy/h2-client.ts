@@ -62,6 +62,8 @@ export interface H2ClientOptions {
   maxSessions: number;
   /** A session without streams for this long is closed. */
   idleTimeoutMs: number;
+  /** A new session whose server sends no SETTINGS within this long is given up. */
+  settingsTimeoutMs: number;
   /**
    * A connection came back without HTTP/2 (an `auto` upstream that speaks only HTTP/1.1): the socket and the
    * requests waiting for it are handed over, to be sent another way. Without it, they fail.
@@ -85,6 +87,8 @@ export interface StreamHandler extends Dispatcher.DispatchHandler {
 export interface QueuedRequest {
   options: Dispatcher.DispatchOptions;
   handler: StreamHandler;
+  /** Attempts so far: a request the server refused unprocessed is queued again. */
+  attempts?: number;
 }
 
 /** An error whose `code` classifyForwardError maps to a reason. */
@@ -117,9 +121,14 @@ export function resetCodeName(code: number): string {
 interface PooledSession {
   session: http2.ClientHttp2Session;
   streams: number;
+  /** The server's SETTINGS arrived: its stream limit is known, streams may be opened. */
+  ready: boolean;
   /** GOAWAY received or sent: no new streams. */
   closing: boolean;
 }
+
+/** A request refused unprocessed (REFUSED_STREAM, a GOAWAY) is queued again this many times at most. */
+const MAX_ATTEMPTS = 3;
 
 export class H2Client {
   readonly #options: H2ClientOptions;
@@ -127,6 +136,8 @@ export class H2Client {
   readonly #queue: QueuedRequest[] = [];
   /** Connections being opened; each will take requests from the queue once its session is up. */
   #connecting = 0;
+  /** Sessions up, waiting for the server's SETTINGS. */
+  #settling = 0;
   #closed = false;
   #running = 0;
 
@@ -179,7 +190,7 @@ export class H2Client {
   #available(): PooledSession | undefined {
     let best: PooledSession | undefined;
     for (const pooled of this.#sessions) {
-      if (pooled.closing || pooled.session.destroyed) continue;
+      if (!pooled.ready || pooled.closing || pooled.session.destroyed) continue;
       const limit = pooled.session.remoteSettings.maxConcurrentStreams ?? 100;
       if (pooled.streams >= limit) continue;
       if (!best || pooled.streams < best.streams) best = pooled;
@@ -191,7 +202,7 @@ export class H2Client {
   #grow(): void {
     if (this.#sessions.size + this.#connecting >= this.#options.maxSessions) return;
     // One connection in progress serves a burst: its session takes up to its stream limit from the queue.
-    if (this.#connecting > 0) return;
+    if (this.#connecting > 0 || this.#settling > 0) return;
     this.#connecting++;
     this.#options.connect((error, socket) => {
       this.#connecting--;
@@ -229,8 +240,9 @@ export class H2Client {
       // No server push from upstreams: nothing downstream would want it.
       settings: { enablePush: false },
     });
-    const pooled: PooledSession = { session, streams: 0, closing: false };
+    const pooled: PooledSession = { session, streams: 0, ready: false, closing: false };
     this.#sessions.add(pooled);
+    this.#settling++;
     session.on("error", () => {});
     session.setTimeout(this.#options.idleTimeoutMs, () => {
       if (pooled.streams === 0) {
@@ -241,14 +253,25 @@ export class H2Client {
     session.on("goaway", () => {
       pooled.closing = true;
     });
+    // A server that never sends its SETTINGS is no server to wait for.
+    const settled = setTimeout(() => session.destroy(), this.#options.settingsTimeoutMs);
+    const settle = () => {
+      clearTimeout(settled);
+      if (pooled.ready) return;
+      pooled.ready = true;
+      this.#settling--;
+    };
     session.once("close", () => {
+      settle();
       this.#sessions.delete(pooled);
       // Requests still waiting need a session of their own now.
       if (this.#queue.length > 0 && !this.#closed) this.#grow();
     });
-    // The server's SETTINGS tell how many streams it takes; until then, nghttp2 assumes 100.
-    session.once("remoteSettings", () => this.#drainQueue());
-    this.#drainQueue();
+    // The server's SETTINGS tell how many streams it takes: opening more before they arrive gets them refused.
+    session.once("remoteSettings", () => {
+      settle();
+      this.#drainQueue();
+    });
   }
 
   #drainQueue(): void {
@@ -266,24 +289,25 @@ export class H2Client {
     for (const request of this.#queue.splice(0)) failBeforeStart(request, error);
   }
 
-  #start(pooled: PooledSession, request: QueuedRequest, retried = false): void {
+  #start(pooled: PooledSession, request: QueuedRequest): void {
     const exchange = new StreamExchange(request, this.#options);
+    request.attempts = (request.attempts ?? 0) + 1;
     pooled.streams++;
     this.#running++;
     exchange.start(pooled.session, (refused) => {
       pooled.streams--;
       this.#running--;
-      // Never processed by the server (REFUSED_STREAM, or beyond the last stream of a GOAWAY): one more try,
-      // when nothing of the request was read yet, so it can be sent again whole.
-      if (refused && !retried && !exchange.responded && !exchange.bodySent) {
-        const next = this.#available();
-        if (next) {
-          this.#start(next, request, true);
-          return true;
-        }
-      }
+      // Never processed by the server (REFUSED_STREAM, or beyond the last stream of a GOAWAY): queued again,
+      // first in line, when nothing of the request was read yet, so it can be sent again whole.
+      const again =
+        refused &&
+        !this.#closed &&
+        request.attempts! < MAX_ATTEMPTS &&
+        !exchange.responded &&
+        !exchange.bodySent;
+      if (again) this.#queue.unshift(request);
       if (this.#queue.length > 0) this.#drainQueue();
-      return false;
+      return again;
     });
   }
 }

@@ -1,6 +1,8 @@
 // HTTP/2 servers fed connections by a listener: the limits that bound them, and the request rules nghttp2 leaves to us.
 import http2 from "node:http2";
 import type { LimitsConfig } from "../config/index.ts";
+import { resetStream } from "./downstream.ts";
+import { failForward } from "./forward.ts";
 
 const { NGHTTP2_PROTOCOL_ERROR } = http2.constants;
 
@@ -32,6 +34,41 @@ export function h2ServerOptions(limits: LimitsConfig): http2.ServerOptions {
     // A connection that never sends the preface is cut like a stalled handshake.
     unknownProtocolTimeout: limits.handshakeTimeout,
   };
+}
+
+/**
+ * What every server stream gets first: its errors are settled by whoever ends it, and a stream with no byte
+ * either way for `idleMs` is ended — its forward answered (or cut) as a timeout, named after `setting`.
+ * Long-lived streams (gRPC, SSE) are timed by their idleness, never by a total.
+ */
+export function superviseStream(stream: http2.ServerHttp2Stream, idleMs: number, setting: string): void {
+  stream.on("error", noop);
+  stream.setTimeout(idleMs, () => {
+    const failure = {
+      status: 408,
+      reason: "request_timeout" as const,
+      message: `the stream was idle longer than ${setting}`,
+    };
+    if (!failForward(stream, failure)) resetStream(stream, true);
+  });
+}
+
+function noop(): void {}
+
+/**
+ * Runs `handle` once the read that brought the stream in is over, unless the client reset the stream in that
+ * same read: a rapid-reset flood (CVE-2023-44487) then costs the sidecar a stream object, never a request to
+ * the app. `dropped` is told of a stream reset before it was handled.
+ */
+export function unlessResetAtOnce(
+  stream: http2.ServerHttp2Stream,
+  handle: () => void,
+  dropped: () => void,
+): void {
+  setImmediate(() => {
+    if (stream.destroyed || stream.closed) dropped();
+    else handle();
+  });
 }
 
 /**

@@ -35,7 +35,14 @@ export {
   type StreamHandler,
   tcpConnector,
 } from "./h2-client.ts";
-export { H2Sessions, h2ServerOptions, malformedH2Request, NGHTTP2_PROTOCOL_ERROR } from "./h2-server.ts";
+export {
+  H2Sessions,
+  h2ServerOptions,
+  malformedH2Request,
+  NGHTTP2_PROTOCOL_ERROR,
+  superviseStream,
+  unlessResetAtOnce,
+} from "./h2-server.ts";
 export {
   filterRequestHeaders,
   forwardableResponseHeaders,
@@ -55,4 +62,11 @@ export {
 } from "./respond.ts";
 export { feed, sniffHttp2Preface } from "./sniff.ts";
 export { type TunnelResult, Tunnels } from "./tunnel.ts";
-export { forwardUpgrade, type UpgradeOutcome, type UpgradeRequest, upgradeToken } from "./upgrade.ts";
+export {
+  forwardUpgrade,
+  type UpgradeOutcome,
+  type UpgradeRequest,
+  upgradeRefusal,
+  upgradeRequested,
+  upgradeToken,
+} from "./upgrade.ts";

@@ -13,6 +13,7 @@ export type ResponseReason =
   | "upstream_tls_error"
   | "upstream_timeout"
   | "upstream_reset"
+  | "upstream_protocol_error"
   | "upgrade_refused"
   | "method_not_allowed"
   | "app_protocol_mismatch"

@@ -1,5 +1,5 @@
 // Forwards an HTTP/1.1 Upgrade request (WebSocket) and, on the upstream's 101, joins the two connections.
-import { STATUS_CODES } from "node:http";
+import { type IncomingMessage, STATUS_CODES } from "node:http";
 import type { Duplex } from "node:stream";
 import type { Dispatcher } from "undici";
 import { classifyForwardError, type ForwardFailure } from "./errors.ts";
@@ -30,6 +30,35 @@ export interface UpgradeOutcome {
   status: number;
   failure?: ForwardFailure;
   tunnel?: TunnelResult;
+}
+
+/** Upgrade tokens that open a tunnel: refused with a reason when not honored, never passed on as plain requests. */
+const TUNNEL_TOKENS = new Set(["websocket", "h2c"]);
+
+/**
+ * For http.Server's `shouldUpgradeCallback`: upgrades that open a tunnel come to the `upgrade` event (to be
+ * decided, or refused with a reason); any other token is ignored, as RFC 9110 §7.8 allows, and the request is
+ * served as plain HTTP/1.1 (its Upgrade header dropped as hop-by-hop).
+ */
+export function upgradeRequested(honored: readonly string[]): (req: IncomingMessage) => boolean {
+  return (req) => {
+    const token = upgradeToken(req.rawHeaders);
+    return token !== undefined && (TUNNEL_TOKENS.has(token) || honored.includes(token));
+  };
+}
+
+/**
+ * Why an upgrade that reached the `upgrade` event is refused, or undefined when `token` is honored. `h2c` never
+ * is: an h2c upgrade would open an HTTP/2 tunnel past per-request policy. `h2cInstead` says what to do.
+ */
+export function upgradeRefusal(
+  token: string,
+  honored: readonly string[],
+  setting: string,
+  h2cInstead: string,
+): string | undefined {
+  if (token === "h2c") return `Upgrade: h2c is never honored: ${h2cInstead}`;
+  return honored.includes(token) ? undefined : `Upgrade: ${token} is not in ${setting}`;
 }
 
 /** The Upgrade token a request asks for (the first one it lists), lowercased; undefined when none. */

@@ -72,6 +72,7 @@ export class TrafficLog implements TrafficObserver {
       record.decision === "deny" ||
       record.status >= 500 ||
       record.reason === "upstream_reset" ||
+      record.reason === "upstream_timeout" ||
       record.override
     )
       this.#logger.warn(record, "request");

@@ -176,8 +176,14 @@ export class RawH2 {
     return client;
   }
 
+  /** Writes raw bytes; false when the socket wants a drain, or is already gone (a flood test keeps going). */
   send(bytes: Buffer): boolean {
-    return this.socket.write(bytes);
+    if (this.socket.destroyed || !this.socket.writable) return false;
+    try {
+      return this.socket.write(bytes);
+    } catch {
+      return false;
+    }
   }
 
   /** HEADERS (END_HEADERS set) on `stream`; `endStream` for a request without a body. */
