@@ -112,6 +112,34 @@ export const RELOAD_RULES: Readonly<Record<string, ReloadRule>> = Object.freeze(
     "outbound",
     "new pools; the old ones finish their requests, then close",
   ),
+  "outbound.upstreams.<name>.endpoints": live(
+    "outbound",
+    "new pools; the old ones finish their requests, then close",
+  ),
+  "outbound.upstreams.<name>.resolveInterval": live(
+    "outbound",
+    "new pools; the old ones finish their requests, then close",
+  ),
+  "outbound.upstreams.<name>.balance": live(
+    "outbound",
+    "new pools; the old ones finish their requests, then close",
+  ),
+  "outbound.upstreams.<name>.outlier.consecutiveFailures": live(
+    "outbound",
+    "new pools; the old ones finish their requests, then close",
+  ),
+  "outbound.upstreams.<name>.outlier.ejectFor": live(
+    "outbound",
+    "new pools; the old ones finish their requests, then close",
+  ),
+  "outbound.upstreams.<name>.outlier.maxEjectFor": live(
+    "outbound",
+    "new pools; the old ones finish their requests, then close",
+  ),
+  "outbound.upstreams.<name>.retries": live(
+    "outbound",
+    "new pools; the old ones finish their requests, then close",
+  ),
   "outbound.upgrades": live("outbound", NEXT_REQUESTS),
   "outbound.streamIdleTimeout": live("outbound", NEXT_REQUESTS),
   "limits.maxConnections": live("limits", NEXT_CONNECTIONS),

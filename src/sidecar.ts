@@ -27,7 +27,7 @@ import {
 import { MtlsdError } from "./errors.ts";
 import { DenyList } from "./identity/index.ts";
 import { InboundListener, type InboundStats } from "./inbound/index.ts";
-import { OutboundListener, type UpstreamStats } from "./outbound/index.ts";
+import { dnsServerResolver, OutboundListener, type UpstreamStats } from "./outbound/index.ts";
 import type { Policy } from "./policy/index.ts";
 import { Deadline, httpLimits } from "./proxy/index.ts";
 import {
@@ -55,6 +55,11 @@ export interface SidecarOptions {
   now?: () => Date;
   /** How fast a lost Workload API stream is retried; tests shorten it. */
   workloadApiBackoff?: Partial<BackoffTiming>;
+  /**
+   * DNS servers (`IP` or `IP:port`) asked directly for upstream names' A and AAAA records, instead of the system's
+   * resolver; `mtlsd run` takes them from `$MTLSD_DNS_SERVERS`.
+   */
+  dnsServers?: readonly string[];
 }
 
 export interface SidecarAddresses {
@@ -149,11 +154,15 @@ export class Sidecar {
         denyList,
         observer: this.observer,
         logger,
+        ...(options.dnsServers?.length
+          ? { resolve: dnsServerResolver(options.dnsServers, config.limits.handshakeTimeout) }
+          : {}),
       });
     }
     this.#readiness = new Readiness({
       certificate: () => this.store.current.leaf,
       listeners: () => this.#listening(),
+      ...(config.outbound ? { upstreams: () => this.upstreamStats() } : {}),
       app: config.inbound ? appAddress(config.inbound.app) : undefined,
       ...(options.now ? { now: options.now } : {}),
     });

@@ -27,7 +27,8 @@ const sidecar = await startSidecar(pki, orders, {
   inbound: { listen: "127.0.0.1:0", app: app.url, policy },
   outbound: {
     listen: "127.0.0.1:0",
-    upstreams: { payments: { address: "payments.internal:15006", identity: payments.spiffeId } },
+    // An IP address needs no DNS: one endpoint from the start (a name that does not resolve fails /readyz).
+    upstreams: { payments: { address: "127.0.0.1:15006", identity: payments.spiffeId } },
   },
 });
 t.teardown(() => sidecar.stop());
@@ -65,7 +66,7 @@ t.test("/readyz answers 200 when credentials, listeners and the app are all fine
   t.equal(response.status, 200);
   const body = JSON.parse(response.text);
   t.equal(body.ready, true);
-  t.same(Object.keys(body.checks).sort(), ["app", "credentials", "listeners"]);
+  t.same(Object.keys(body.checks).sort(), ["app", "credentials", "listeners", "upstreams"]);
   t.match(body.checks.credentials, { ok: true, detail: /certificate valid until / });
   t.match(body.checks.listeners, { ok: true });
   t.match(body.checks.app, { ok: true, detail: `127.0.0.1:${app.port} accepts connections` });
@@ -187,10 +188,13 @@ t.test(
     });
     t.same(status.upstreams, {
       payments: {
-        address: "payments.internal:15006",
+        address: "127.0.0.1:15006",
         identity: payments.spiffeId,
         connections: 0,
         pending: 0,
+        endpoints: [
+          { address: "127.0.0.1:15006", state: "healthy", ejectedUntil: null, connections: 0, pending: 0 },
+        ],
       },
     });
     t.equal(status.draining, false);
@@ -281,7 +285,7 @@ t.test("an outbound-only sidecar reports no policy and does not probe an app", a
   const outboundOnly = await startSidecar(pki, orders, {
     outbound: {
       listen: "127.0.0.1:0",
-      upstreams: { payments: { address: "payments.internal:15006", identity: payments.spiffeId } },
+      upstreams: { payments: { address: "127.0.0.1:15006", identity: payments.spiffeId } },
     },
   });
   t.teardown(() => outboundOnly.stop());
@@ -289,7 +293,7 @@ t.test("an outbound-only sidecar reports no policy and does not probe an app", a
   t.equal(status.policy, null);
   const ready = await get(`${outboundOnly.adminUrl}/readyz`);
   t.equal(ready.status, 200);
-  t.same(Object.keys(JSON.parse(ready.text).checks).sort(), ["credentials", "listeners"]);
+  t.same(Object.keys(JSON.parse(ready.text).checks).sort(), ["credentials", "listeners", "upstreams"]);
 });
 
 t.test("an unknown admin path is a 404 that lists the endpoints", async (t) => {

@@ -69,7 +69,7 @@ t.test("check reads -c from $MTLSD_CONFIG like mtlsd run", async (t) => {
   t.equal(result.code, 0, result.stdout);
 });
 
-t.test("check lists the upstreams of an outbound config", async (t) => {
+t.test("check lists the upstreams of an outbound config, with their endpoints", async (t) => {
   const file = await writeConfig(orders, {
     inbound: undefined,
     outbound: {
@@ -84,6 +84,10 @@ t.test("check lists the upstreams of an outbound config", async (t) => {
           identity: "spiffe://example.org/ns/ledger/sa/ledger",
           listen: "127.0.0.1:15102",
         },
+        books: {
+          endpoints: ["10.0.1.11:15006", "10.0.1.12:15006"],
+          identity: "spiffe://example.org/ns/ledger/sa/ledger",
+        },
       },
     },
   });
@@ -97,6 +101,10 @@ t.test("check lists the upstreams of an outbound config", async (t) => {
     result.stdout,
     /- ledger: ledger\.internal:15006 must present spiffe:\/\/example\.org\/ns\/ledger\/sa\/ledger; the app may also call 127\.0\.0\.1:15102 \(plain HTTP, no Host needed\)/,
     "a per-upstream listen port is listed with its upstream",
+  );
+  t.match(
+    result.stdout,
+    /- books: 10\.0\.1\.11:15006, 10\.0\.1\.12:15006 must present spiffe:\/\/example\.org\/ns\/ledger\/sa\/ledger/,
   );
 });
 

@@ -356,7 +356,7 @@ t.test("frontend takes no traffic but scrapes and sends only to orders' mTLS por
     ),
   );
   t.same(toOrders?.ports, [
-    { port: parseHostPort(outbound.upstreams.orders!.address)!.port, protocol: "TCP" },
+    { port: parseHostPort(outbound.upstreams.orders!.address!)!.port, protocol: "TCP" },
   ]);
   const otherPorts = egress
     .filter((rule) => rule !== toOrders)

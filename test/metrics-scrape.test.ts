@@ -257,6 +257,15 @@ t.test("outbound requests are counted by destination, and the pool gauges follow
     identity: orders.spiffeId,
     connections,
     pending: 0,
+    endpoints: [
+      {
+        address: `127.0.0.1:${sidecar.inboundPort}`,
+        state: "healthy",
+        ejectedUntil: null,
+        connections,
+        pending: 0,
+      },
+    ],
   });
 });
 

@@ -398,7 +398,8 @@ function checkOutbound(loaded: LoadedConfig, report: Report): void {
     const port = upstream.listen
       ? `; the app may also call ${upstream.listen} (plain HTTP, no Host needed)`
       : "";
-    report.line(`- ${name}: ${upstream.address} must present ${upstream.identity}${port}`);
+    const where = upstream.address ?? (upstream.endpoints ?? []).join(", ");
+    report.line(`- ${name}: ${where} must present ${upstream.identity}${port}`);
   }
 }
 
@@ -615,7 +616,9 @@ async function checkPeer(
   }
   // Outbound: would our sidecar accept this server as one of its upstreams?
   const upstreams = Object.entries(outbound?.upstreams ?? {});
-  const atAddress = upstreams.filter(([, u]) => u.address.toLowerCase() === address.toLowerCase());
+  const atAddress = upstreams.filter(([, u]) =>
+    [u.address, ...(u.endpoints ?? [])].some((at) => at?.toLowerCase() === address.toLowerCase()),
+  );
   let isOurUpstream = false;
   if (!peerId) fields.push(["outbound", "no SPIFFE ID to compare with our upstreams"]);
   else if (atAddress.length > 0) {
@@ -627,7 +630,7 @@ async function checkPeer(
         fields.push(["outbound", style.bad(`upstream "${name}" expects ${upstream.identity}: MISMATCH`)]);
         report.problem({
           kind: "identity mismatch",
-          detail: `upstream "${name}" (${upstream.address}) must present ${upstream.identity}, but the peer presents ${peerId}; calls to ${name} fail with 502 upstream_identity_mismatch`,
+          detail: `upstream "${name}" (${address}) must present ${upstream.identity}, but the peer presents ${peerId}; calls to ${name} fail with 502 upstream_identity_mismatch`,
         });
       }
     }

@@ -2,6 +2,7 @@
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfigFile } from "../config/index.ts";
 import { MtlsdError } from "../errors.ts";
+import { parseDnsServers } from "../outbound/index.ts";
 import { Sidecar } from "../sidecar.ts";
 import { configPath } from "./config-path.ts";
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./io.ts";
@@ -31,6 +32,7 @@ const CONFIG_CODES = new Set([
   "CRL_INCOMPLETE",
   "CERT_REVOKED",
   "FEDERATED_BUNDLE_INVALID",
+  "DNS_SERVERS_INVALID",
 ]);
 
 export function exitCodeFor(error: unknown): number {
@@ -53,10 +55,15 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
   const stop = new StopSignals(signals);
   let sidecar: Sidecar;
   try {
+    const dnsServers = dnsServersFrom(io.env);
     // SIGHUP reloads the credentials and the config (as nginx and ghostunnel reload) instead of ending the
     // process; the config file is watched for changes too.
     const started = await Promise.race([
-      Sidecar.start(loadConfigFile(file), { signals, watchConfig: true }),
+      Sidecar.start(loadConfigFile(file), {
+        signals,
+        watchConfig: true,
+        ...(dnsServers ? { dnsServers } : {}),
+      }),
       stop.first,
     ]);
     if (typeof started === "string") {
@@ -71,6 +78,20 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
     return exitCodeFor(error);
   }
   return await drainOnSignals(sidecar, stop);
+}
+
+/** `$MTLSD_DNS_SERVERS`: DNS servers asked for upstream names instead of the system's resolver. */
+function dnsServersFrom(env: NodeJS.ProcessEnv): string[] | undefined {
+  const text = env.MTLSD_DNS_SERVERS;
+  if (text === undefined || text.trim() === "") return undefined;
+  const parsed = parseDnsServers(text);
+  if ("error" in parsed) {
+    throw new MtlsdError(
+      "DNS_SERVERS_INVALID",
+      `$MTLSD_DNS_SERVERS: ${parsed.error}; give IP addresses with optional ports, comma-separated (127.0.0.1:8600,[::1]:53), or unset it to use the system's resolver`,
+    );
+  }
+  return parsed.servers;
 }
 
 /** SIGTERM and SIGINT, counted from construction until closed: the first, and the second. */

@@ -102,6 +102,13 @@ const streamIdleTimeout = () =>
       "A stream (gRPC, server-sent events, an upgraded WebSocket) with no byte either way for this long is closed. An idle limit, not a total: streams may live for hours.",
     );
 
+/** An upstream sidecar's mTLS listener: `host:port`, the host an IP address or a DNS name. */
+const upstreamAddress = () =>
+  s.string({
+    expected: "host:port of an upstream sidecar's mTLS listener, like orders.internal:15006",
+    check: (value) => (parseHostPort(value) ? undefined : "not host:port"),
+  });
+
 const file = (what: string) => s.string({ expected: `the path of ${what}`, minLength: 1 });
 
 /** A Workload API endpoint, as SPIFFE_Workload_Endpoint.md spells it: `unix:///path` or `tcp://IP:port`. */
@@ -355,41 +362,89 @@ export const configSchema = s.object({
         .describe("Where the app sends plain HTTP: as HTTP_PROXY, or with the upstream's name as Host."),
       upstreams: s
         .record(
-          s.object({
-            address: s
-              .string({
-                expected: "host:port of the upstream's mTLS listener, like orders.internal:15006",
-                check: (value) => (parseHostPort(value) ? undefined : "not host:port"),
-              })
-              .describe("Where the upstream's sidecar listens for mTLS."),
-            identity: spiffeId().describe("The SPIFFE ID the upstream must present, exactly."),
-            listen: listenAddress()
-              .optional()
-              .describe("A local port of its own, for apps that can set neither a proxy nor a Host header."),
-            timeout: s
-              .duration()
-              .default(30_000)
-              .describe(
-                "No response head within this time: 504 upstream_timeout (gRPC calls: their own deadline).",
-              ),
-            protocol: s
-              .enum("auto", "http1", "h2")
-              .default("auto")
-              .describe(
-                "Between the sidecars: auto offers ALPN h2 and http/1.1 and uses what the upstream chose; http1 or h2 insist. Upgrades (WebSocket) always use HTTP/1.1.",
-              ),
-            pool: s
-              .object({
-                connections: s
-                  .integer(1, 1024)
-                  .default(16)
-                  .describe(
-                    "Keep-alive connections at most (HTTP/2: sessions, each carrying as many streams as the upstream allows).",
-                  ),
-              })
-              .default({ connections: 16 })
-              .describe("The keep-alive pool of mTLS connections to this upstream."),
-          }),
+          s
+            .object({
+              address: upstreamAddress()
+                .optional()
+                .describe(
+                  "Where the upstream's sidecar listens for mTLS. A DNS name stands for every A/AAAA record it resolves to, each an endpoint, re-resolved every resolveInterval. Or use endpoints.",
+                ),
+              endpoints: s
+                .array(upstreamAddress(), 1)
+                .optional()
+                .describe(
+                  "Instead of address: the instances' sidecars, host:port each (a DNS name among them stands for all its records). Each endpoint has its own pool.",
+                ),
+              resolveInterval: s
+                .duration(100, 86_400_000)
+                .default(30_000)
+                .describe(
+                  "DNS names in address or endpoints are resolved again this often; endpoints that went away finish their requests in flight first.",
+                ),
+              balance: s
+                .enum("least_request", "round_robin")
+                .default("least_request")
+                .describe(
+                  "How a request picks an endpoint: least_request (of two picked at random, the one with fewer requests in flight) or round_robin.",
+                ),
+              outlier: s
+                .object({
+                  consecutiveFailures: s
+                    .integer(1, 1000)
+                    .default(5)
+                    .describe(
+                      "An endpoint is ejected after this many 5xx answers or resets in a row; a refused connection, a failed handshake or a wrong identity ejects it at once.",
+                    ),
+                  ejectFor: s
+                    .duration(100, 86_400_000)
+                    .default(30_000)
+                    .describe("How long a first ejection lasts; each further one in a row doubles it."),
+                  maxEjectFor: s
+                    .duration(100, 86_400_000)
+                    .default(300_000)
+                    .describe("The longest an ejection lasts, however often the endpoint failed."),
+                })
+                .default({ consecutiveFailures: 5, ejectFor: 30_000, maxEjectFor: 300_000 })
+                .describe(
+                  "Ejection of failing endpoints: an ejected endpoint gets no requests until its time is up, unless every endpoint is ejected.",
+                ),
+              retries: s
+                .integer(0, 5)
+                .default(0)
+                .describe(
+                  "Extra tries, on another endpoint, for idempotent requests without a body that may have reached the upstream. A request that never reached it is always tried once more elsewhere.",
+                ),
+              identity: spiffeId().describe("The SPIFFE ID the upstream must present, exactly."),
+              listen: listenAddress()
+                .optional()
+                .describe(
+                  "A local port of its own, for apps that can set neither a proxy nor a Host header.",
+                ),
+              timeout: s
+                .duration()
+                .default(30_000)
+                .describe(
+                  "No response head within this time: 504 upstream_timeout (gRPC calls: their own deadline).",
+                ),
+              protocol: s
+                .enum("auto", "http1", "h2")
+                .default("auto")
+                .describe(
+                  "Between the sidecars: auto offers ALPN h2 and http/1.1 and uses what the upstream chose; http1 or h2 insist. Upgrades (WebSocket) always use HTTP/1.1.",
+                ),
+              pool: s
+                .object({
+                  connections: s
+                    .integer(1, 1024)
+                    .default(16)
+                    .describe(
+                      "Keep-alive connections per endpoint at most (HTTP/2: sessions, each carrying as many streams as the upstream allows).",
+                    ),
+                })
+                .default({ connections: 16 })
+                .describe("The keep-alive pool of mTLS connections to each endpoint of this upstream."),
+            })
+            .requireOneOf(["address"], ["endpoints"]),
           /^[a-z0-9]([a-z0-9-]*[a-z0-9])?$/,
           "an upstream name: lowercase letters, digits and -, as in a DNS label (apps may use it as Host)",
           1,
@@ -462,7 +517,9 @@ export const configSchema = s.object({
       maxIdentityLabels: s
         .integer(1, 100_000)
         .default(100)
-        .describe("Distinct peer identities kept as metric labels; later ones are counted as `other`."),
+        .describe(
+          "Distinct peer identities, and distinct upstream endpoint addresses, kept as metric labels; later ones are counted as `other`.",
+        ),
     })
     .default({ maxIdentityLabels: 100 })
     .describe("Prometheus metrics, served on the admin listener."),

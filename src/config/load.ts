@@ -161,6 +161,9 @@ function crossFieldIssues(config: Config, now: number): Issue[] {
       });
     }
   }
+  for (const [name, upstream] of Object.entries(config.outbound?.upstreams ?? {})) {
+    issues.push(...upstreamEndpointIssues(`outbound.upstreams.${name}`, upstream));
+  }
   const listeners: [string, string][] = [];
   if (config.inbound) listeners.push(["inbound.listen", config.inbound.listen]);
   if (config.outbound) {
@@ -186,6 +189,50 @@ function crossFieldIssues(config: Config, now: number): Issue[] {
       path: "limits.headersTimeout",
       expected: `at most limits.requestTimeout (${formatDuration(requestTimeout)}): headers are part of the request`,
       found: formatDuration(headersTimeout),
+    });
+  }
+  return issues;
+}
+
+/** Where an upstream's endpoints come from (address or endpoints, one of them), each once; sane ejection times. */
+function upstreamEndpointIssues(
+  where: string,
+  upstream: NonNullable<Config["outbound"]>["upstreams"][string],
+): Issue[] {
+  const issues: Issue[] = [];
+  if (upstream.address !== undefined && upstream.endpoints !== undefined) {
+    issues.push({
+      path: `${where}.endpoints`,
+      expected: `either ${where}.address or ${where}.endpoints, not both`,
+      found: "both",
+    });
+  } else if (upstream.address === undefined && upstream.endpoints === undefined) {
+    issues.push({
+      path: `${where}.address`,
+      expected:
+        "where the upstream's sidecars listen: address (host:port; a DNS name stands for all its records) or endpoints (a list of host:port)",
+      found: "neither address nor endpoints",
+    });
+  }
+  const seen = new Map<string, number>();
+  upstream.endpoints?.forEach((endpoint, index) => {
+    const key = endpoint.toLowerCase();
+    const first = seen.get(key);
+    if (first === undefined) seen.set(key, index);
+    else {
+      issues.push({
+        path: `${where}.endpoints[${index}]`,
+        expected: "each endpoint once (a duplicate would get twice the share of requests)",
+        found: `"${endpoint}", already ${where}.endpoints[${first}]`,
+      });
+    }
+  });
+  const { ejectFor, maxEjectFor } = upstream.outlier;
+  if (maxEjectFor < ejectFor) {
+    issues.push({
+      path: `${where}.outlier.maxEjectFor`,
+      expected: `at least outlier.ejectFor (${formatDuration(ejectFor)}): it caps the doubling ejection time`,
+      found: formatDuration(maxEjectFor),
     });
   }
   return issues;

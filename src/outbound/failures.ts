@@ -2,6 +2,10 @@
 import { HANDSHAKE_FAILURE_REASONS, type HandshakeFailureReason } from "../identity/index.ts";
 import { type FailureInterpreter, REFUSAL_MARK, type ResponseHeaders } from "../proxy/index.ts";
 import { isTlsFailure, tlsFailure, type UpstreamHandshakeFailure } from "./connector.ts";
+import { LostRequestError } from "./exchange.ts";
+
+/** An upstream with no endpoint at all: its DNS name does not resolve (yet). */
+export const NO_ENDPOINT_CODE = "MTLSD_NO_ENDPOINT";
 
 const REFUSAL_REASONS: ReadonlySet<string> = new Set(HANDSHAKE_FAILURE_REASONS);
 
@@ -23,6 +27,13 @@ export function upstreamFailures(
     },
     error(error: Error & { code?: string }) {
       // The connector's own timeout says which phase took too long; the generic text would not.
+      if (error instanceof LostRequestError) {
+        const reason = error.code === "MTLSD_UPSTREAM_RESET" ? "upstream_reset" : "upstream_unreachable";
+        return { status: 502, reason, message: `${upstream}: ${error.message}` };
+      }
+      if (error.code === NO_ENDPOINT_CODE) {
+        return { status: 502, reason: "upstream_unreachable", message: error.message };
+      }
       if (error.code === "UND_ERR_CONNECT_TIMEOUT") {
         return { status: 504, reason: "upstream_timeout", message: error.message };
       }

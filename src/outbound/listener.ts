@@ -40,6 +40,7 @@ import {
 } from "../proxy/index.ts";
 import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
+import { type ResolveHost, systemResolver } from "./resolve.ts";
 import { Router } from "./router.ts";
 import { Upstream, type UpstreamStats } from "./upstream.ts";
 
@@ -52,6 +53,8 @@ export interface OutboundOptions {
   denyList: DenyList;
   observer: TrafficObserver;
   logger: Logger;
+  /** How upstream DNS names become endpoints; the system's resolver (getaddrinfo) by default. */
+  resolve?: ResolveHost;
 }
 
 /** Our client credentials as a SecureContext: built once per credential version, shared by every upstream. */
@@ -92,6 +95,8 @@ export class OutboundListener {
   /** Our client credentials, for upstreams a config reload adds. */
   #context: tls.SecureContext;
   readonly #peers: PeerIdentityCache;
+  /** How upstream names become endpoint addresses: the system's resolver unless one is given (tests). */
+  readonly #resolve: ResolveHost;
   /** Upstreams a config reload replaced or removed, closing once their requests in flight finish. */
   readonly #retiring = new Set<Promise<void>>();
   /** The shared listener first, then one per upstream that has a `listen` of its own. */
@@ -110,6 +115,7 @@ export class OutboundListener {
     const { config, limits, store } = options;
     this.#context = clientContext(store.current);
     this.#peers = new PeerIdentityCache("server", store);
+    this.#resolve = options.resolve ?? systemResolver();
     this.#upstreams = Object.entries(config.upstreams).map(([name, upstream]) =>
       this.#upstream(name, upstream),
     );
@@ -149,8 +155,21 @@ export class OutboundListener {
     });
   }
 
-  /** Binds every listener; on failure, the field that could not be bound is named. */
+  /**
+   * Binds every listener once each upstream's DNS names have been looked up (a name that does not resolve is
+   * logged and tried again; its upstream answers 502 meanwhile); on failure, the field that could not be bound
+   * is named.
+   */
   async listen(): Promise<Record<string, AddressInfo>> {
+    // A lookup is part of connecting: it gets as long as limits.handshakeTimeout before mtlsd starts regardless.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(this.#upstreams.map((upstream) => upstream.resolved())),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, this.#options.limits.handshakeTimeout);
+      }),
+    ]);
+    clearTimeout(timer);
     for (const listener of this.#listeners) await bind(listener);
     // The http.Server is fed sockets and never listens itself, but Node starts the timer that enforces
     // headersTimeout and requestTimeout on "listening" (see the inbound listener).
@@ -284,6 +303,8 @@ export class OutboundListener {
       denyList,
       connectTimeoutMs: limits.handshakeTimeout,
       idleTimeoutMs: limits.keepAliveTimeout,
+      resolve: this.#resolve,
+      logger: this.#options.logger,
       onFailure: this.#onHandshakeFailure,
     });
   }
@@ -377,7 +398,7 @@ export class OutboundListener {
     forward(
       down,
       {
-        dispatcher: upstream.dispatcher,
+        dispatcher: upstream.dispatcherFor(record),
         upstream: upstream.name,
         method: down.method,
         path,
@@ -437,7 +458,7 @@ export class OutboundListener {
       socket,
       head,
       {
-        dispatcher: upstream.http1(),
+        dispatcher: upstream.http1(record),
         upstream: upstream.name,
         method: req.method!,
         path,
@@ -502,12 +523,17 @@ export class OutboundListener {
     return route ? this.#router.named(route.upstream) : undefined;
   }
 
-  readonly #onHandshakeFailure = (upstream: Upstream, failure: UpstreamHandshakeFailure): void => {
+  readonly #onHandshakeFailure = (
+    upstream: Upstream,
+    failure: UpstreamHandshakeFailure,
+    endpoint?: string,
+  ): void => {
     this.#options.observer.handshakeFailure({
       direction: "outbound",
       reason: failure.reason,
       detail: failure.detail,
       upstream: upstream.name,
+      ...(endpoint ? { endpoint } : {}),
       source_identity: this.#options.store.current.spiffeId,
       destination_identity: upstream.config.identity,
       ...(failure.presented ? { presented_identity: failure.presented } : {}),

@@ -27,8 +27,8 @@ export class Router {
     // shared gateway host would be ambiguous, and a per-upstream port's own Host must not match another.
     for (const upstream of upstreams) {
       if (!this.#byName.has(upstream.name)) this.#byName.set(upstream.name, upstream);
-      const authority = upstream.config.address.toLowerCase();
-      if (!this.#byAuthority.has(authority)) this.#byAuthority.set(authority, upstream);
+      const authority = upstream.config.address?.toLowerCase();
+      if (authority && !this.#byAuthority.has(authority)) this.#byAuthority.set(authority, upstream);
     }
     this.names = upstreams.map((upstream) => upstream.name).join(", ");
   }

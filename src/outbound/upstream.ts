@@ -1,29 +1,46 @@
-// One configured upstream: its pools of mTLS connections (HTTP/1.1, HTTP/2 sessions), swapped whole when credentials change.
+// One configured upstream: its endpoints (from a DNS name or a list), a balancer over them, ejection and retries.
 import net from "node:net";
-import type { Duplex } from "node:stream";
+import { performance } from "node:perf_hooks";
 import type tls from "node:tls";
-import { type buildConnector, Pool } from "undici";
+import type { Dispatcher } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
+import { parseHostPort } from "../config/index.ts";
 import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
-import {
-  type FailureInterpreter,
-  H2Client,
-  type QueuedRequest,
-  type UpstreamDispatcher,
-} from "../proxy/index.ts";
-import { mtlsConnector, type UpstreamHandshakeFailure } from "./connector.ts";
-import { upstreamFailures } from "./failures.ts";
+import type { FailureInterpreter, StreamHandler, UpstreamDispatcher } from "../proxy/index.ts";
+import type { Logger } from "../telemetry/index.ts";
+import type { UpstreamHandshakeFailure } from "./connector.ts";
+import { Endpoint, type UpstreamProtocol } from "./endpoint.ts";
+import { BalancedExchange, type EndpointRecord, type ExchangeHost, type RetryReason } from "./exchange.ts";
+import { NO_ENDPOINT_CODE, upstreamFailures } from "./failures.ts";
+import type { Ejection } from "./outlier.ts";
+import { joinHostPort, type ResolveHost } from "./resolve.ts";
 
-/** The protocol spoken with an upstream's sidecar: known once a connection has negotiated it. */
-export type UpstreamProtocol = "h2" | "http/1.1" | "unknown";
+export type { UpstreamProtocol } from "./endpoint.ts";
+
+/** One endpoint in /status. */
+export interface EndpointStats {
+  address: string;
+  state: "healthy" | "ejected";
+  /** ISO 8601 end of the current ejection; null when in rotation. */
+  ejectedUntil: string | null;
+  connections: number;
+  pending: number;
+}
 
 export interface UpstreamStats {
+  /** `address` as configured, or the `endpoints` joined with commas. */
   address: string;
   identity: string;
   protocol: UpstreamProtocol;
   connections: number;
   pending: number;
   handshakes: { full: number; resumed: number };
+  endpoints: EndpointStats[];
+  /** Why there is no endpoint at all (a name that does not resolve), when there is none. */
+  noEndpoint?: string;
+  /** Since startup: endpoints ejected, and requests sent again, by why. */
+  ejections: number;
+  retries: Record<RetryReason, number>;
 }
 
 export interface UpstreamOptions {
@@ -38,201 +55,386 @@ export interface UpstreamOptions {
   connectTimeoutMs: number;
   /** Idle pooled connections close after this many ms (sooner when the upstream announces a shorter one). */
   idleTimeoutMs: number;
-  /** A connection refused during or right after its handshake, by either side. */
-  onFailure?: (upstream: Upstream, failure: UpstreamHandshakeFailure) => void;
+  /** How DNS names in `address` or `endpoints` become addresses. */
+  resolve: ResolveHost;
+  logger: Logger;
+  /** Milliseconds, for ejection times; tests pass their own clock. */
+  now?: () => number;
+  /** A connection refused during or right after its handshake, by either side; `endpoint` when known. */
+  onFailure?: (upstream: Upstream, failure: UpstreamHandshakeFailure, endpoint?: string) => void;
 }
 
-/** The connections of one credential version: an HTTP/2 client, an HTTP/1.1 pool, or both. */
-interface Generation {
-  context: tls.SecureContext;
-  h2: H2Client | undefined;
-  http1: Pool | undefined;
-  /** Sockets that negotiated HTTP/1.1 while an `auto` upstream was finding out: the HTTP/1.1 pool's first. */
-  handedOver: Duplex[];
-  protocol: UpstreamProtocol;
+/** One entry of `address` / `endpoints`: an IP address is one endpoint, a name as many as it resolves to. */
+interface Target {
+  /** As configured. */
+  text: string;
+  host: string;
+  port: number;
+  /** A DNS name (also the SNI of its endpoints), or undefined for an IP address. */
+  name: string | undefined;
+  /** The addresses the name resolved to last time it did. */
+  addresses: string[];
+  /** Why the last resolution failed; undefined after a success. */
+  error: string | undefined;
 }
+
+const IDLE_CONTROLLER: Dispatcher.DispatchController = {
+  aborted: false,
+  paused: false,
+  reason: null,
+  abort() {},
+  pause() {},
+  resume() {},
+};
 
 /**
- * undici has no way to change a dispatcher's TLS options, so a credential rotation builds new pools with
- * a connector bound to the new SecureContext; the old ones close once their in-flight requests finish.
- * A request always runs whole on one pool, so it never sees half of a rotation.
+ * What the forwarding engine sees of an upstream is a dispatcher, as before. Behind it, each endpoint has its own
+ * pools (so pooling and TLS session resumption work per endpoint), a balancer picks one per request (least_request:
+ * the one with fewer requests in flight of two picked at random; or round_robin), endpoints that fail are ejected
+ * for a while (never all: when every one is ejected, all are used), and a request is tried again elsewhere when
+ * that is safe (see BalancedExchange).
  *
- * `protocol: auto` offers ALPN h2 and http/1.1 on the first connection of each generation and keeps to what the
- * upstream chose: an h2 session carries every request from then on, or the socket and the requests waiting for
- * it move to an HTTP/1.1 pool. Upgrades (WebSocket) always ride HTTP/1.1 connections of their own.
+ * DNS names are resolved again every `resolveInterval`: a new address becomes an endpoint at once, one that went
+ * away takes no new requests and closes once its requests in flight are done. A failed resolution keeps the
+ * addresses of the last one that worked.
  */
-export class Upstream {
+export class Upstream implements ExchangeHost {
   readonly name: string;
   readonly config: UpstreamConfig;
-  readonly origin: string;
   readonly handshakes = { full: 0, resumed: 0 };
   /** How this upstream's failures read to the app; the forwarding engine consults it. */
   readonly failures: FailureInterpreter;
-  #current: Generation;
-  /** Generations of earlier credential versions, closing as their in-flight requests finish. */
-  readonly #retiring = new Set<Generation>();
+  readonly retries: number;
   readonly #options: UpstreamOptions;
+  readonly #now: () => number;
+  readonly #targets: Target[];
+  /** In rotation, by address. */
+  readonly #endpoints = new Map<string, Endpoint>();
+  #list: Endpoint[] = [];
+  /** Endpoints whose addresses went away, finishing their requests in flight. */
+  readonly #leaving = new Set<Endpoint>();
+  #context: tls.SecureContext;
+  #cursor = 0;
+  #ejections = 0;
+  readonly #retried: Record<RetryReason, number> = { not_sent: 0, idempotent: 0 };
+  readonly #resolved: Promise<void>;
+  #timer: NodeJS.Timeout | undefined;
+  /** A lookup slower than resolveInterval is not overlapped by the next. */
+  #resolving = false;
+  #closed = false;
 
   constructor(options: UpstreamOptions) {
     this.#options = options;
     this.name = options.name;
     this.config = options.config;
-    this.origin = `https://${options.config.address}`;
+    this.retries = options.config.retries;
+    this.#now = options.now ?? (() => performance.timeOrigin + performance.now());
+    this.#context = options.context;
     this.failures = upstreamFailures(this.name, (failure) => options.onFailure?.(this, failure));
-    this.#current = this.#generation(options.context);
+    const texts = options.config.endpoints ?? [options.config.address!];
+    this.#targets = texts.map((text) => {
+      const { host, port } = parseHostPort(text)!;
+      return { text, host, port, name: net.isIP(host) ? undefined : host, addresses: [], error: undefined };
+    });
+    this.#apply();
+    if (this.#targets.some((target) => target.name)) {
+      this.#resolved = this.#resolve();
+      this.#timer = setInterval(() => {
+        if (!this.#resolving) void this.#resolve();
+      }, options.config.resolveInterval);
+      this.#timer.unref();
+    } else this.#resolved = Promise.resolve();
   }
 
-  /** Where requests go now. */
-  get dispatcher(): UpstreamDispatcher {
-    const current = this.#current;
-    if (current.protocol === "http/1.1" || !current.h2) return this.#http1Pool(current);
-    return current.h2;
+  /** Settles once every DNS name has been looked up once, whatever the answer. */
+  resolved(): Promise<void> {
+    return this.#resolved;
   }
 
-  /** An HTTP/1.1 pool, for upgrades: those never ride an HTTP/2 session. */
-  http1(): UpstreamDispatcher {
-    return this.#http1Pool(this.#current);
+  /** Where requests go: the balancer. It notes in `record.endpoint` where each was sent, for the request log. */
+  dispatcherFor(record: EndpointRecord): UpstreamDispatcher {
+    return { dispatch: (options, handler) => this.#dispatch(options, handler, false, record) };
+  }
+
+  /** Upgrades (WebSocket) through the balancer, each on an endpoint's HTTP/1.1 pool. */
+  http1(record: EndpointRecord): UpstreamDispatcher {
+    return { dispatch: (options, handler) => this.#dispatch(options, handler, true, record) };
+  }
+
+  #dispatch(
+    options: Dispatcher.DispatchOptions,
+    handler: StreamHandler,
+    upgrade: boolean,
+    record: EndpointRecord,
+  ): boolean {
+    const endpoint = this.pick([], false);
+    if (!endpoint) {
+      handler.onResponseError?.(IDLE_CONTROLLER, this.#noEndpointError());
+      return false;
+    }
+    new BalancedExchange(this, options, handler, upgrade, record).start(endpoint);
+    return true;
   }
 
   get protocol(): UpstreamProtocol {
-    return this.#current.protocol;
+    return this.#list.find((endpoint) => endpoint.protocol !== "unknown")?.protocol ?? "unknown";
   }
 
-  /** Installs pools built on the new credentials; the old ones drain in the background. */
-  useContext(context: tls.SecureContext): Promise<void> {
-    const previous = this.#current;
-    this.#current = this.#generation(context);
-    this.#retiring.add(previous);
-    return closeGeneration(previous)
-      .catch(() => undefined)
-      .finally(() => this.#retiring.delete(previous));
+  /** Installs pools built on the new credentials on every endpoint; the old ones drain in the background. */
+  async useContext(context: tls.SecureContext): Promise<void> {
+    this.#context = context;
+    await Promise.all(this.#list.map((endpoint) => endpoint.useContext(context)));
+  }
+
+  pick(tried: readonly Endpoint[], repeat: boolean): Endpoint | undefined {
+    const list = this.#list;
+    if (list.length === 0) return undefined;
+    const now = this.#now();
+    let candidates: Endpoint[] = [];
+    const ejected: Endpoint[] = [];
+    for (const endpoint of list) {
+      if (tried.includes(endpoint)) continue;
+      if (endpoint.health.isEjected(now)) ejected.push(endpoint);
+      else candidates.push(endpoint);
+    }
+    // Panic, as Envoy calls it: when every endpoint left is ejected, they are all used; failing ones beat none.
+    if (candidates.length === 0) candidates = ejected;
+    if (candidates.length === 0 && repeat) {
+      candidates = list.filter((endpoint) => !endpoint.health.isEjected(now));
+      if (candidates.length === 0) candidates = list;
+    }
+    if (candidates.length <= 1) return candidates[0];
+    if (this.config.balance === "round_robin") {
+      this.#cursor = (this.#cursor + 1) % candidates.length;
+      return candidates[this.#cursor];
+    }
+    // Power of two choices: two distinct endpoints at random, the one with fewer requests in flight.
+    const first = Math.floor(Math.random() * candidates.length);
+    let second = Math.floor(Math.random() * (candidates.length - 1));
+    if (second >= first) second++;
+    const a = candidates[first]!;
+    const b = candidates[second]!;
+    return b.health.active < a.health.active ? b : a;
+  }
+
+  answered(endpoint: Endpoint, status: number): void {
+    const now = this.#now();
+    if (status < 500) {
+      if (endpoint.health.success(now)) {
+        this.#options.logger.info(
+          { upstream: this.name, endpoint: endpoint.address },
+          "upstream endpoint answers again after its ejection",
+        );
+      }
+      return;
+    }
+    this.#ejected(endpoint, endpoint.health.failure(now, this.config.outlier, `answered ${status}`));
+  }
+
+  failed(endpoint: Endpoint, error: Error & { code?: string }): void {
+    const detail = error.code ? `${error.code}: ${error.message}` : error.message;
+    this.#ejected(endpoint, endpoint.health.failure(this.#now(), this.config.outlier, detail));
+  }
+
+  retried(reason: RetryReason, from: Endpoint, error: Error & { code?: string }): void {
+    this.#retried[reason]++;
+    this.#options.logger.debug(
+      { upstream: this.name, endpoint: from.address, retry: reason, error: error.code ?? error.message },
+      "request sent to another endpoint",
+    );
   }
 
   stats(): UpstreamStats {
+    const now = this.#now();
     let connections = 0;
     let pending = 0;
-    for (const generation of [this.#current, ...this.#retiring]) {
-      for (const pool of [generation.http1, generation.h2]) {
-        if (!pool) continue;
-        connections += pool.stats.connected;
-        pending += pool.stats.running + (generation === this.#current ? pool.stats.pending : 0);
-      }
+    const endpoints = this.#list.map((endpoint): EndpointStats => {
+      const stats = endpoint.stats();
+      connections += stats.connections;
+      pending += stats.pending;
+      const until = endpoint.health.ejectedUntil(now);
+      return {
+        address: endpoint.address,
+        state: until === undefined ? "healthy" : "ejected",
+        ejectedUntil: until === undefined ? null : new Date(until).toISOString(),
+        ...stats,
+      };
+    });
+    for (const endpoint of this.#leaving) {
+      const stats = endpoint.stats();
+      connections += stats.connections;
+      pending += stats.pending;
     }
+    const noEndpoint = endpoints.length === 0 ? this.#noEndpointReason() : undefined;
     return {
-      address: this.config.address,
+      address: this.config.address ?? (this.config.endpoints ?? []).join(","),
       identity: this.config.identity,
-      protocol: this.#current.protocol,
+      protocol: this.protocol,
       connections,
       pending,
       handshakes: { ...this.handshakes },
+      endpoints,
+      ...(noEndpoint ? { noEndpoint } : {}),
+      ejections: this.#ejections,
+      retries: { ...this.#retried },
     };
   }
 
   /** Closes every pool once its in-flight requests finish. */
   async close(): Promise<void> {
-    await Promise.all([this.#current, ...this.#retiring].map(closeGeneration));
+    this.#stop();
+    await Promise.all([...this.#list, ...this.#leaving].map((endpoint) => endpoint.close()));
   }
 
   /** Closes every pool now, failing what is in flight. */
   async destroy(): Promise<void> {
-    await Promise.all(
-      [this.#current, ...this.#retiring].flatMap((generation) => [
-        generation.http1?.destroy(),
-        generation.h2?.destroy(),
-      ]),
+    this.#stop();
+    await Promise.all([...this.#list, ...this.#leaving].map((endpoint) => endpoint.destroy()));
+  }
+
+  #stop(): void {
+    this.#closed = true;
+    clearInterval(this.#timer);
+  }
+
+  #ejected(endpoint: Endpoint, ejection: Ejection | undefined): void {
+    if (!ejection) return;
+    this.#ejections++;
+    this.#options.logger.warn(
+      {
+        upstream: this.name,
+        endpoint: endpoint.address,
+        reason: ejection.reason,
+        detail: ejection.detail,
+        ejected_for_ms: ejection.forMs,
+        ejected_until: new Date(ejection.until).toISOString(),
+        ejections_in_a_row: ejection.inARow,
+      },
+      "upstream endpoint ejected",
     );
   }
 
-  #generation(context: tls.SecureContext): Generation {
-    const { protocol } = this.config;
-    const generation: Generation = {
-      context,
-      h2: undefined,
-      http1: undefined,
-      handedOver: [],
-      protocol: protocol === "http1" ? "http/1.1" : protocol === "h2" ? "h2" : "unknown",
-    };
-    generation.h2 = protocol === "http1" ? undefined : this.#h2Client(context, generation);
-    return generation;
-  }
-
-  #h2Client(context: tls.SecureContext, generation: Generation): H2Client {
-    const { config, idleTimeoutMs } = this.#options;
-    const auto = config.protocol === "auto";
-    const connector = this.#connector(context, auto ? ["h2", "http/1.1"] : ["h2"]);
-    const { hostname, port } = hostAndPort(config.address);
-    // SNI names a host, never an address (RFC 6066 §3), as undici does for its own connections.
-    const servername = net.isIP(hostname) ? "" : hostname;
-    return new H2Client({
-      scheme: "https",
-      authority: config.address,
-      connect: (callback) =>
-        connector({ hostname, host: hostname, port, servername, protocol: "https:" }, callback),
-      maxSessions: config.pool.connections,
-      idleTimeoutMs,
-      settingsTimeoutMs: this.#options.connectTimeoutMs,
-      onNegotiated: () => {
-        generation.protocol = "h2";
-      },
-      ...(auto
-        ? {
-            fallback: (socket: Duplex, waiting: QueuedRequest[]) => {
-              generation.protocol = "http/1.1";
-              generation.handedOver.push(socket);
-              const pool = this.#http1Pool(generation);
-              for (const request of waiting) pool.dispatch(request.options, request.handler);
-            },
+  /** Looks up every DNS name again, then brings the endpoints in line with the answers. */
+  async #resolve(): Promise<void> {
+    const { logger, resolve } = this.#options;
+    this.#resolving = true;
+    await Promise.all(
+      this.#targets.map(async (target) => {
+        if (!target.name) return;
+        let addresses: string[];
+        try {
+          addresses = await resolve(target.name);
+          if (addresses.length === 0) throw Object.assign(new Error("no address"), { code: "ENODATA" });
+        } catch (error) {
+          const code = (error as { code?: string }).code;
+          const reason = code ? `${code}` : (error as Error).message;
+          if (target.error !== reason) {
+            logger.warn(
+              {
+                upstream: this.name,
+                name: target.name,
+                error: reason,
+                endpoints: target.addresses.length,
+              },
+              target.addresses.length > 0
+                ? "upstream name did not resolve: keeping the addresses it had"
+                : "upstream name did not resolve: no endpoint for it yet; trying again every resolveInterval",
+            );
           }
-        : {}),
-    });
+          target.error = reason;
+          return;
+        }
+        if (target.error !== undefined) {
+          logger.info({ upstream: this.name, name: target.name, addresses }, "upstream name resolves again");
+        }
+        target.error = undefined;
+        target.addresses = addresses;
+      }),
+    );
+    this.#resolving = false;
+    if (!this.#closed) this.#apply();
   }
 
-  #http1Pool(generation: Generation): Pool {
-    if (generation.http1) return generation.http1;
-    const { config, idleTimeoutMs } = this.#options;
-    const connector = this.#connector(generation.context, ["http/1.1"]);
-    generation.http1 = new Pool(this.origin, {
-      connections: config.pool.connections,
-      pipelining: 1,
-      allowH2: false,
-      // Idle pooled connections outlive a client's Connection: close; undici also honours the server's
-      // Keep-Alive hint so it never reuses a connection the upstream is about to close.
-      keepAliveTimeout: idleTimeoutMs,
-      keepAliveMaxTimeout: idleTimeoutMs,
-      connect: (options, callback) => {
-        const socket = generation.handedOver.pop();
-        // undici loses the request when its connector answers before returning: answer on the next tick.
-        if (socket && !socket.destroyed) process.nextTick(callback, null, socket as net.Socket);
-        else connector(options, callback);
-      },
-    });
-    return generation.http1;
+  /** Adds the endpoints the targets name now and retires those they no longer name. */
+  #apply(): void {
+    const wanted = new Map<string, { target: Target; host: string }>();
+    for (const target of this.#targets) {
+      const hosts = target.name ? target.addresses : [target.host];
+      for (const host of hosts) {
+        const address = joinHostPort(host, target.port);
+        const other = wanted.get(address);
+        if (other) {
+          if (other.target !== target) {
+            this.#options.logger.warn(
+              { upstream: this.name, endpoint: address, entries: [other.target.text, target.text] },
+              "two entries of the upstream name the same endpoint: it is used once",
+            );
+          }
+          continue;
+        }
+        wanted.set(address, { target, host });
+      }
+    }
+    const added: string[] = [];
+    const removed: string[] = [];
+    for (const [address, endpoint] of this.#endpoints) {
+      if (wanted.has(address)) continue;
+      this.#endpoints.delete(address);
+      removed.push(address);
+      this.#leaving.add(endpoint);
+      void endpoint
+        .close()
+        .catch(() => endpoint.destroy())
+        .finally(() => this.#leaving.delete(endpoint));
+    }
+    for (const [address, { target, host }] of wanted) {
+      if (this.#endpoints.has(address)) continue;
+      added.push(address);
+      this.#endpoints.set(address, this.#endpoint(address, target, host));
+    }
+    this.#list = [...this.#endpoints.values()];
+    if (added.length > 0 || removed.length > 0) {
+      this.#options.logger.info(
+        { upstream: this.name, added, removed, endpoints: this.#list.length },
+        "upstream endpoints changed",
+      );
+    }
   }
 
-  #connector(context: tls.SecureContext, alpn: readonly string[]): buildConnector.connector {
-    return mtlsConnector({
+  #endpoint(address: string, target: Target, host: string): Endpoint {
+    const options = this.#options;
+    const endpoint: Endpoint = new Endpoint({
       upstream: this.name,
-      identity: this.config.identity,
-      context,
-      peers: this.#options.peers,
-      denyList: this.#options.denyList,
-      timeoutMs: this.#options.connectTimeoutMs,
-      alpn,
-      onHandshake: (resumed) => {
-        if (resumed) this.handshakes.resumed++;
-        else this.handshakes.full++;
+      config: this.config,
+      address,
+      host,
+      port: target.port,
+      servername: target.name,
+      authority: this.config.address ?? this.name,
+      context: this.#context,
+      peers: options.peers,
+      denyList: options.denyList,
+      connectTimeoutMs: options.connectTimeoutMs,
+      idleTimeoutMs: options.idleTimeoutMs,
+      handshakes: this.handshakes,
+      onHandshakeFailure: (failure) => options.onFailure?.(this, failure, address),
+      onConnectFailure: (error) => {
+        const detail = error.code ? `${error.code}: ${error.message}` : error.message;
+        this.#ejected(endpoint, endpoint.health.connectFailure(this.#now(), this.config.outlier, detail));
       },
-      onFailure: (failure) => this.#options.onFailure?.(this, failure),
+    });
+    return endpoint;
+  }
+
+  #noEndpointReason(): string {
+    const failing = this.#targets.filter((target) => target.error !== undefined);
+    if (failing.length === 0) return "its DNS names are still being resolved";
+    return `${failing.map((target) => `${target.name} did not resolve (${target.error})`).join("; ")}`;
+  }
+
+  #noEndpointError(): Error {
+    return Object.assign(new Error(`${this.name} has no endpoint: ${this.#noEndpointReason()}`), {
+      code: NO_ENDPOINT_CODE,
     });
   }
-}
-
-async function closeGeneration(generation: Generation): Promise<void> {
-  for (const socket of generation.handedOver.splice(0)) socket.destroy();
-  await Promise.all([generation.http1?.close(), generation.h2?.close()]);
-}
-
-function hostAndPort(address: string): { hostname: string; port: string } {
-  const colon = address.lastIndexOf(":");
-  return { hostname: address.slice(0, colon).replace(/^\[(.*)\]$/, "$1"), port: address.slice(colon + 1) };
 }

@@ -52,6 +52,24 @@ export interface TrustDomainReport {
   bundle: { subject: string; sha256: string }[];
 }
 
+/** One endpoint of an upstream in /status: `state` healthy or ejected (until `ejectedUntil`, ISO 8601). */
+export interface EndpointReport {
+  address: string;
+  state: string;
+  ejectedUntil: string | null;
+  connections: number;
+  pending: number;
+}
+
+/** One upstream in /status: totals over its endpoints, then each endpoint. */
+export interface UpstreamReport {
+  address: string;
+  identity: string;
+  connections: number;
+  pending: number;
+  endpoints: EndpointReport[];
+}
+
 /** The /status document (DESIGN.md): exactly these keys, so scripts can rely on them. */
 export interface StatusDocument {
   identity: string;
@@ -65,7 +83,7 @@ export interface StatusDocument {
   policy: { rules: number; sha256: string } | null;
   reload: ReloadReport;
   configReload: ConfigReloadReport;
-  upstreams: Record<string, { address: string; identity: string; connections: number; pending: number }>;
+  upstreams: Record<string, UpstreamReport>;
   draining: boolean;
 }
 
@@ -83,7 +101,7 @@ export interface StatusSources {
   policy(): { ruleCount: number; sha256: string } | undefined;
   reload(): LastReload;
   configReload(): LastConfigReload;
-  upstreams(): Record<string, { address: string; identity: string; connections: number; pending: number }>;
+  upstreams(): Record<string, UpstreamReport>;
 }
 
 export interface AdminOptions {
@@ -213,10 +231,24 @@ export class AdminServer {
       reload: reloadReport(status.reload()),
       configReload: configReloadReport(status.configReload()),
       upstreams: Object.fromEntries(
-        Object.entries(status.upstreams()).map(([name, { address, identity, connections, pending }]) => [
-          name,
-          { address, identity, connections, pending },
-        ]),
+        Object.entries(status.upstreams()).map(
+          ([name, { address, identity, connections, pending, endpoints }]) => [
+            name,
+            {
+              address,
+              identity,
+              connections,
+              pending,
+              endpoints: endpoints.map((endpoint) => ({
+                address: endpoint.address,
+                state: endpoint.state,
+                ejectedUntil: endpoint.ejectedUntil,
+                connections: endpoint.connections,
+                pending: endpoint.pending,
+              })),
+            },
+          ],
+        ),
       ),
       draining: this.#options.draining(),
     };

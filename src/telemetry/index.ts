@@ -3,14 +3,16 @@ export {
   type AdminOptions,
   AdminServer,
   type ConfigReloadReport,
+  type EndpointReport,
   type LastConfigReload,
   type LastReload,
   type ReloadReport,
   type StatusDocument,
   type StatusSources,
+  type UpstreamReport,
 } from "./admin.ts";
 export { createLogger, type Logger, type LoggerOptions } from "./logger.ts";
-export { type MetricSources, Metrics, TrafficFanout } from "./metrics.ts";
+export { type MetricSources, Metrics, TrafficFanout, type UpstreamMetricSource } from "./metrics.ts";
 export { Readiness, type ReadinessCheck, type ReadinessSources, TcpProbe } from "./readiness.ts";
 export {
   type Direction,

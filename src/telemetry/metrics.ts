@@ -6,8 +6,16 @@ import type { Direction, HandshakeFailureRecord, RequestRecord, TrafficObserver 
 export interface MetricSources {
   /** Our leaf's notAfter, or undefined before credentials load. */
   certNotAfter(): Date | undefined;
-  /** Per-upstream pool state. */
-  upstreams(): Record<string, { connections: number; pending: number }>;
+  /** Per-upstream pool state, totals and per endpoint, and what the balancer did since startup. */
+  upstreams(): Record<string, UpstreamMetricSource>;
+}
+
+export interface UpstreamMetricSource {
+  connections: number;
+  pending: number;
+  endpoints?: readonly { address: string; state: string; connections: number; pending: number }[];
+  ejections?: number;
+  retries?: Readonly<Record<string, number>>;
 }
 
 // Sub-millisecond resolution at the low end: a sidecar's added latency lives there.
@@ -144,6 +152,8 @@ export class Metrics implements TrafficObserver {
   readonly #requestDuration = new DurationHistogram();
   #maxIdentityLabels: number;
   readonly #identities = new Set<string>();
+  /** `upstream address` pairs that have a label of their own; bounded like identities. */
+  readonly #endpointLabels = new Set<string>();
   /**
    * Requests counted per label set, handed to `requests` when it is scraped: prom-client validates and
    * hashes the label set on every inc(), work a request need not pay for (counts are the same either way).
@@ -245,6 +255,7 @@ export class Metrics implements TrafficObserver {
           this.set({ upstream }, stats.pending);
       },
     });
+    this.#endpointMetrics(sources, registers);
     if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
 
@@ -254,6 +265,91 @@ export class Metrics implements TrafficObserver {
    */
   setMaxIdentityLabels(max: number): void {
     this.#maxIdentityLabels = max;
+  }
+
+  /**
+   * Per endpoint, read at scrape time like the per-upstream gauges. An endpoint keeps its `address` label while
+   * there are few (the same bound as identity labels): a DNS name behind an autoscaler must not grow series without
+   * end, so later addresses are summed under `other`. Ejections and retries count per upstream; the log names the
+   * endpoint.
+   */
+  #endpointMetrics(sources: MetricSources, registers: Registry[]): void {
+    const label = (upstream: string, address: string) => this.#endpointLabel(upstream, address);
+    const perEndpoint = (gauge: Gauge<"upstream" | "address">, value: "connections" | "pending") => {
+      gauge.reset();
+      for (const [upstream, stats] of Object.entries(sources.upstreams())) {
+        const sums = new Map<string, number>();
+        for (const endpoint of stats.endpoints ?? []) {
+          const address = label(upstream, endpoint.address);
+          sums.set(address, (sums.get(address) ?? 0) + endpoint[value]);
+        }
+        for (const [address, sum] of sums) gauge.set({ upstream, address }, sum);
+      }
+    };
+    new Gauge({
+      name: "mtlsd_upstream_endpoints",
+      help: "Endpoints per upstream, by state: healthy, or ejected after failures.",
+      labelNames: ["upstream", "state"],
+      registers,
+      collect() {
+        for (const [upstream, stats] of Object.entries(sources.upstreams())) {
+          const endpoints = stats.endpoints ?? [];
+          const ejected = endpoints.filter((endpoint) => endpoint.state === "ejected").length;
+          this.set({ upstream, state: "healthy" }, endpoints.length - ejected);
+          this.set({ upstream, state: "ejected" }, ejected);
+        }
+      },
+    });
+    new Gauge({
+      name: "mtlsd_upstream_endpoint_connections",
+      help: "Open pooled mTLS connections per upstream endpoint (address `other`: those beyond the label bound).",
+      labelNames: ["upstream", "address"],
+      registers,
+      collect() {
+        perEndpoint(this, "connections");
+      },
+    });
+    new Gauge({
+      name: "mtlsd_upstream_endpoint_pending_requests",
+      help: "Requests queued or in flight per upstream endpoint (address `other`: those beyond the label bound).",
+      labelNames: ["upstream", "address"],
+      registers,
+      collect() {
+        perEndpoint(this, "pending");
+      },
+    });
+    new Counter({
+      name: "mtlsd_upstream_ejections_total",
+      help: "Upstream endpoints ejected after a failed connection or consecutive failures.",
+      labelNames: ["upstream"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [upstream, stats] of Object.entries(sources.upstreams()))
+          this.inc({ upstream }, stats.ejections ?? 0);
+      },
+    });
+    new Counter({
+      name: "mtlsd_upstream_retries_total",
+      help: "Requests sent to another endpoint, by why: not_sent (never reached the first) or idempotent (retries).",
+      labelNames: ["upstream", "reason"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [upstream, stats] of Object.entries(sources.upstreams())) {
+          for (const [reason, count] of Object.entries(stats.retries ?? {}))
+            this.inc({ upstream, reason }, count);
+        }
+      },
+    });
+  }
+
+  #endpointLabel(upstream: string, address: string): string {
+    const key = `${upstream} ${address}`;
+    if (this.#endpointLabels.has(key)) return address;
+    if (this.#endpointLabels.size >= this.#maxIdentityLabels) return OTHER;
+    this.#endpointLabels.add(key);
+    return address;
   }
 
   /** Caps distinct identity label values: the first N seen keep their name, later ones read `other`. */

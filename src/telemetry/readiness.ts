@@ -1,10 +1,10 @@
-// What /readyz checks: credentials within their validity, every listener accepting, the app reachable.
+// What /readyz checks: credentials within their validity, every listener accepting, upstreams with endpoints, the app reachable.
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 
 /** One check's verdict; `detail` says what was found, for the operator reading the probe's body. */
 export interface ReadinessCheck {
-  name: "credentials" | "listeners" | "app";
+  name: "credentials" | "listeners" | "upstreams" | "app";
   ok: boolean;
   detail: string;
 }
@@ -14,6 +14,8 @@ export interface ReadinessSources {
   certificate(): { notBefore: Date; notAfter: Date };
   /** Whether each listener accepts connections, by its config field (`inbound.listen`, ...). */
   listeners(): Record<string, boolean>;
+  /** Each upstream's endpoints now, and why it has none when it has none (a DNS name that does not resolve). */
+  upstreams?: () => Record<string, { endpoints: readonly unknown[]; noEndpoint?: string }>;
   /** Where the app listens, when there is an inbound side to forward to it. */
   app?: { host: string; port: number } | undefined;
   /** The sidecar's clock, against which the certificate's validity is judged; tests move it. */
@@ -46,6 +48,7 @@ export class Readiness {
 
   async check(): Promise<ReadinessCheck[]> {
     const checks: ReadinessCheck[] = [this.#credentials(), this.#listeners()];
+    if (this.#sources.upstreams) checks.push(upstreamCheck(this.#sources.upstreams()));
     if (this.#app) {
       const probe = await this.#app.probe();
       checks.push({ name: "app", ...probe });
@@ -75,6 +78,23 @@ export class Readiness {
       ? { name: "listeners", ok: true, detail: "all listeners accept connections" }
       : { name: "listeners", ok: false, detail: `not accepting: ${down.join(", ")}` };
   }
+}
+
+/** Every upstream needs an endpoint to send to; one that is merely ejected still counts (all are used then). */
+function upstreamCheck(
+  upstreams: Record<string, { endpoints: readonly unknown[]; noEndpoint?: string }>,
+): ReadinessCheck {
+  const empty = Object.entries(upstreams).filter(([, upstream]) => upstream.endpoints.length === 0);
+  if (empty.length === 0) {
+    return { name: "upstreams", ok: true, detail: "every upstream has an endpoint" };
+  }
+  const detail = empty
+    .map(
+      ([name, upstream]) =>
+        `${name} has no endpoint${upstream.noEndpoint ? ` (${upstream.noEndpoint})` : ""}`,
+    )
+    .join("; ");
+  return { name: "upstreams", ok: false, detail };
 }
 
 /** A TCP connect to host:port, at most one at a time, its result reused for `cacheMs`. */

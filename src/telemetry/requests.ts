@@ -25,6 +25,8 @@ export interface RequestRecord {
   duration_ms: number;
   plaintext?: true;
   upstream?: string;
+  /** Outbound: the endpoint (`ip:port`) of the upstream the request was last sent to. */
+  endpoint?: string;
   error?: string;
   /** A gRPC call's status (`grpc-status`), from the app or peer, or the one mtlsd answered with. */
   grpc_status?: string;
@@ -44,6 +46,8 @@ export interface HandshakeFailureRecord {
   destination_identity?: string;
   /** Outbound: the upstream's name, and the SPIFFE ID its server presented when it was not the expected one. */
   upstream?: string;
+  /** Outbound: the endpoint (`ip:port`) of the upstream the connection went to. */
+  endpoint?: string;
   presented_identity?: string;
 }
 

@@ -1,0 +1,243 @@
+// One address of an upstream: its pools of mTLS connections (HTTP/1.1, HTTP/2 sessions), swapped whole when credentials change.
+import type net from "node:net";
+import type { Duplex } from "node:stream";
+import type tls from "node:tls";
+import { type buildConnector, type Dispatcher, Pool } from "undici";
+import type { UpstreamConfig } from "../config/index.ts";
+import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
+import { H2Client, type QueuedRequest, type UpstreamDispatcher } from "../proxy/index.ts";
+import { mtlsConnector, type UpstreamHandshakeFailure } from "./connector.ts";
+import { EndpointHealth } from "./outlier.ts";
+
+/** The protocol spoken with an upstream's sidecar: known once a connection has negotiated it. */
+export type UpstreamProtocol = "h2" | "http/1.1" | "unknown";
+
+export interface EndpointOptions {
+  /** The upstream's name, for messages. */
+  upstream: string;
+  config: UpstreamConfig;
+  /** `host:port` of this endpoint, the host an IP address once resolved (IPv6 in brackets). */
+  address: string;
+  /** What to connect to: an IP address, or a name when nothing resolved it first. */
+  host: string;
+  port: number;
+  /** SNI: the DNS name the address came from; none for an address configured as an IP. */
+  servername: string | undefined;
+  /** `:authority` of an HTTP/2 request that has no Host. */
+  authority: string;
+  context: tls.SecureContext;
+  peers: PeerIdentityCache;
+  denyList: DenyList;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  /** Counted for the whole upstream: resumption works per endpoint, and is reported per upstream. */
+  handshakes: { full: number; resumed: number };
+  /** A connection refused during or right after its handshake, by either side. */
+  onHandshakeFailure(failure: UpstreamHandshakeFailure): void;
+  /** A connection could not be opened at all: refused, unreachable, timed out, or its handshake failed. */
+  onConnectFailure(error: Error & { code?: string }): void;
+}
+
+/** The connections of one credential version: an HTTP/2 client, an HTTP/1.1 pool, or both. */
+interface Generation {
+  context: tls.SecureContext;
+  h2: H2Client | undefined;
+  http1: Pool | undefined;
+  /** Sockets that negotiated HTTP/1.1 while an `auto` endpoint was finding out: the HTTP/1.1 pool's first. */
+  handedOver: Duplex[];
+  protocol: UpstreamProtocol;
+}
+
+/**
+ * undici has no way to change a dispatcher's TLS options, so a credential rotation builds new pools with
+ * a connector bound to the new SecureContext; the old ones close once their in-flight requests finish.
+ * A request always runs whole on one pool, so it never sees half of a rotation.
+ *
+ * `protocol: auto` offers ALPN h2 and http/1.1 on the first connection of each generation and keeps to what the
+ * endpoint chose: an h2 session carries every request from then on, or the socket and the requests waiting for
+ * it move to an HTTP/1.1 pool. Upgrades (WebSocket) always ride HTTP/1.1 connections of their own.
+ */
+export class Endpoint {
+  readonly address: string;
+  /** What the balancer knows of it: requests in flight, failures, ejection. */
+  readonly health = new EndpointHealth();
+  #current: Generation;
+  /** Generations of earlier credential versions, closing as their in-flight requests finish. */
+  readonly #retiring = new Set<Generation>();
+  readonly #options: EndpointOptions;
+  /** Dispatches the HTTP/1.1 pool with one servername, whatever Host the app sent (see #pooled). */
+  readonly #http1: UpstreamDispatcher;
+
+  constructor(options: EndpointOptions) {
+    this.#options = options;
+    this.address = options.address;
+    this.#current = this.#generation(options.context);
+    this.#http1 = {
+      dispatch: (dispatch, handler) =>
+        this.#http1Pool(this.#current).dispatch(this.#pooled(dispatch), handler),
+    };
+  }
+
+  /** Where requests to this endpoint go now. */
+  get dispatcher(): UpstreamDispatcher {
+    const current = this.#current;
+    if (current.protocol === "http/1.1" || !current.h2) return this.#http1;
+    return current.h2;
+  }
+
+  /** An HTTP/1.1 pool, for upgrades: those never ride an HTTP/2 session. */
+  get http1(): UpstreamDispatcher {
+    return this.#http1;
+  }
+
+  get protocol(): UpstreamProtocol {
+    return this.#current.protocol;
+  }
+
+  /** Installs pools built on the new credentials; the old ones drain in the background. */
+  useContext(context: tls.SecureContext): Promise<void> {
+    const previous = this.#current;
+    this.#current = this.#generation(context);
+    this.#retiring.add(previous);
+    return closeGeneration(previous)
+      .catch(() => undefined)
+      .finally(() => this.#retiring.delete(previous));
+  }
+
+  /** Open connections, and requests queued or in flight (queued ones only on the current pools). */
+  stats(): { connections: number; pending: number } {
+    let connections = 0;
+    let pending = 0;
+    for (const generation of [this.#current, ...this.#retiring]) {
+      for (const pool of [generation.http1, generation.h2]) {
+        if (!pool) continue;
+        connections += pool.stats.connected;
+        pending += pool.stats.running + (generation === this.#current ? pool.stats.pending : 0);
+      }
+    }
+    return { connections, pending };
+  }
+
+  /** Closes every pool once its in-flight requests finish. */
+  async close(): Promise<void> {
+    await Promise.all([this.#current, ...this.#retiring].map(closeGeneration));
+  }
+
+  /** Closes every pool now, failing what is in flight. */
+  async destroy(): Promise<void> {
+    await Promise.all(
+      [this.#current, ...this.#retiring].flatMap((generation) => [
+        generation.http1?.destroy(),
+        generation.h2?.destroy(),
+      ]),
+    );
+  }
+
+  /**
+   * undici opens a new connection whenever a request's servername differs from its connection's, and takes it
+   * from the Host header when none is given: one fixed value keeps the pool whatever Host the app sends. The
+   * connector ignores it and sends the endpoint's own SNI.
+   */
+  #pooled(options: Dispatcher.DispatchOptions): Dispatcher.DispatchOptions {
+    // A DispatchOptions that undici takes, though its type does not say so.
+    return { ...options, servername: this.address } as Dispatcher.DispatchOptions;
+  }
+
+  #generation(context: tls.SecureContext): Generation {
+    const { protocol } = this.#options.config;
+    const generation: Generation = {
+      context,
+      h2: undefined,
+      http1: undefined,
+      handedOver: [],
+      protocol: protocol === "http1" ? "http/1.1" : protocol === "h2" ? "h2" : "unknown",
+    };
+    generation.h2 = protocol === "http1" ? undefined : this.#h2Client(context, generation);
+    return generation;
+  }
+
+  #h2Client(context: tls.SecureContext, generation: Generation): H2Client {
+    const { config, idleTimeoutMs, host, port, servername, authority } = this.#options;
+    const auto = config.protocol === "auto";
+    const connector = this.#connector(context, auto ? ["h2", "http/1.1"] : ["h2"]);
+    return new H2Client({
+      scheme: "https",
+      authority,
+      connect: (callback) =>
+        connector(
+          { hostname: host, host, port: String(port), servername: servername ?? "", protocol: "https:" },
+          callback,
+        ),
+      maxSessions: config.pool.connections,
+      idleTimeoutMs,
+      settingsTimeoutMs: this.#options.connectTimeoutMs,
+      onNegotiated: () => {
+        generation.protocol = "h2";
+      },
+      ...(auto
+        ? {
+            fallback: (socket: Duplex, waiting: QueuedRequest[]) => {
+              generation.protocol = "http/1.1";
+              generation.handedOver.push(socket);
+              const pool = this.#http1Pool(generation);
+              for (const request of waiting) pool.dispatch(this.#pooled(request.options), request.handler);
+            },
+          }
+        : {}),
+    });
+  }
+
+  #http1Pool(generation: Generation): Pool {
+    if (generation.http1) return generation.http1;
+    const { config, idleTimeoutMs, address, host, port, servername } = this.#options;
+    const connector = this.#connector(generation.context, ["http/1.1"]);
+    generation.http1 = new Pool(`https://${address}`, {
+      connections: config.pool.connections,
+      pipelining: 1,
+      allowH2: false,
+      // Idle pooled connections outlive a client's Connection: close; undici also honours the server's
+      // Keep-Alive hint so it never reuses a connection the upstream is about to close.
+      keepAliveTimeout: idleTimeoutMs,
+      keepAliveMaxTimeout: idleTimeoutMs,
+      connect: (options, callback) => {
+        const socket = generation.handedOver.pop();
+        // undici loses the request when its connector answers before returning: answer on the next tick.
+        if (socket && !socket.destroyed) process.nextTick(callback, null, socket as net.Socket);
+        else
+          connector(
+            { ...options, hostname: host, host, port: String(port), servername: servername ?? "" },
+            callback,
+          );
+      },
+    });
+    return generation.http1;
+  }
+
+  #connector(context: tls.SecureContext, alpn: readonly string[]): buildConnector.connector {
+    const options = this.#options;
+    const connect = mtlsConnector({
+      upstream: options.upstream,
+      identity: options.config.identity,
+      context,
+      peers: options.peers,
+      denyList: options.denyList,
+      timeoutMs: options.connectTimeoutMs,
+      alpn,
+      onHandshake: (resumed) => {
+        if (resumed) options.handshakes.resumed++;
+        else options.handshakes.full++;
+      },
+      onFailure: options.onHandshakeFailure,
+    });
+    return (connectOptions, callback) =>
+      connect(connectOptions, (error, socket) => {
+        if (error) options.onConnectFailure(error);
+        (callback as (error: Error | null, socket: net.Socket | tls.TLSSocket | null) => void)(error, socket);
+      });
+  }
+}
+
+async function closeGeneration(generation: Generation): Promise<void> {
+  for (const socket of generation.handedOver.splice(0)) socket.destroy();
+  await Promise.all([generation.http1?.close(), generation.h2?.close()]);
+}
