@@ -53,7 +53,10 @@ export interface PrometheusOptions {
   ruleFiles?: string[];
 }
 
-/** Starts Prometheus with a temporary storage directory; retries on another port if the one chosen was taken. */
+/**
+ * Starts Prometheus with a temporary storage directory (retrying on another port if the one chosen was taken),
+ * and resolves once it has scraped every target.
+ */
 export async function startPrometheus(options: PrometheusOptions): Promise<PrometheusServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "mtlsd-prometheus-"));
   const interval = options.interval ?? "1s";
@@ -86,6 +89,7 @@ export async function startPrometheus(options: PrometheusOptions): Promise<Prome
     const url = `http://127.0.0.1:${port}`;
     try {
       await waitReady(url, child, () => stderr);
+      await waitScraped(url, options.targets.length);
       return server(url, child, dir);
     } catch (error) {
       lastError = error as Error;
@@ -110,6 +114,22 @@ async function waitReady(url: string, child: ChildProcess, stderr: () => string)
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   throw new Error(`prometheus not ready within 30 s: ${stderr()}`);
+}
+
+/**
+ * Prometheus hands discovered targets to its scrape manager every 5 seconds, so the first scrape comes a few
+ * seconds after it is ready: waits until every target has been scraped once, and successfully.
+ */
+async function waitScraped(url: string, count: number): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  let seen: { scrapeUrl: string; health: string; lastError: string }[] = [];
+  while (Date.now() < deadline) {
+    const response = await fetch(`${url}/api/v1/targets`, { signal: AbortSignal.timeout(5000) });
+    seen = ((await response.json()) as { data: { activeTargets: typeof seen } }).data.activeTargets;
+    if (seen.length === count && seen.every((target) => target.health === "up")) return;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  throw new Error(`prometheus has not scraped all ${count} targets within 30 s: ${JSON.stringify(seen)}`);
 }
 
 async function kill(child: ChildProcess): Promise<void> {
