@@ -73,6 +73,14 @@ t.test("the PrometheusRule is what the rules file generates", async (t) => {
   t.same(resource.spec, rules, "the same groups, rules and annotations");
 });
 
+t.test("npm run prometheus-rule rewrites the PrometheusRule from the rules file", async (t) => {
+  const before = readFileSync(PROMETHEUS_RULE_FILE, "utf8");
+  const result = await run(process.execPath, [path.join(ROOT, "scripts/write-prometheus-rule.ts")]);
+  t.equal(result.code, 0, result.stderr);
+  t.equal(result.stdout, `wrote ${PROMETHEUS_RULE_FILE.pathname}\n`);
+  t.equal(readFileSync(PROMETHEUS_RULE_FILE, "utf8"), before, "an up-to-date file is written unchanged");
+});
+
 t.test("a rules file without groups cannot be turned into a PrometheusRule", async (t) => {
   t.throws(() => prometheusRule("rules: []\n"), /no top-level `groups:`/);
 });
