@@ -42,6 +42,10 @@ interface Dashboard {
   panels: Panel[];
 }
 
+// Prometheus scrapes its first target up to 5 s after it starts, then a few seconds of traffic and scrapes: well
+// within tap's 30 s on an idle machine, but not on a CI machine running the other test files beside it.
+t.setTimeout(90_000);
+
 const dashboard = JSON.parse(
   readFileSync(path.join(ROOT, "deploy/grafana/mtlsd-dashboard.json"), "utf8"),
 ) as Dashboard;
