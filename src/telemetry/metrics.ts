@@ -136,18 +136,22 @@ class DurationHistogram {
 /**
  * Counts per label set in plain numbers, handed to a prom-client Counter only when it is scraped: prom-client
  * validates and hashes the label set on every inc(), work a request need not pay for (counts are the same
- * either way). `key` names the label set; `labels` builds it the first time that key is seen.
+ * either way). A request whose label set was seen before costs a string key and a map lookup, nothing more.
  */
 class PendingCounts {
   readonly #series = new Map<string, { labels: Record<string, string>; pending: number }>();
 
-  add(key: string, labels: () => Record<string, string>): void {
-    let series = this.#series.get(key);
-    if (!series) {
-      series = { labels: labels(), pending: 0 };
-      this.#series.set(key, series);
-    }
+  /** Counts one for the label set `key` names; false (nothing counted) when it is new: then `open` it. */
+  add(key: string): boolean {
+    const series = this.#series.get(key);
+    if (!series) return false;
     series.pending++;
+    return true;
+  }
+
+  /** The first count of a new label set. */
+  open(key: string, labels: Record<string, string>): void {
+    this.#series.set(key, { labels, pending: 1 });
   }
 
   /** Moves what was counted since the last scrape into `counter`. */
@@ -361,17 +365,17 @@ export class Metrics implements TrafficObserver {
     );
     const statusClass = `${Math.floor(record.status / 100)}xx`;
     const grpcStatus = grpcStatusLabel(record.grpc_status);
-    this.#requestCounts.add(
-      `${record.direction}\u0000${record.decision}\u0000${peer}\u0000${statusClass}\u0000${record.protocol}\u0000${grpcStatus ?? ""}`,
-      () => ({
+    const key = `${record.direction}\u0000${record.decision}\u0000${peer}\u0000${statusClass}\u0000${record.protocol}\u0000${grpcStatus ?? ""}`;
+    if (!this.#requestCounts.add(key)) {
+      this.#requestCounts.open(key, {
         direction: record.direction,
         decision: record.decision,
         status_class: statusClass,
         ...(record.direction === "inbound" ? { source_identity: peer } : { destination_identity: peer }),
         protocol: record.protocol,
         ...(grpcStatus !== undefined ? { grpc_status: grpcStatus } : {}),
-      }),
-    );
+      });
+    }
     this.#requestDuration.observe(record.direction, record.protocol, record.duration_ms / 1000);
     if (record.shadow_hits) {
       for (const hit of record.shadow_hits) this.policyShadow.inc({ rule: hit.rule, result: hit.result });
@@ -379,14 +383,14 @@ export class Metrics implements TrafficObserver {
     // Other refusals (bad_path, bad_request) are decision "deny" too, but no rule made them.
     if (record.direction === "inbound" && record.reason === "policy_denied") {
       const rule = record.rule ?? "default";
-      this.#denialCounts.add(`${rule}\u0000${peer}`, () => ({ rule, source_identity: peer }));
+      const denial = `${rule}\u0000${peer}`;
+      if (!this.#denialCounts.add(denial)) this.#denialCounts.open(denial, { rule, source_identity: peer });
     }
     if (record.override) {
       const approvedBy = record.override.approvedBy;
-      this.#overrideCounts.add(`${approvedBy}\u0000${peer}`, () => ({
-        source_identity: peer,
-        approved_by: approvedBy,
-      }));
+      const use = `${approvedBy}\u0000${peer}`;
+      if (!this.#overrideCounts.add(use))
+        this.#overrideCounts.open(use, { source_identity: peer, approved_by: approvedBy });
     }
   }
 
