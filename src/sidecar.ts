@@ -118,7 +118,12 @@ export class Sidecar {
     this.metrics = new Metrics(
       {
         certNotAfter: () => this.store.current.leaf.notAfter,
+        certNotBefore: () => this.store.current.leaf.notBefore,
         upstreams: () => this.upstreamStats(),
+        identity: () => this.store.current.spiffeId,
+        credentials: () => ({ source: this.#source.kind, lastReload: this.#source.status().result }),
+        // The readiness checks are built below; this runs only when /metrics is scraped, once the sidecar is whole.
+        ready: async () => !this.draining && (await this.#readiness.check()).every((check) => check.ok),
       },
       { maxIdentityLabels: config.metrics.maxIdentityLabels },
     );

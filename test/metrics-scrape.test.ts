@@ -1,10 +1,12 @@
 // What Prometheus reads from /metrics after real traffic, parsed as Prometheus parses the text format.
+import { writeFile } from "node:fs/promises";
 import http from "node:http";
 import t from "tap";
 import { startApp } from "./helpers/app.ts";
 import { mtlsClient } from "./helpers/clients.ts";
 import { createTestPki, type IdentityFiles } from "./helpers/pki.ts";
 import { type MetricFamily, parsePrometheusText, samplesOf, seriesValue } from "./helpers/prometheus.ts";
+import { freePort } from "./helpers/prometheus-server.ts";
 import { type RunningSidecar, startSidecar } from "./helpers/sidecar.ts";
 
 const pki = await createTestPki();
@@ -15,8 +17,18 @@ const orders = await pki.identity("orders");
 const frontend = await pki.identity("frontend");
 const policy = {
   rules: [
+    { name: "no-admin", action: "deny", from: ["*"], to: [{ paths: ["/admin/*"] }] },
     { name: "reads", action: "allow", from: ["*"], to: [{ methods: ["GET"] }] },
     { name: "would-deny-reports", action: "deny", from: ["*"], to: [{ paths: ["/reports"] }], dryRun: true },
+  ],
+  overrides: [
+    {
+      from: [frontend.spiffeId],
+      to: [{ paths: ["/refunds/*"] }],
+      reason: "INC-1234 refunds stuck",
+      approvedBy: "alice@example.org",
+      expires: new Date(Date.now() + 3_600_000).toISOString(),
+    },
   ],
 };
 const sidecar = await startSidecar(pki, orders, { inbound: { listen: "127.0.0.1:0", app: app.url, policy } });
@@ -87,7 +99,7 @@ t.test("the exposition parser refuses malformed text, so these tests can fail", 
   for (const [problem, text] of Object.entries(broken)) t.throws(() => parsePrometheusText(text), problem);
 });
 
-t.test("/metrics declares every DESIGN.md metric with its type", async (t) => {
+t.test("/metrics declares every documented metric with its type", async (t) => {
   const { families } = await scrape(sidecar);
   const expected: Record<string, string> = {
     mtlsd_requests_total: "counter",
@@ -98,6 +110,12 @@ t.test("/metrics declares every DESIGN.md metric with its type", async (t) => {
     mtlsd_cert_expiry_seconds: "gauge",
     mtlsd_upstream_connections: "gauge",
     mtlsd_upstream_pending_requests: "gauge",
+    mtlsd_policy_denials_total: "counter",
+    mtlsd_policy_overrides_total: "counter",
+    mtlsd_cert_lifetime_seconds: "gauge",
+    mtlsd_identity_info: "gauge",
+    mtlsd_credential_last_reload_successful: "gauge",
+    mtlsd_ready: "gauge",
   };
   for (const [name, type] of Object.entries(expected)) {
     t.equal(families.get(name)?.type, type, `${name} is a ${type}`);
@@ -172,6 +190,101 @@ t.test("dry-run rule matches are counted by rule and shadow result", async (t) =
     seriesValue(families, "mtlsd_policy_shadow_total", { rule: "would-deny-reports", result: "shadow_deny" }),
     1,
   );
+});
+
+t.test("policy denials are counted by the deciding rule and source identity", async (t) => {
+  const denials = async (rule: string) =>
+    seriesValue((await scrape(sidecar)).families, "mtlsd_policy_denials_total", {
+      rule,
+      source_identity: frontend.spiffeId,
+    }) ?? 0;
+  const before = { rule: await denials("no-admin"), default: await denials("default") };
+  t.equal(await call(frontend, "/admin/users"), 403, "denied by a deny rule");
+  t.equal(await call(frontend, "/v1/orders", "POST"), 403, "denied by the default");
+  t.equal(await call(frontend, "/v1/orders", "POST"), 403);
+  t.equal((await denials("no-admin")) - before.rule, 1);
+  t.equal((await denials("default")) - before.default, 2);
+});
+
+t.test("a refused path is a denial of the request but not of the policy", async (t) => {
+  const requests = (families: Map<string, MetricFamily>) =>
+    seriesValue(families, "mtlsd_requests_total", {
+      direction: "inbound",
+      decision: "deny",
+      source_identity: frontend.spiffeId,
+      status_class: "4xx",
+    }) ?? 0;
+  const before = (await scrape(sidecar)).families;
+  t.equal(await call(frontend, "/v1%2forders"), 400, "an encoded slash is a bad path");
+  const after = (await scrape(sidecar)).families;
+  t.same(samplesOf(after, "mtlsd_policy_denials_total"), samplesOf(before, "mtlsd_policy_denials_total"));
+  t.equal(requests(after) - requests(before), 1);
+});
+
+t.test("a break-glass override's use is counted by source identity and approver", async (t) => {
+  t.equal(await call(frontend, "/refunds/7", "POST"), 200, "no rule allows it; the override does");
+  t.equal(await call(frontend, "/refunds/8", "POST"), 200);
+  const { families } = await scrape(sidecar);
+  t.same(
+    samplesOf(families, "mtlsd_policy_overrides_total").map(({ labels, value }) => ({ labels, value })),
+    [{ labels: { source_identity: frontend.spiffeId, approved_by: "alice@example.org" }, value: 2 }],
+  );
+});
+
+t.test(
+  "the certificate's lifetime is exported beside its expiry, for fraction-of-lifetime alerts",
+  async (t) => {
+    const { families } = await scrape(sidecar);
+    const { notBefore, notAfter } = orders.issued.cert;
+    t.equal(
+      seriesValue(families, "mtlsd_cert_lifetime_seconds"),
+      (notAfter.getTime() - notBefore.getTime()) / 1000,
+    );
+  },
+);
+
+t.test("the sidecar's own SPIFFE ID is an info series, to name the callee of inbound requests", async (t) => {
+  const { families } = await scrape(sidecar);
+  t.same(
+    samplesOf(families, "mtlsd_identity_info").map(({ labels, value }) => ({ labels, value })),
+    [{ labels: { identity: orders.spiffeId }, value: 1 }],
+  );
+});
+
+t.test(
+  "the last credential reload reads 0 while rotated files are refused, and 1 once good ones arrive",
+  async (t) => {
+    const own = await pki.identity("rotating");
+    const other = await pki.identity("other-key");
+    const rotating = await startSidecar(pki, own, {
+      inbound: { listen: "127.0.0.1:0", app: app.url, policy },
+    });
+    t.teardown(() => rotating.stop());
+    const successful = async () =>
+      seriesValue((await scrape(rotating)).families, "mtlsd_credential_last_reload_successful", {
+        source: "files",
+      });
+    t.equal(await successful(), 1, "the startup load succeeded");
+    await writeFile(own.keyPath, other.keyPem);
+    t.match(await rotating.sidecar.reloadCredentials(), { result: "failure" });
+    t.equal(await successful(), 0, "a key that is not the certificate's is refused");
+    const renewed = await pki.identity("rotating-renewed", { spiffeId: own.spiffeId });
+    await writeFile(own.certPath, renewed.chainPem);
+    await writeFile(own.keyPath, renewed.keyPem);
+    t.match(await rotating.sidecar.reloadCredentials(), { result: "success" });
+    t.equal(await successful(), 1, "a renewed certificate and its key are installed");
+  },
+);
+
+t.test("mtlsd_ready follows /readyz: 0 while the app is unreachable", async (t) => {
+  t.equal(seriesValue((await scrape(sidecar)).families, "mtlsd_ready"), 1);
+  const port = await freePort();
+  const orphan = await startSidecar(pki, orders, {
+    inbound: { listen: "127.0.0.1:0", app: `http://127.0.0.1:${port}`, policy },
+  });
+  t.teardown(() => orphan.stop());
+  t.equal(seriesValue((await scrape(orphan)).families, "mtlsd_ready"), 0);
+  t.equal((await fetch(`${orphan.adminUrl}/readyz`)).status, 503);
 });
 
 t.test("the certificate expiry gauge counts the seconds left", async (t) => {

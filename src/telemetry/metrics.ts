@@ -2,12 +2,23 @@
 import { Counter, collectDefaultMetrics, Gauge, type Metric, Registry } from "prom-client";
 import type { Direction, HandshakeFailureRecord, RequestRecord, TrafficObserver } from "./requests.ts";
 
-/** Live values the metrics read at scrape time, so nothing on the request path keeps them up to date. */
+/**
+ * Live values the metrics read at scrape time, so nothing on the request path keeps them up to date. The optional
+ * ones belong to a running sidecar: without them their series are left out.
+ */
 export interface MetricSources {
   /** Our leaf's notAfter, or undefined before credentials load. */
   certNotAfter(): Date | undefined;
   /** Per-upstream pool state, totals and per endpoint, and what the balancer did since startup. */
   upstreams(): Record<string, UpstreamMetricSource>;
+  /** Our leaf's notBefore: with notAfter, the lifetime that alerts take a fraction of. */
+  certNotBefore?(): Date | undefined;
+  /** Our SPIFFE ID, for `mtlsd_identity_info`. */
+  identity?(): string | undefined;
+  /** Where credentials come from, and whether the last update (or the Workload API stream) succeeded. */
+  credentials?(): { source: string; lastReload: "success" | "failure" };
+  /** Whether /readyz would answer 200 now (false while draining). */
+  ready?(): Promise<boolean>;
 }
 
 export interface UpstreamMetricSource {
@@ -130,6 +141,60 @@ class DurationHistogram {
   }
 }
 
+/**
+ * Counts per label set in plain numbers, handed to a prom-client Counter only when it is scraped: prom-client
+ * validates and hashes the label set on every inc(), work a request need not pay for (counts are the same
+ * either way). A request whose label set was seen before costs a string key and a map lookup, nothing more.
+ */
+class PendingCounts {
+  readonly #series = new Map<string, { labels: Record<string, string>; pending: number }>();
+
+  /** Counts one for the label set `key` names; false (nothing counted) when it is new: then `open` it. */
+  add(key: string): boolean {
+    const series = this.#series.get(key);
+    if (!series) return false;
+    series.pending++;
+    return true;
+  }
+
+  /** The first count of a new label set. */
+  open(key: string, labels: Record<string, string>): void {
+    this.#series.set(key, { labels, pending: 1 });
+  }
+
+  /** Moves what was counted since the last scrape into `counter`. */
+  flush(counter: Counter): void {
+    for (const series of this.#series.values()) {
+      if (series.pending === 0) continue;
+      counter.inc(series.labels, series.pending);
+      series.pending = 0;
+    }
+  }
+
+  clear(): void {
+    this.#series.clear();
+  }
+}
+
+/** A Counter fed from `counts` at scrape time; its reset() also forgets what was counted since the last scrape. */
+function deferredCounter<T extends string>(
+  counts: PendingCounts,
+  configuration: { name: string; help: string; labelNames: readonly T[]; registers: Registry[] },
+): Counter<T> {
+  const counter = new Counter<T>({
+    ...configuration,
+    collect() {
+      counts.flush(this as unknown as Counter);
+    },
+  });
+  const reset = counter.reset.bind(counter);
+  counter.reset = () => {
+    counts.clear();
+    reset();
+  };
+  return counter;
+}
+
 const OTHER = "other";
 /** Permissive-mode plaintext callers: always their own label, so they can never hide in `other`. */
 const UNAUTHENTICATED = "unauthenticated";
@@ -149,16 +214,18 @@ export class Metrics implements TrafficObserver {
   readonly credentialReloads: Counter<"result">;
   readonly configReloads: Counter<"result">;
   readonly policyShadow: Counter<"rule" | "result">;
+  /** Requests a policy rule (or the default) denied: the rollout view's "denied by which rule, from whom". */
+  readonly policyDenials: Counter<"rule" | "source_identity">;
+  /** Requests a break-glass override let through. */
+  readonly policyOverrides: Counter<"source_identity" | "approved_by">;
   readonly #requestDuration = new DurationHistogram();
   #maxIdentityLabels: number;
   readonly #identities = new Set<string>();
   /** `upstream address` pairs that have a label of their own; bounded like identities. */
   readonly #endpointLabels = new Set<string>();
-  /**
-   * Requests counted per label set, handed to `requests` when it is scraped: prom-client validates and
-   * hashes the label set on every inc(), work a request need not pay for (counts are the same either way).
-   */
-  readonly #requestCounts = new Map<string, { labels: Record<string, string>; pending: number }>();
+  readonly #requestCounts = new PendingCounts();
+  readonly #denialCounts = new PendingCounts();
+  readonly #overrideCounts = new PendingCounts();
 
   constructor(
     sources: MetricSources,
@@ -166,8 +233,7 @@ export class Metrics implements TrafficObserver {
   ) {
     this.#maxIdentityLabels = options.maxIdentityLabels ?? 100;
     const registers = [this.registry];
-    const requestCounts = this.#requestCounts;
-    this.requests = new Counter({
+    this.requests = deferredCounter(this.#requestCounts, {
       name: "mtlsd_requests_total",
       help: "Requests handled, by direction, decision, peer identity (source inbound, destination outbound), status class, protocol (http/1.1, h2, websocket) and, for gRPC, grpc_status.",
       labelNames: [
@@ -180,20 +246,7 @@ export class Metrics implements TrafficObserver {
         "grpc_status",
       ],
       registers,
-      collect() {
-        for (const series of requestCounts.values()) {
-          if (series.pending === 0) continue;
-          this.inc(series.labels, series.pending);
-          series.pending = 0;
-        }
-      },
     });
-    // A reset also forgets requests counted since the last scrape, as prom-client's own reset would.
-    const resetRequests = this.requests.reset.bind(this.requests);
-    this.requests.reset = () => {
-      requestCounts.clear();
-      resetRequests();
-    };
     this.handshakeFailures = new Counter({
       name: "mtlsd_handshake_failures_total",
       help: "Connections refused during or right after the TLS handshake, by reason.",
@@ -221,6 +274,19 @@ export class Metrics implements TrafficObserver {
       labelNames: ["rule", "result"],
       registers,
     });
+    // Rule names come from the config and identities are capped, so both labels stay bounded.
+    this.policyDenials = deferredCounter(this.#denialCounts, {
+      name: "mtlsd_policy_denials_total",
+      help: "Inbound requests denied by policy, by the deciding rule (`default` when no rule matched) and source identity.",
+      labelNames: ["rule", "source_identity"],
+      registers,
+    });
+    this.policyOverrides = deferredCounter(this.#overrideCounts, {
+      name: "mtlsd_policy_overrides_total",
+      help: "Inbound requests a break-glass override allowed, by source identity and the override's approver.",
+      labelNames: ["source_identity", "approved_by"],
+      registers,
+    });
     // The registry only calls get()/getForPromString(); its type admits prom-client's own classes alone.
     this.registry.registerMetric(this.#requestDuration as unknown as Metric);
     new Gauge({
@@ -232,6 +298,54 @@ export class Metrics implements TrafficObserver {
         if (notAfter) this.set((notAfter.getTime() - Date.now()) / 1000);
       },
     });
+    const { certNotBefore, identity, credentials, ready } = sources;
+    if (certNotBefore) {
+      new Gauge({
+        name: "mtlsd_cert_lifetime_seconds",
+        help: "Validity period of this workload's certificate (notAfter - notBefore), so alerts can take a fraction of it.",
+        registers,
+        collect() {
+          const notBefore = certNotBefore();
+          const notAfter = sources.certNotAfter();
+          if (notBefore && notAfter) this.set((notAfter.getTime() - notBefore.getTime()) / 1000);
+        },
+      });
+    }
+    if (identity) {
+      new Gauge({
+        name: "mtlsd_identity_info",
+        help: "Always 1, labelled with this sidecar's own SPIFFE ID: join on it to name the callee of inbound series.",
+        labelNames: ["identity"],
+        registers,
+        collect() {
+          this.reset();
+          const spiffeId = identity();
+          if (spiffeId) this.set({ identity: spiffeId }, 1);
+        },
+      });
+    }
+    if (credentials) {
+      new Gauge({
+        name: "mtlsd_credential_last_reload_successful",
+        help: "1 when the last credential update (or the Workload API stream) succeeded, 0 while it is failing, by source (files | workload_api).",
+        labelNames: ["source"],
+        registers,
+        collect() {
+          const { source, lastReload } = credentials();
+          this.set({ source }, lastReload === "success" ? 1 : 0);
+        },
+      });
+    }
+    if (ready) {
+      new Gauge({
+        name: "mtlsd_ready",
+        help: "1 when /readyz answers 200, 0 when it answers 503 (a failing check, or draining).",
+        registers,
+        async collect() {
+          this.set((await ready()) ? 1 : 0);
+        },
+      });
+    }
     new Gauge({
       name: "mtlsd_upstream_connections",
       help: "Open pooled mTLS connections per upstream.",
@@ -367,25 +481,31 @@ export class Metrics implements TrafficObserver {
     const statusClass = `${Math.floor(record.status / 100)}xx`;
     const grpcStatus = grpcStatusLabel(record.grpc_status);
     const key = `${record.direction}\u0000${record.decision}\u0000${peer}\u0000${statusClass}\u0000${record.protocol}\u0000${grpcStatus ?? ""}`;
-    let series = this.#requestCounts.get(key);
-    if (!series) {
-      series = {
-        labels: {
-          direction: record.direction,
-          decision: record.decision,
-          status_class: statusClass,
-          ...(record.direction === "inbound" ? { source_identity: peer } : { destination_identity: peer }),
-          protocol: record.protocol,
-          ...(grpcStatus !== undefined ? { grpc_status: grpcStatus } : {}),
-        },
-        pending: 0,
-      };
-      this.#requestCounts.set(key, series);
+    if (!this.#requestCounts.add(key)) {
+      this.#requestCounts.open(key, {
+        direction: record.direction,
+        decision: record.decision,
+        status_class: statusClass,
+        ...(record.direction === "inbound" ? { source_identity: peer } : { destination_identity: peer }),
+        protocol: record.protocol,
+        ...(grpcStatus !== undefined ? { grpc_status: grpcStatus } : {}),
+      });
     }
-    series.pending++;
     this.#requestDuration.observe(record.direction, record.protocol, record.duration_ms / 1000);
     if (record.shadow_hits) {
       for (const hit of record.shadow_hits) this.policyShadow.inc({ rule: hit.rule, result: hit.result });
+    }
+    // Other refusals (bad_path, bad_request) are decision "deny" too, but no rule made them.
+    if (record.direction === "inbound" && record.reason === "policy_denied") {
+      const rule = record.rule ?? "default";
+      const denial = `${rule}\u0000${peer}`;
+      if (!this.#denialCounts.add(denial)) this.#denialCounts.open(denial, { rule, source_identity: peer });
+    }
+    if (record.override) {
+      const approvedBy = record.override.approvedBy;
+      const use = `${approvedBy}\u0000${peer}`;
+      if (!this.#overrideCounts.add(use))
+        this.#overrideCounts.open(use, { source_identity: peer, approved_by: approvedBy });
     }
   }
 
