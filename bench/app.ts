@@ -32,8 +32,11 @@ if (protocol === "grpc") {
       return;
     }
     const chunks: Buffer[] = [];
+    // A caller that gives up (a reset, a proxy's timeout) ends the stream early: nothing to answer then.
+    stream.on("error", () => undefined);
     stream.on("data", (chunk: Buffer) => chunks.push(chunk));
     stream.on("end", () => {
+      if (stream.destroyed || stream.closed) return;
       stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
       stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
       stream.end(Buffer.concat(chunks));
@@ -47,6 +50,7 @@ if (protocol === "grpc") {
   server.keepAliveTimeout = 65_000;
   const sockets = new WebSocketServer({ server, perMessageDeflate: false });
   sockets.on("connection", (socket) => {
+    socket.on("error", () => undefined);
     socket.on("message", (data, isBinary) => socket.send(data, { binary: isBinary }));
   });
   server.listen(port, "127.0.0.1", listening);
