@@ -1,4 +1,10 @@
 // Turns benchmark results into the markdown table (ratios to the direct baseline and the best peer) and an SVG.
+//
+// Rows come in groups by what the app speaks; a row's ratios and added latency are taken within its group
+// only (a gRPC row against the gRPC baseline and the best gRPC peer), and each group has a table of its own.
+
+/** What the app speaks: HTTP/1.1 requests, gRPC unary calls, or WebSocket message round-trips. */
+export type Group = "http" | "grpc" | "websocket";
 
 export interface LoadStats {
   generator: string;
@@ -19,6 +25,7 @@ export interface Measured {
 export interface ScenarioResult {
   name: string;
   label: string;
+  group: Group;
   family: "baseline" | "mtlsd" | "peer";
   /** Closed loop, maximum throughput. */
   max: Measured;
@@ -49,6 +56,12 @@ export interface Machine {
     mtlsdNodeFlags?: string;
     /** The commit mtlsd was built from. */
     commit?: string;
+    /** gRPC unary: the load's connections and streams in flight on each; whether h2load drove the closed loop. */
+    grpc?: { connections: number; streams: number; h2load: boolean };
+    /** WebSocket echo: the load's connections. */
+    websocket?: { connections: number };
+    /** gRPC's Note text and WebSocket's message, in bytes. */
+    messageBytes?: number;
   };
 }
 
@@ -106,14 +119,17 @@ export function medianResults(rounds: ScenarioResult[][]): ScenarioResult[] {
     const fixedRuns = runs.flatMap((run) => (run.fixed ? [run.fixed] : []));
     // Added latency is a difference within one round (same machine weather); only then the median.
     const added = rounds.map((round) => {
-      const direct = round.find((result) => result.name === "direct")?.fixed;
+      const baseline = baselineOf(round, first.group);
       const fixed = inRound(round)?.fixed;
-      return direct && fixed && name !== "direct" ? fixed.result.p99_ms - direct.result.p99_ms : Number.NaN;
+      return baseline?.fixed && fixed && baseline.name !== name
+        ? fixed.result.p99_ms - baseline.fixed.result.p99_ms
+        : Number.NaN;
     });
     const addedP99Ms = median(added);
     return {
       name,
       label: first.label,
+      group: first.group,
       family: first.family,
       max: medianMeasured(runs.map((run) => run.max)),
       fixed: fixedRuns.length > 0 ? medianMeasured(fixedRuns) : undefined,
@@ -121,6 +137,11 @@ export function medianResults(rounds: ScenarioResult[][]): ScenarioResult[] {
       ...(Number.isFinite(addedP99Ms) ? { addedP99Ms } : {}),
     };
   });
+}
+
+/** The no-proxy row a group's ratios are taken against. */
+function baselineOf(results: ScenarioResult[], group: Group): ScenarioResult | undefined {
+  return results.find((result) => result.family === "baseline" && result.group === group);
 }
 
 const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFixed(digits) : "–");
@@ -143,33 +164,91 @@ function peakRss(measured: Measured, which: "peakRssBytes" | "peakPrivateBytes" 
   return measured.usage.map((usage) => fmt((usage[which] ?? Number.NaN) / 2 ** 20, 0)).join(" / ");
 }
 
+/** How each group's table names what it counts, and the line that says how its rows were measured. */
+const GROUPS: Record<Group, { title: string; unit: string; per: string }> = {
+  http: { title: "HTTP/1.1", unit: "req/s", per: "req" },
+  grpc: { title: "gRPC unary", unit: "calls/s", per: "calls" },
+  websocket: { title: "WebSocket echo", unit: "round-trips/s", per: "round-trips" },
+};
+
+function describeGroup(group: Group, machine: Machine): string {
+  const { settings } = machine;
+  const bytes = settings.messageBytes ?? 1024;
+  if (group === "grpc") {
+    const grpc = settings.grpc ?? { connections: 4, streams: 4, h2load: true };
+    const generator = grpc.h2load
+      ? `h2load -t1 -c${grpc.connections} -m${grpc.streams} (it sees HTTP statuses only: each scenario first passes one grpc-js call, and a call whose echoed message never arrived counts as an error)`
+      : `bench/grpc-load.ts, ${grpc.connections} connections × ${grpc.streams} streams`;
+    return `POST /mtlsd.test.Echo/Unary with a ${bytes}-byte Note, echoed by a node:http2 app over h2c; h2c into the first hop, mTLS between the hops. Closed loop: ${generator}. Fixed rate: bench/grpc-load.ts on ${grpc.connections} connections, every call checked for grpc-status 0.`;
+  }
+  if (group === "websocket") {
+    const connections = settings.websocket?.connections ?? 16;
+    return `${connections} WebSockets (bench/ws-load.ts, the ws package), each sending a ${bytes}-byte binary message and waiting for its echo from a ws app; a round-trip is one message each way, the upgrade happens once per connection before measuring. Fixed rate: message i due at t0 + i/rate on connection i mod ${connections}.`;
+  }
+  return "";
+}
+
 export function renderTable(
   results: ScenarioResult[],
   machine: Machine,
   skipped: string[],
   failed: string[] = [],
 ): string {
-  const direct = results.find((result) => result.name === "direct");
-  const bestPeer = (kind: string) =>
-    results
-      .filter((result) => result.family === "peer" && shape(result.name) === kind)
-      .sort((a, b) => b.max.result.rps - a.max.result.rps)[0];
   const rounds = machine.settings.rounds ?? 1;
   const flags = machine.settings.mtlsdNodeFlags
     ? `, mtlsd run with \`${machine.settings.mtlsdNodeFlags}\``
     : "";
+  const present = (Object.keys(GROUPS) as Group[]).filter((group) =>
+    results.some((result) => result.group === group),
+  );
+  const onlyHttp = present.length === 1 && present[0] === "http";
+  const { settings } = machine;
   const lines = [
     `### mtlsd benchmark — ${machine.date.slice(0, 10)}`,
     "",
-    `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; mtlsd at ${machine.settings.commit ?? "unknown commit"}${flags}.`,
-    `Loopback; every process shares the same ${machine.cpus} cores. Closed loop: ${machine.settings.connections} connections, ${machine.settings.duration} s after ${machine.settings.warmup} s warm-up (${machine.settings.wrk ? "wrk -t1" : "bench/load.ts"} for plain-HTTP entry points, bench/load.ts for mTLS clients). Fixed rate: ${machine.settings.rate} req/s open loop, latency from the intended send time. App: 1 KiB responses. Proxies: one worker each; mtlsd logs at warn unless noted.`,
-    "",
-    `| scenario | req/s${rounds > 1 ? ` (median of ${rounds} rounds, range)` : ""} | × direct | × best peer | p50 ms | p99 ms | p99 ms @${machine.settings.rate}/s | added p99 ms @${machine.settings.rate}/s | CPU s per 1k req (out / in) | peak RSS MiB @${machine.settings.rate}/s (at max) (out / in) | of it private MiB | errors |`,
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    `Machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.memoryGiB} GiB, Linux ${machine.kernel}; Node ${machine.node}, OpenSSL ${machine.openssl}; mtlsd at ${settings.commit ?? "unknown commit"}${flags}.`,
+    present.includes("http")
+      ? `Loopback; every process shares the same ${machine.cpus} cores. Closed loop: ${settings.connections} connections, ${settings.duration} s after ${settings.warmup} s warm-up (${settings.wrk ? "wrk -t1" : "bench/load.ts"} for plain-HTTP entry points, bench/load.ts for mTLS clients). Fixed rate: ${settings.rate} req/s open loop, latency from the intended send time. App: 1 KiB responses. Proxies: one worker each; mtlsd logs at warn unless noted.`
+      : `Loopback; every process shares the same ${machine.cpus} cores. Closed loop: ${settings.duration} s after ${settings.warmup} s warm-up. Fixed rate: ${settings.rate} per second open loop, latency from the intended send time. Proxies: one worker each; mtlsd logs at warn.`,
   ];
-  for (const result of results) {
+  for (const group of present) {
+    const { title, unit, per } = GROUPS[group];
+    if (!onlyHttp) {
+      lines.push("", `#### ${title}`);
+      const description = describeGroup(group, machine);
+      if (description) lines.push("", description);
+    }
+    lines.push(
+      "",
+      `| scenario | ${unit}${rounds > 1 ? ` (median of ${rounds} rounds, range)` : ""} | × direct | × best peer | p50 ms | p99 ms | p99 ms @${settings.rate}/s | added p99 ms @${settings.rate}/s | CPU s per 1k ${per} (out / in) | peak RSS MiB @${settings.rate}/s (at max) (out / in) | of it private MiB | errors |`,
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      ...renderRows(results.filter((result) => result.group === group)),
+    );
+  }
+  lines.push(
+    "",
+    `${rounds > 1 ? `Every number is the median over ${rounds} rounds (each round runs every scenario once, in a rotated order); added p99 is the median of each round's difference to the direct baseline, the × ratios are between medians; errors are summed. ` : ""}CPU per 1000 requests${onlyHttp ? "" : " (gRPC calls, WebSocket round-trips)"} is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state) in the run outside the parentheses, the rest being file-backed pages (the executable and its libraries), shared only with processes that map the same files.${onlyHttp ? "" : " Each table's ratios and added p99 are against its own group's direct baseline and best peer."}`,
+  );
+  if (skipped.length > 0) lines.push("", "Skipped:", ...skipped.map((line) => `- ${line}`));
+  if (failed.length > 0)
+    lines.push(
+      "",
+      "Left out of the medians (the run failed; the scenario's median is over its other rounds):",
+      ...failed.map((line) => `- ${line}`),
+    );
+  return lines.join("\n");
+}
+
+/** The rows of one group's table: ratios to that group's direct baseline and best peer of the same shape. */
+function renderRows(results: ScenarioResult[]): string[] {
+  const direct = results.find((result) => result.family === "baseline");
+  const bestPeer = (kind: string) =>
+    results
+      .filter((result) => result.family === "peer" && shape(result.name) === kind)
+      .sort((a, b) => b.max.result.rps - a.max.result.rps)[0];
+  return results.map((result) => {
     const { max, fixed } = result;
-    const peer = result.family === "peer" ? undefined : bestPeer(shape(result.name));
+    const peer = result.family === "mtlsd" ? bestPeer(shape(result.name)) : undefined;
     const versusDirect =
       result === direct ? "1.00" : direct ? fmt(max.result.rps / direct.max.result.rps) : "–";
     const versusPeer = peer ? fmt(max.result.rps / peer.max.result.rps) : "–";
@@ -184,22 +263,8 @@ export function renderTable(
       handshakes && handshakes.full + handshakes.resumed > 0
         ? ` (${Math.round((100 * handshakes.resumed) / (handshakes.full + handshakes.resumed))}% resumed)`
         : "";
-    lines.push(
-      `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)}${result.rpsRange ? ` (${fmt(result.rpsRange[0], 0)}–${fmt(result.rpsRange[1], 0)})` : ""} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed && fixed.usage.length > 0 ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${peakRss(fixed ?? max, "peakPrivateBytes")} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`,
-    );
-  }
-  lines.push(
-    "",
-    `${rounds > 1 ? `Every number is the median over ${rounds} rounds (each round runs every scenario once, in a rotated order); added p99 is the median of each round's difference to the direct baseline, the × ratios are between medians; errors are summed. ` : ""}CPU per 1000 requests is measured at the fixed rate where there is one (else at maximum throughput), per proxy process, over the measured window only (not the warm-up): outbound / inbound (direct-mTLS scenarios: inbound only). Peak RSS is sampled every 200 ms during the fixed-rate run, and in parentheses during the closed-loop run; 'private' is its anonymous part (heap, buffers, TLS state) in the run outside the parentheses, the rest being file-backed pages (the executable and its libraries), shared only with processes that map the same files.`,
-  );
-  if (skipped.length > 0) lines.push("", "Skipped:", ...skipped.map((line) => `- ${line}`));
-  if (failed.length > 0)
-    lines.push(
-      "",
-      "Left out of the medians (the run failed; the scenario's median is over its other rounds):",
-      ...failed.map((line) => `- ${line}`),
-    );
-  return lines.join("\n");
+    return `| ${result.label}${resumedNote} | ${fmt(max.result.rps, 0)}${result.rpsRange ? ` (${fmt(result.rpsRange[0], 0)}–${fmt(result.rpsRange[1], 0)})` : ""} | ${versusDirect} | ${versusPeer} | ${fmt(max.result.p50_ms)} | ${fmt(max.result.p99_ms)} | ${fixed ? fmt(fixed.result.p99_ms) : "–"} | ${addedP99} | ${cpuPer1000(fixed ?? max)} | ${fixed && fixed.usage.length > 0 ? `${peakRss(fixed)} (${peakRss(max)})` : peakRss(max)} | ${peakRss(fixed ?? max, "peakPrivateBytes")} | ${max.result.errors + (fixed?.result.errors ?? 0)} |`;
+  });
 }
 
 /** A horizontal bar chart of maximum throughput, in plain SVG (no dependencies). */

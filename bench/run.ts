@@ -4,12 +4,15 @@
 // process of its own. For each scenario: closed-loop maximum throughput, then a fixed 1000 req/s for latency
 // measured from each request's intended send time; CPU seconds per 1000 requests and peak RSS of every proxy
 // process come from /proc. Results: a markdown table on stdout and in bench/results/, the raw JSON, an SVG.
+// Scenarios come in groups by what the app speaks (HTTP/1.1, gRPC unary, WebSocket echo), each group with
+// its own app, load generators and direct baseline; the table compares a row only within its group.
 //
-//   npm run bench                         # everything installed (apt-get install nginx-light haproxy stunnel4 wrk)
+//   npm run bench                         # everything installed (apt-get install nghttp2-client nginx-light haproxy stunnel4 wrk)
 //   npm run bench -- --duration 5         # shorter runs
 //   npm run bench -- --rounds 1           # one round instead of the median of three
 //   npm run bench -- --only direct,mtlsd-keepalive
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+//   npm run bench -- --group grpc,websocket --out bench/results/protocols
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -17,13 +20,23 @@ import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { parseArgs } from "node:util";
+import { parseArgs, promisify } from "node:util";
 import { stringify } from "yaml";
 import { createIntermediateCA, createRootCA, issueLeaf } from "../src/pki/index.ts";
-import { type LoadStats, medianResults, renderChart, renderTable, type ScenarioResult } from "./report.ts";
+import { framedNote, noteText, UNARY_PATH, verifyUnary } from "./grpc-call.ts";
+import { h2loadArgs, parseH2load } from "./h2load.ts";
+import {
+  type Group,
+  type LoadStats,
+  medianResults,
+  renderChart,
+  renderTable,
+  type ScenarioResult,
+} from "./report.ts";
 import { WINDOW_CLOSES, WINDOW_OPENS } from "./window.ts";
 
 const ROOT = path.resolve(import.meta.dirname, "..");
+const execFileAsync = promisify(execFile);
 const { values } = parseArgs({
   options: {
     duration: { type: "string", default: "10" },
@@ -34,6 +47,14 @@ const { values } = parseArgs({
     // does not fall on the same scenarios every time; the table shows each number's median over the rounds.
     rounds: { type: "string", default: "3" },
     only: { type: "string" },
+    // Only the scenarios of these groups (http, grpc, websocket); --only narrows further.
+    group: { type: "string" },
+    // gRPC: the load's connections, and the calls in flight on each (h2load -c, -m); the Note's text size.
+    "grpc-connections": { type: "string", default: "4" },
+    "grpc-streams": { type: "string", default: "4" },
+    // WebSocket: connections, each with one message out at a time in the closed loop; the message size.
+    "ws-connections": { type: "string", default: "16" },
+    "message-bytes": { type: "string", default: "1024" },
     // The protocol between the two sidecars (upstreams.NAME.protocol): auto (as shipped) | http1 | h2.
     "mtlsd-protocol": { type: "string", default: "auto" },
     // Node flags for the mtlsd processes only (e.g. "--max-semi-space-size=1" to study memory); none by default, as shipped.
@@ -53,21 +74,44 @@ if (!Number.isInteger(rounds) || rounds < 1) {
   process.exit(2);
 }
 const only = values.only ? new Set(values.only.split(",")) : undefined;
+const GROUPS: readonly string[] = ["http", "grpc", "websocket"] satisfies Group[];
+const groups = new Set((values.group ?? GROUPS.join(",")).split(","));
+for (const group of groups) {
+  if (!GROUPS.includes(group)) {
+    process.stderr.write(`[bench] --group takes ${GROUPS.join(", ")}; got "${group}"\n`);
+    process.exit(2);
+  }
+}
+const grpcConnections = Number(values["grpc-connections"]);
+const grpcStreams = Number(values["grpc-streams"]);
+const wsConnections = Number(values["ws-connections"]);
+const messageBytes = Number(values["message-bytes"]);
 const mtlsdNodeFlags = values["mtlsd-node-flags"].split(" ").filter(Boolean);
 
-const hasCommand = (name: string) => {
-  try {
-    execFileSync("sh", ["-c", `command -v ${name}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
+/** Where a command is: on PATH under one of `names`, else at one of `paths` (sbin is not on every user's PATH). */
+const locate = (names: string[], paths: string[] = []): string | undefined => {
+  for (const name of names) {
+    try {
+      return execFileSync("sh", ["-c", `command -v ${name}`], { encoding: "utf8" }).trim();
+    } catch {}
   }
+  return paths.find((candidate) => existsSync(candidate));
 };
 const tools = {
-  wrk: hasCommand("wrk"),
-  nginx: hasCommand("nginx") || existsSync("/usr/sbin/nginx"),
-  haproxy: hasCommand("haproxy") || existsSync("/usr/sbin/haproxy"),
-  stunnel: hasCommand("stunnel4") || hasCommand("stunnel"),
+  wrk: locate(["wrk"]),
+  h2load: locate(["h2load"]),
+  nginx: locate(["nginx"], ["/usr/sbin/nginx"]),
+  haproxy: locate(["haproxy"], ["/usr/sbin/haproxy"]),
+  stunnel: locate(["stunnel4", "stunnel"]),
+};
+type Tool = keyof typeof tools;
+/** The Debian package of each tool, for the note a skipped scenario leaves. */
+const PACKAGES: Record<Tool, string> = {
+  wrk: "wrk",
+  h2load: "nghttp2-client",
+  nginx: "nginx-light",
+  haproxy: "haproxy",
+  stunnel: "stunnel4",
 };
 
 /** The commit the sidecars were built from, marked when what goes into dist/ has uncommitted changes. */
@@ -278,10 +322,10 @@ async function closedLoop(spec: LoadSpec, window: MeasuredWindow): Promise<LoadR
   if (tools.wrk && !spec.tls) {
     const args = ["-t1", `-c${connections}`, "-s", path.join(ROOT, "bench", "wrk-report.lua"), spec.url];
     if (spec.close) args.unshift("-H", "Connection: close");
-    await runToJson("wrk", [...args.slice(0, -1), `-d${warmup}s`, spec.url]).catch(() => undefined);
+    await runToJson(tools.wrk, [...args.slice(0, -1), `-d${warmup}s`, spec.url]).catch(() => undefined);
     // wrk's warm-up is a run of its own: the window is this second run, start to exit.
     window.open();
-    const result = await runToJson("wrk", [...args.slice(0, -1), `-d${duration}s`, spec.url]);
+    const result = await runToJson(tools.wrk, [...args.slice(0, -1), `-d${duration}s`, spec.url]);
     window.close();
     return result;
   }
@@ -289,27 +333,68 @@ async function closedLoop(spec: LoadSpec, window: MeasuredWindow): Promise<LoadR
 }
 
 function nodeLoad(spec: LoadSpec, extra: string[], window: MeasuredWindow): Promise<LoadResult> {
+  const args = ["--connections", String(connections), ...extra];
+  if (spec.close) args.push("--close");
+  if (spec.tls) {
+    args.push("--cert", spec.tls.cert, "--key", spec.tls.key, "--ca", spec.tls.ca);
+    if (spec.tls.resume) args.push("--resume");
+  }
+  return benchGenerator("load.ts", spec.url, args, window);
+}
+
+/** A generator of this benchmark (a .ts file in bench/) in its own process, with `extra` arguments. */
+function benchGenerator(
+  file: string,
+  url: string,
+  extra: string[],
+  window: MeasuredWindow,
+): Promise<LoadResult> {
   const args = [
-    path.join(ROOT, "bench", "load.ts"),
+    path.join(ROOT, "bench", file),
     "--url",
-    spec.url,
-    "--connections",
-    String(connections),
+    url,
     "--duration",
     String(duration),
     "--warmup",
     String(warmup),
     ...extra,
   ];
-  if (spec.close) args.push("--close");
-  if (spec.tls) {
-    args.push("--cert", spec.tls.cert, "--key", spec.tls.key, "--ca", spec.tls.ca);
-    if (spec.tls.resume) args.push("--resume");
-  }
   return runToJson(process.execPath, args, window).then((result) => ({
     ...result,
-    generator: "bench/load.ts",
+    generator: `bench/${file}`,
   }));
+}
+
+/** Closed-loop gRPC unary calls: h2load when installed (a C client), else bench/grpc-load.ts. */
+async function grpcClosedLoop(url: string, work: string, window: MeasuredWindow): Promise<LoadResult> {
+  const shape = ["--connections", String(grpcConnections), "--streams", String(grpcStreams)];
+  const h2load = tools.h2load;
+  if (!h2load)
+    return benchGenerator("grpc-load.ts", url, [...shape, "--message-bytes", String(messageBytes)], window);
+  const bodyFile = path.join(work, "grpc-unary.bin");
+  const body = framedNote(noteText(messageBytes));
+  await writeFile(bodyFile, body);
+  const run = async (seconds: number, logFile?: string) => {
+    const args = h2loadArgs({
+      url,
+      connections: grpcConnections,
+      streams: grpcStreams,
+      seconds,
+      bodyFile,
+      ...(logFile ? { logFile } : {}),
+    });
+    const { stdout } = await execFileAsync(h2load, args, { maxBuffer: 16 * 2 ** 20 });
+    return stdout;
+  };
+  // As with wrk: the warm-up is a run of its own, and the window is the second run, start to exit.
+  if (warmup > 0) await run(warmup);
+  const logFile = path.join(work, "h2load.log");
+  window.open();
+  const output = await run(duration, logFile);
+  window.close();
+  const log = await readFile(logFile, "utf8");
+  await rm(logFile);
+  return { generator: "h2load", ...parseH2load(log, output, body.length, duration) };
 }
 
 // ---------------------------------------------------------------- scenarios
@@ -322,11 +407,24 @@ interface Stack {
 interface Scenario {
   name: string;
   label: string;
+  /** What the app speaks: its app, its load generators, and the rows its ratios are taken against. */
+  group: Group;
   /** Which proxy family it measures (for "vs best peer"). */
   family: "baseline" | "mtlsd" | "peer";
-  load: Omit<LoadSpec, "url">;
+  /** Tools it cannot run without: a missing one skips it, with the reason. */
+  requires?: Tool[];
+  /** HTTP: how the load connects (Connection: close, an mTLS client of its own). */
+  load?: Omit<LoadSpec, "url">;
   fixedRate: boolean;
   start(): Promise<Stack>;
+}
+
+/** How one group's scenarios are driven, given the port the load enters by. */
+interface Workload {
+  /** Checked once before the scenario is measured; throws if the path does not really work. */
+  verify?(entryPort: number): Promise<void>;
+  closedLoop(entryPort: number, scenario: Scenario, window: MeasuredWindow): Promise<LoadResult>;
+  fixedRate(entryPort: number, scenario: Scenario, window: MeasuredWindow): Promise<LoadResult>;
 }
 
 async function main(): Promise<void> {
@@ -367,9 +465,23 @@ async function runScenarios(work: string): Promise<void> {
     await writeFile(path.join(certs, `${name}.key`), leaf.keyPem, { mode: 0o600 });
     await writeFile(path.join(certs, `${name}.pem`), leaf.chainPem + leaf.keyPem, { mode: 0o600 });
   }
-  const app = start("app", process.execPath, [path.join(ROOT, "bench", "app.ts")], { PORT: "0" });
-  const [appLine] = (await once(createInterface({ input: app.child.stdout! }), "line")) as [string];
-  const appPort = (JSON.parse(appLine) as { port: number }).port;
+  // One app per group, started when a scenario of that group first needs it.
+  const apps = new Map<Group, Promise<{ app: Running; port: number }>>();
+  const appPort = async (group: Group): Promise<number> => {
+    let started = apps.get(group);
+    if (!started) {
+      started = (async () => {
+        const app = start(`${group} app`, process.execPath, [path.join(ROOT, "bench", "app.ts")], {
+          PORT: "0",
+          PROTOCOL: group,
+        });
+        const [line] = (await once(createInterface({ input: app.child.stdout! }), "line")) as [string];
+        return { app, port: (JSON.parse(line) as { port: number }).port };
+      })();
+      apps.set(group, started);
+    }
+    return (await started).port;
+  };
 
   const mtlsd = async (name: string, config: Record<string, unknown>, port: number): Promise<Running> => {
     const file = path.join(work, `${name}.yaml`);
@@ -393,7 +505,7 @@ async function runScenarios(work: string): Promise<void> {
     return proxy;
   };
 
-  const mtlsdTwoHop = (logLevel: string) => async (): Promise<Stack> => {
+  const mtlsdTwoHop = (group: Group, logLevel: string) => async (): Promise<Stack> => {
     const [inboundPort, upstreamPort, outboundPort] = await Promise.all(Array.from({ length: 3 }, freePort));
     const log = { level: logLevel };
     const inbound = await mtlsd(
@@ -401,7 +513,9 @@ async function runScenarios(work: string): Promise<void> {
       {
         inbound: {
           listen: `127.0.0.1:${inboundPort}`,
-          app: `http://127.0.0.1:${appPort}`,
+          app: `http://127.0.0.1:${await appPort(group)}`,
+          // A gRPC app speaks HTTP/2 with prior knowledge; WebSocket upgrades pass by default.
+          ...(group === "grpc" ? { appProtocol: "h2c" } : {}),
           policy: {
             rules: [
               { name: "frontend", action: "allow", from: ["spiffe://example.org/ns/frontend/sa/frontend"] },
@@ -444,7 +558,7 @@ async function runScenarios(work: string): Promise<void> {
       {
         inbound: {
           listen: `127.0.0.1:${inboundPort}`,
-          app: `http://127.0.0.1:${appPort}`,
+          app: `http://127.0.0.1:${await appPort("http")}`,
           policy: {
             rules: [
               { name: "frontend", action: "allow", from: ["spiffe://example.org/ns/frontend/sa/frontend"] },
@@ -459,22 +573,25 @@ async function runScenarios(work: string): Promise<void> {
     return { entryPort: inboundPort, proxies: [inbound] };
   };
 
-  const peerTwoHop = (peer: "nginx" | "haproxy" | "stunnel") => async (): Promise<Stack> => {
+  const peerTwoHop = (group: Group, peer: "nginx" | "haproxy" | "stunnel") => async (): Promise<Stack> => {
     const [inboundPort, outboundPort] = await Promise.all([freePort(), freePort()]);
     const vars: Record<string, string> = {
       DIR: work,
       CERT_DIR: certs,
-      APP_PORT: String(appPort),
+      APP_PORT: String(await appPort(group)),
       INBOUND_PORT: String(inboundPort),
       OUTBOUND_PORT: String(outboundPort),
     };
+    // HTTP/1.1 configs carry WebSocket too; gRPC needs HTTP/2 on both sides of each hop, except from
+    // stunnel, which never looks inside the bytes.
+    const config = group === "grpc" && peer !== "stunnel" ? `${peer}-grpc` : peer;
     const render = async (side: "inbound" | "outbound") => {
       const extension = peer === "haproxy" ? "cfg" : "conf";
       const template = await readFile(
-        path.join(ROOT, "bench", "peers", `${peer}-${side}.${extension}`),
+        path.join(ROOT, "bench", "peers", `${config}-${side}.${extension}`),
         "utf8",
       );
-      const file = path.join(work, `${peer}-${side}.${extension}`);
+      const file = path.join(work, `${config}-${side}.${extension}`);
       await writeFile(
         file,
         template.replace(/\$\{(\w+)\}/g, (_, key: string) => vars[key] ?? ""),
@@ -483,9 +600,10 @@ async function runScenarios(work: string): Promise<void> {
     };
     const launch = (side: "inbound" | "outbound", file: string) => {
       const name = `${peer} ${side}`;
-      if (peer === "nginx") return start(name, "nginx", ["-p", work, "-c", file]);
-      if (peer === "haproxy") return start(name, "haproxy", ["-db", "-f", file]);
-      return start(name, hasCommand("stunnel4") ? "stunnel4" : "stunnel", [file]);
+      const command = tools[peer]!;
+      if (peer === "nginx") return start(name, command, ["-p", work, "-c", file]);
+      if (peer === "haproxy") return start(name, command, ["-db", "-f", file]);
+      return start(name, command, [file]);
     };
     const inbound = launch("inbound", await render("inbound"));
     await waitForPort(inboundPort!, inbound);
@@ -505,38 +623,40 @@ async function runScenarios(work: string): Promise<void> {
     {
       name: "direct",
       label: "(a) app direct, no TLS",
+      group: "http",
       family: "baseline",
-      load: {},
       fixedRate: true,
-      start: async () => ({ entryPort: appPort, proxies: [] }),
+      start: async () => ({ entryPort: await appPort("http"), proxies: [] }),
     },
     {
       name: "mtlsd-keepalive",
       label: "(b) mtlsd two-hop, keep-alive",
+      group: "http",
       family: "mtlsd",
-      load: {},
       fixedRate: true,
-      start: mtlsdTwoHop("warn"),
+      start: mtlsdTwoHop("http", "warn"),
     },
     {
       name: "mtlsd-keepalive-logs",
       label: "(b') mtlsd two-hop, keep-alive, info request logs",
+      group: "http",
       family: "mtlsd",
-      load: {},
       fixedRate: false,
-      start: mtlsdTwoHop("info"),
+      start: mtlsdTwoHop("http", "info"),
     },
     {
       name: "mtlsd-close",
       label: "(c) mtlsd two-hop, clients send Connection: close",
+      group: "http",
       family: "mtlsd",
       load: { close: true },
       fixedRate: false,
-      start: mtlsdTwoHop("warn"),
+      start: mtlsdTwoHop("http", "warn"),
     },
     {
       name: "mtls-full-handshake",
       label: "(d) mTLS to mtlsd inbound, new connection + full handshake per request",
+      group: "http",
       family: "mtlsd",
       load: { close: true, tls: tlsClient(false) },
       fixedRate: false,
@@ -545,45 +665,144 @@ async function runScenarios(work: string): Promise<void> {
     {
       name: "mtls-resumed",
       label: "(e) mTLS to mtlsd inbound, new connection + resumed session per request",
+      group: "http",
       family: "mtlsd",
       load: { close: true, tls: tlsClient(true) },
       fixedRate: false,
       start: mtlsdInboundOnly,
     },
   ];
-  for (const peer of ["nginx", "haproxy", "stunnel"] as const) {
+  const peers = ["nginx", "haproxy", "stunnel"] as const;
+  for (const peer of peers) {
     scenarios.push({
       name: `${peer}-keepalive`,
       label: `${peer} two-hop, keep-alive`,
+      group: "http",
       family: "peer",
-      load: {},
+      requires: [peer],
       fixedRate: true,
-      start: peerTwoHop(peer),
+      start: peerTwoHop("http", peer),
     });
     scenarios.push({
       name: `${peer}-close`,
       label: `${peer} two-hop, clients send Connection: close`,
+      group: "http",
       family: "peer",
+      requires: [peer],
       load: { close: true },
       fixedRate: false,
-      start: peerTwoHop(peer),
+      start: peerTwoHop("http", peer),
     });
   }
+  const grpcVia = { nginx: "grpc_pass", haproxy: "h2 both sides", stunnel: "L4" };
+  scenarios.push(
+    {
+      name: "grpc-direct",
+      label: "(f) gRPC app direct, h2c, no TLS",
+      group: "grpc",
+      family: "baseline",
+      fixedRate: true,
+      start: async () => ({ entryPort: await appPort("grpc"), proxies: [] }),
+    },
+    {
+      name: "grpc-mtlsd",
+      label: "(g) mtlsd two-hop, gRPC unary (h2c in, h2 between sidecars, h2c to the app)",
+      group: "grpc",
+      family: "mtlsd",
+      fixedRate: true,
+      start: mtlsdTwoHop("grpc", "warn"),
+    },
+    ...peers.map(
+      (peer): Scenario => ({
+        name: `grpc-${peer}`,
+        label: `${peer} two-hop, gRPC unary (${grpcVia[peer]})`,
+        group: "grpc",
+        family: "peer",
+        requires: [peer],
+        fixedRate: true,
+        start: peerTwoHop("grpc", peer),
+      }),
+    ),
+    {
+      name: "ws-direct",
+      label: "(h) WebSocket app direct, no TLS",
+      group: "websocket",
+      family: "baseline",
+      fixedRate: true,
+      start: async () => ({ entryPort: await appPort("websocket"), proxies: [] }),
+    },
+    {
+      name: "ws-mtlsd",
+      label: "(i) mtlsd two-hop, WebSocket echo",
+      group: "websocket",
+      family: "mtlsd",
+      fixedRate: true,
+      start: mtlsdTwoHop("websocket", "warn"),
+    },
+    ...peers.map(
+      (peer): Scenario => ({
+        name: `ws-${peer}`,
+        label: `${peer} two-hop, WebSocket echo${peer === "stunnel" ? " (L4)" : ""}`,
+        group: "websocket",
+        family: "peer",
+        requires: [peer],
+        fixedRate: true,
+        start: peerTwoHop("websocket", peer),
+      }),
+    ),
+  );
+
+  const httpSpec = (entryPort: number, scenario: Scenario): LoadSpec => ({
+    ...scenario.load,
+    url: `${scenario.load?.tls ? "https://localhost" : "http://127.0.0.1"}:${entryPort}/`,
+  });
+  const grpcUrl = (entryPort: number) => `http://127.0.0.1:${entryPort}${UNARY_PATH}`;
+  const wsArgs = ["--connections", String(wsConnections), "--message-bytes", String(messageBytes)];
+  const workloads: Record<Group, Workload> = {
+    http: {
+      closedLoop: (port, scenario, window) => closedLoop(httpSpec(port, scenario), window),
+      fixedRate: (port, scenario, window) =>
+        nodeLoad(httpSpec(port, scenario), ["--rate", String(rate), "--connections", "32"], window),
+    },
+    grpc: {
+      verify: (port) => verifyUnary(`127.0.0.1:${port}`, noteText(messageBytes)),
+      closedLoop: (port, _scenario, window) => grpcClosedLoop(grpcUrl(port), work, window),
+      fixedRate: (port, _scenario, window) =>
+        benchGenerator(
+          "grpc-load.ts",
+          grpcUrl(port),
+          [
+            "--rate",
+            String(rate),
+            "--connections",
+            String(grpcConnections),
+            "--message-bytes",
+            String(messageBytes),
+          ],
+          window,
+        ),
+    },
+    websocket: {
+      closedLoop: (port, _scenario, window) =>
+        benchGenerator("ws-load.ts", `ws://127.0.0.1:${port}/`, wsArgs, window),
+      fixedRate: (port, _scenario, window) =>
+        benchGenerator("ws-load.ts", `ws://127.0.0.1:${port}/`, [...wsArgs, "--rate", String(rate)], window),
+    },
+  };
 
   const runScenario = async (scenario: Scenario): Promise<ScenarioResult> => {
     const stack = await scenario.start();
     try {
-      const spec = {
-        ...scenario.load,
-        url: `${scenario.load.tls ? "https://localhost" : "http://127.0.0.1"}:${stack.entryPort}/`,
-      };
-      const max = await measure(stack.proxies, (window) => closedLoop(spec, window));
+      const workload = workloads[scenario.group];
+      await workload.verify?.(stack.entryPort);
+      const max = await measure(stack.proxies, (window) =>
+        workload.closedLoop(stack.entryPort, scenario, window),
+      );
       const fixed = scenario.fixedRate
-        ? await measure(stack.proxies, (window) =>
-            nodeLoad(spec, ["--rate", String(rate), "--connections", "32"], window),
-          )
+        ? await measure(stack.proxies, (window) => workload.fixedRate(stack.entryPort, scenario, window))
         : undefined;
-      return { name: scenario.name, label: scenario.label, family: scenario.family, max, fixed };
+      const { name, label, group, family } = scenario;
+      return { name, label, group, family, max, fixed };
     } finally {
       await Promise.all(stack.proxies.map(stop));
     }
@@ -591,11 +810,11 @@ async function runScenarios(work: string): Promise<void> {
 
   const skipped: string[] = [];
   const selected = scenarios.filter((scenario) => {
-    if (only && !only.has(scenario.name)) return false;
-    const peer = scenario.name.split("-")[0] as keyof typeof tools;
-    if (scenario.family === "peer" && !tools[peer]) {
+    if (!groups.has(scenario.group) || (only && !only.has(scenario.name))) return false;
+    const missing = (scenario.requires ?? []).filter((tool) => !tools[tool]);
+    if (missing.length > 0) {
       skipped.push(
-        `${scenario.label}: ${peer} is not installed (apt-get install nginx-light haproxy stunnel4)`,
+        `${scenario.label}: ${missing.join(", ")} not installed (apt-get install ${missing.map((tool) => PACKAGES[tool]).join(" ")})`,
       );
       return false;
     }
@@ -624,7 +843,7 @@ async function runScenarios(work: string): Promise<void> {
     perRound.push(selected.flatMap((scenario) => results.filter((result) => result.name === scenario.name)));
   }
   const results = medianResults(perRound);
-  await stop(app);
+  for (const started of apps.values()) await stop((await started).app);
 
   const machine = {
     cpus: os.cpus().length,
@@ -640,7 +859,10 @@ async function runScenarios(work: string): Promise<void> {
       rate,
       connections,
       rounds,
-      wrk: tools.wrk,
+      wrk: Boolean(tools.wrk),
+      grpc: { connections: grpcConnections, streams: grpcStreams, h2load: Boolean(tools.h2load) },
+      websocket: { connections: wsConnections },
+      messageBytes,
       mtlsdNodeFlags: mtlsdNodeFlags.join(" "),
       commit: sourceCommit(),
     },

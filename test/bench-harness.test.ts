@@ -73,3 +73,69 @@ t.test(
     t.match(await readFile(path.join(out, "latest.svg"), "utf8"), /^<svg /);
   },
 );
+
+t.test(
+  "npm run bench measures gRPC calls and WebSocket round-trips with its own clients, each against its own baseline",
+  async (t) => {
+    const out = await mkdtemp(path.join(os.tmpdir(), "mtlsd-bench-test-"));
+    t.teardown(() => rm(out, { recursive: true, force: true }));
+    const { stdout } = await run(
+      process.execPath,
+      [
+        path.join(ROOT, "bench", "run.ts"),
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--rate",
+        "200",
+        "--rounds",
+        "1",
+        "--group",
+        "grpc,websocket",
+        "--only",
+        "grpc-direct,grpc-mtlsd,grpc-stunnel,ws-direct,ws-mtlsd",
+        "--out",
+        out,
+        "--from-source",
+      ],
+      // A PATH with nothing but Node on it: no h2load and no stunnel, as in CI. The gRPC closed loop falls
+      // back to bench/grpc-load.ts, and a peer that is not there is skipped with what to install.
+      { cwd: ROOT, timeout: 120_000, env: { ...process.env, PATH: path.dirname(process.execPath) } },
+    );
+    t.match(
+      stdout,
+      /- stunnel two-hop, gRPC unary \(L4\): stunnel not installed \(apt-get install stunnel4\)/,
+    );
+    t.match(stdout, /Closed loop: bench\/grpc-load\.ts, 4 connections × 4 streams\./);
+    t.match(stdout, /#### gRPC unary\n[\s\S]*\| \(f\) gRPC app direct, h2c, no TLS \| \d+ \| 1\.00 \| – \|/);
+    t.match(stdout, /\| \(g\) mtlsd two-hop, gRPC unary [^|]*\| \d+ \| \d\.\d\d \|/);
+    t.match(
+      stdout,
+      /#### WebSocket echo\n[\s\S]*\| \(h\) WebSocket app direct, no TLS \| \d+ \| 1\.00 \| – \|/,
+    );
+    t.match(stdout, /\| \(i\) mtlsd two-hop, WebSocket echo \| \d+ \| \d\.\d\d \|/);
+    t.notMatch(stdout, /#### HTTP/, "no HTTP scenario was asked for");
+    const report = JSON.parse(await readFile(path.join(out, "latest.json"), "utf8")) as {
+      results: {
+        name: string;
+        group: string;
+        max: {
+          result: { generator: string; requests: number; errors: number };
+          usage: { cpuSeconds: number }[];
+        };
+        fixed: { result: { requests: number; errors: number } };
+      }[];
+    };
+    t.same(
+      report.results.map((result) => `${result.group} ${result.name}`),
+      ["grpc grpc-direct", "grpc grpc-mtlsd", "websocket ws-direct", "websocket ws-mtlsd"],
+    );
+    for (const result of report.results) {
+      t.ok(result.max.result.requests > 0 && result.fixed.result.requests > 0, `${result.name} was measured`);
+      t.match(result.max.result.generator, /^bench\/(grpc|ws)-load\.ts$/, `${result.name}: our own client`);
+      t.equal(result.max.result.errors + result.fixed.result.errors, 0, `${result.name} had no errors`);
+      for (const usage of result.max.usage) t.ok(usage.cpuSeconds > 0, `${result.name}: CPU was measured`);
+    }
+  },
+);

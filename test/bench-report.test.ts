@@ -42,10 +42,11 @@ function measured(rps: number, cpuSecondsPerRequest: number[], rssMiB: number, e
 }
 
 const round = (direct: number, mtlsd: number, cpu: number, rss: number, errors = 0): ScenarioResult[] => [
-  { name: "direct", label: "(a) direct", family: "baseline", max: measured(direct, [], 0) },
+  { name: "direct", label: "(a) direct", group: "http", family: "baseline", max: measured(direct, [], 0) },
   {
     name: "mtlsd-keepalive",
     label: "(b) mtlsd",
+    group: "http",
     family: "mtlsd",
     max: measured(mtlsd, [cpu, cpu], rss, errors),
     fixed: measured(1000, [cpu * 2, cpu], rss),
@@ -126,4 +127,92 @@ t.test("the table names the rounds and shows each median with its range", async 
   t.match(table, /mtlsd at abc1234, mtlsd run with `--max-semi-space-size=2`\./);
   t.match(table, /\| 0\.400 \/ 0\.200 \|/, "fixed-rate CPU per 1000 requests, outbound / inbound");
   t.match(table, /\| 150 \/ 150 \(150 \/ 150\) \| 75 \/ 75 \|/, "RSS and its private part");
+});
+
+/** One round with an HTTP pair and a gRPC group: its baseline, mtlsd, and two peers. */
+const withGrpc = (grpcDirectP99: number, grpcMtlsdP99: number): ScenarioResult[] => {
+  const [direct, mtlsd] = round(50_000, 9000, 0.0002, 200);
+  direct!.fixed = measured(1000, [], 0);
+  direct!.fixed.result.p99_ms = 1;
+  const grpcDirect: ScenarioResult = {
+    name: "grpc-direct",
+    label: "(f) gRPC direct",
+    group: "grpc",
+    family: "baseline",
+    max: measured(20_000, [], 0),
+    fixed: measured(1000, [], 0),
+  };
+  grpcDirect.fixed!.result.p99_ms = grpcDirectP99;
+  const grpcMtlsd: ScenarioResult = {
+    name: "grpc-mtlsd",
+    label: "(g) mtlsd gRPC",
+    group: "grpc",
+    family: "mtlsd",
+    max: measured(3000, [0.0003, 0.0003], 200),
+    fixed: measured(1000, [0.0003, 0.0003], 200),
+  };
+  grpcMtlsd.fixed!.result.p99_ms = grpcMtlsdP99;
+  const peer = (name: string, rps: number): ScenarioResult => ({
+    name: `grpc-${name}`,
+    label: `${name} gRPC`,
+    group: "grpc",
+    family: "peer",
+    max: measured(rps, [0.0001, 0.0001], 20),
+  });
+  return [direct!, mtlsd!, grpcDirect, grpcMtlsd, peer("nginx", 6000), peer("haproxy", 12_000)];
+};
+
+t.test("a gRPC row's ratios are to the gRPC baseline and the best gRPC peer", async (t) => {
+  const table = renderTable(withGrpc(2, 5), machine(1), []);
+  t.match(table, /\| \(g\) mtlsd gRPC \| 3000 \| 0\.15 \| 0\.25 \|/, "3000 / 20000 direct, / 12000 HAProxy");
+  t.match(table, /\| \(f\) gRPC direct \| 20000 \| 1\.00 \| – \|/, "a baseline has no peer ratio");
+  t.match(table, /\| \(b\) mtlsd \| 9000 \| 0\.18 \| – \|/, "HTTP rows never meet gRPC peers");
+  t.match(table, /\| nginx gRPC \| 6000 \| 0\.30 \| – \|/);
+});
+
+t.test("added p99 is taken against the baseline of the row's own group", async (t) => {
+  // gRPC differences 3, 1, 10: median 3; against the HTTP baseline (p99 1) they would be 4, 6, 19.
+  const results = medianResults([withGrpc(2, 5), withGrpc(5, 6), withGrpc(3, 13)]);
+  const grpcMtlsd = results.find((result) => result.name === "grpc-mtlsd")!;
+  t.equal(grpcMtlsd.addedP99Ms, 3);
+  t.equal(grpcMtlsd.group, "grpc", "the group survives the folding of rounds");
+  t.equal(results.find((result) => result.name === "grpc-direct")!.addedP99Ms, undefined);
+});
+
+t.test("each group has a table of its own, counting in its own unit", async (t) => {
+  const table = renderTable(withGrpc(2, 5), machine(1), []);
+  t.match(table, /#### HTTP\/1\.1\n\n\| scenario \| req\/s \|/);
+  t.match(
+    table,
+    /#### gRPC unary\n\nPOST \/mtlsd\.test\.Echo\/Unary [^\n]*h2load -t1 -c4 -m4[^\n]*\n\n\| scenario \| calls\/s \|/,
+  );
+  t.match(table, /CPU s per 1k calls \(out \/ in\)/);
+  t.notMatch(table, /WebSocket echo/, "a group without rows has no table");
+  const httpOnly = renderTable(round(50_000, 9000, 0.0002, 200), machine(1), []);
+  t.notMatch(httpOnly, /####/, "HTTP alone keeps the one table it always had");
+});
+
+t.test("a WebSocket table counts round-trips", async (t) => {
+  const results: ScenarioResult[] = [
+    {
+      name: "ws-direct",
+      label: "(h) ws direct",
+      group: "websocket",
+      family: "baseline",
+      max: measured(30_000, [], 0),
+    },
+    {
+      name: "ws-mtlsd",
+      label: "(i) ws mtlsd",
+      group: "websocket",
+      family: "mtlsd",
+      max: measured(6000, [0.0001, 0.0001], 100),
+    },
+  ];
+  const settings = { ...machine(1).settings, websocket: { connections: 8 }, messageBytes: 64 };
+  const table = renderTable(results, { ...machine(1), settings }, []);
+  t.match(table, /8 WebSockets \(bench\/ws-load\.ts[^\n]*64-byte binary message/);
+  t.match(table, /\| scenario \| round-trips\/s \|/);
+  t.match(table, /\| \(i\) ws mtlsd \| 6000 \| 0\.20 \| – \|/);
+  t.match(table, /Closed loop: 10 s after 2 s warm-up\./, "the settings line names no HTTP load generator");
 });
