@@ -18,11 +18,11 @@ import {
   type CredentialStore,
   ExpiryMonitor,
   FileSource,
+  loadWorkloadApi,
   RELOAD_TIMING,
   type ReloadOutcome,
   type ReloadResult,
   type ReloadStatus,
-  WorkloadApiSource,
 } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { DenyList } from "./identity/index.ts";
@@ -218,7 +218,7 @@ export class Sidecar {
         ...(options.logStream ? { stream: options.logStream } : {}),
       });
       // The counter exists once the sidecar does: what happens during the startup wait is in the log instead.
-      const source = credentialSource(loaded, logger, options, (result) =>
+      const source = await credentialSource(loaded, logger, options, (result) =>
         sidecar?.metrics.credentialReloads.inc({ result }),
       );
       const startingAdmin = await startingAdminFor(loaded, source, logger);
@@ -479,18 +479,19 @@ const LIVE_ORDER: readonly LivePart[] = [
 ];
 
 /** The files of `identity`, or the Workload API of `identity.workloadApi`; validation lives in the store. */
-function credentialSource(
+async function credentialSource(
   loaded: LoadedConfig,
   logger: Logger,
   options: SidecarOptions,
   onResult: (result: ReloadResult) => void,
-): CredentialSource {
+): Promise<CredentialSource> {
   const { identity } = loaded.config;
   const trust = {
     trustDomain: identity.trustDomain,
     federation: identity.federation.map((entry) => entry.trustDomain),
   };
   if (identity.workloadApi) {
+    const { WorkloadApiSource } = await loadWorkloadApi();
     return new WorkloadApiSource({
       trust,
       logger,
