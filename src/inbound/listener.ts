@@ -28,7 +28,9 @@ import {
   H2Sessions,
   HttpDrain,
   h2ServerOptions,
+  headerCountProblem,
   httpLimits,
+  limitHeaderCount,
   malformedH2Request,
   NGHTTP2_PROTOCOL_ERROR,
   REFUSAL_MARK,
@@ -148,6 +150,7 @@ export class InboundListener {
       },
       (req, res) => this.#onRequest(req, res, false),
     );
+    limitHeaderCount(this.#http, limits);
     this.#http.on("checkContinue", (req, res) => this.#onRequest(req, res, true));
     this.#http.on("upgrade", this.#onUpgrade);
     this.#http.on("connect", this.#onConnect);
@@ -364,6 +367,9 @@ export class InboundListener {
   }
 
   readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
+    // TLS 1.2 lets a client ask for a new handshake at any time: a full handshake's CPU for a few bytes of its
+    // own, and nothing this listener needs (TLS 1.3 has no renegotiation). An attempt now ends the connection.
+    socket.disableRenegotiation();
     const pending = pendingHandshake(socket);
     if (pending) {
       clearTimeout(pending.timer);
@@ -416,7 +422,22 @@ export class InboundListener {
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     this.#drain.request(req, res);
-    this.#handler.handle(new H1Downstream(req, res), connectionOf(req.socket), expectsContinue);
+    const down = new H1Downstream(req, res);
+    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    if (tooMany) {
+      sendError(down, 431, "bad_request", tooMany, true);
+      this.#handler.refused(
+        req.method!,
+        req.url!,
+        connectionOf(req.socket),
+        "http/1.1",
+        431,
+        "bad_request",
+        tooMany,
+      );
+      return;
+    }
+    this.#handler.handle(down, connectionOf(req.socket), expectsContinue);
   }
 
   readonly #onStream = (
@@ -473,6 +494,12 @@ export class InboundListener {
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     const connection = connectionOf(req.socket);
     const token = upgradeToken(req.rawHeaders)!;
+    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    if (tooMany) {
+      socket.end(rawErrorResponse(431, "Request Header Fields Too Large", "bad_request", tooMany));
+      this.#handler.refused(req.method!, req.url!, connection, token, 431, "bad_request", tooMany);
+      return;
+    }
     const message = upgradeRefusal(
       token,
       this.#options.config.upgrades,
