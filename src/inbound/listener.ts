@@ -370,6 +370,11 @@ export class InboundListener {
     // TLS 1.2 lets a client ask for a new handshake at any time: a full handshake's CPU for a few bytes of its
     // own, and nothing this listener needs (TLS 1.3 has no renegotiation). An attempt now ends the connection.
     socket.disableRenegotiation();
+    socket.on("error", (error: Error & { code?: string }) => {
+      if (error.code !== RENEGOTIATION_REFUSED) return;
+      this.#handshakeFailure(socket, "tls_protocol", RENEGOTIATION_DETAIL);
+      socket.destroy();
+    });
     const pending = pendingHandshake(socket);
     if (pending) {
       clearTimeout(pending.timer);
@@ -541,6 +546,8 @@ export class InboundListener {
   };
 
   readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
+    // Reported and cut where the TLS socket raised it (see onSecureConnection): no HTTP answer is due.
+    if (error.code === RENEGOTIATION_REFUSED) return;
     const answer = settleClientError(error, socket, this.#drain);
     if (!answer) return;
     const { status, statusText, reason, message } = answer;
@@ -622,6 +629,8 @@ function refusalMessage(reason: HandshakeFailureReason): string {
   return `client certificate refused (${reason})`;
 }
 
+const RENEGOTIATION_REFUSED = "ERR_TLS_RENEGOTIATION_DISABLED";
+const RENEGOTIATION_DETAIL = "the client asked for a TLS renegotiation, which this listener refuses";
 const CONNECT_REFUSED = "CONNECT is not served on the inbound listener: no tunnel bypasses the policy";
 const NO_CONNECTION: InboundConnection = { peer: null, xfcc: null, plaintext: true };
 
