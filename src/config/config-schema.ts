@@ -487,7 +487,7 @@ export const configSchema = s.object({
         .byteSize(1024, 1024 * 1024)
         .default(16 * 1024)
         .describe(
-          "HTTP/1.1: the bytes of the request-target, header names and header values together (not the method, version, colons, spaces and line ends); a request reaching it gets 431. HTTP/2: the header list size SETTINGS_MAX_HEADER_LIST_SIZE counts (name + value + 32 per field, pseudo-headers included).",
+          "HTTP/1.1: the bytes of the request-target, the header names and the header values as sent (trailing spaces included; not the method, version, colons, spaces after them or line ends); a request whose count reaches it gets 431. HTTP/2: the header list size SETTINGS_MAX_HEADER_LIST_SIZE counts (name + value + 32 per field, pseudo-headers included); a stream over it is reset.",
         ),
       maxHeaderCount: s
         .integer(1, 10_000)
