@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
-import { Pool } from "undici";
+import { buildConnector, Pool } from "undici";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
@@ -42,6 +42,7 @@ import {
   superviseStream,
   Tunnels,
   tcpConnector,
+  toleratingContinue,
   type UpstreamDispatcher,
   unlessResetAtOnce,
   updateHttpLimits,
@@ -694,7 +695,13 @@ class InboundApp implements AppClient {
 }
 
 function http1Pool(origin: string): Pool {
-  return new Pool(origin, { connections: null, pipelining: 1, allowH2: false });
+  return new Pool(origin, {
+    connections: null,
+    pipelining: 1,
+    allowH2: false,
+    // An app may answer `100 Continue` unasked (RFC 9110 §15.2): its final response is what the client gets.
+    connect: toleratingContinue(buildConnector({ allowH2: false })),
+  });
 }
 
 /** What is known about an accepted TCP connection until its peer is verified. */
