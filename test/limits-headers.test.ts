@@ -148,3 +148,26 @@ t.test("HTTP/2: maxHeaderSize is the header list size, name + value + 32 per fie
   t.equal(await h2Status(session, pad(1024)), "200", "exactly the limit passes");
   t.equal(await h2Status(session, pad(1025)), `reset ${NGHTTP2_ENHANCE_YOUR_CALM}`, "one byte over is reset");
 });
+
+/** A WebSocket upgrade request with `fields` header fields in all. */
+function upgradeWithFields(target: string, fields: number): string {
+  let head = `GET ${target} HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n`;
+  for (let i = 3; i < fields; i++) head += `X-F${i}: 1\r\n`;
+  return `${head}\r\n`;
+}
+
+t.test(
+  "an upgrade request with more than maxHeaderCount fields gets 431, inbound and outbound",
+  async (t) => {
+    const inbound = await exchange(sidecar.inboundPort, client, upgradeWithFields("/ws-inbound", 11));
+    t.equal(inbound.responses[0]?.status, 431);
+    t.equal(inbound.responses[0]?.header("x-mtlsd-reason"), "bad_request");
+    const appSide = plainConnection(caller.outboundPort);
+    t.teardown(() => appSide.socket.destroy());
+    appSide.socket.write(upgradeWithFields("/ws-outbound", 11));
+    await appSide.closedWithin(3000);
+    t.match(appSide.received(), /^HTTP\/1\.1 431 /);
+    const line = await waitForLog(caller.logs, (l) => l.msg === "request" && l.path === "/ws-outbound");
+    t.match(line, { direction: "outbound", reason: "bad_request", status: 431, protocol: "websocket" });
+  },
+);

@@ -1,4 +1,5 @@
 // An app's plain request finds its upstream by the upstream's own port, else its proxy URL, else its Host header.
+import http2 from "node:http2";
 import https from "node:https";
 import type net from "node:net";
 import t from "tap";
@@ -248,5 +249,27 @@ t.test(
     await app.closedWithin(3000);
     t.match(app.received(), /^HTTP\/1\.1 405 /);
     t.match(app.received(), "send plain http:// requests");
+  },
+);
+
+t.test(
+  "HTTP/2 (h2c): an :authority RFC 3986 refuses gets 400 bad_request; a valid one is routed",
+  async (t) => {
+    const session = http2.connect(caller.proxyUrl);
+    session.on("error", () => {});
+    t.teardown(() => session.close());
+    const status = (authority: string) =>
+      new Promise<{ status: number; reason: unknown }>((resolve, reject) => {
+        const stream = session.request({ ":path": "/h2-authority", ":authority": authority });
+        stream.on("response", (headers) =>
+          resolve({ status: Number(headers[":status"]), reason: headers["x-mtlsd-reason"] }),
+        );
+        stream.on("error", reject);
+        stream.resume();
+        stream.end();
+      });
+    t.same(await status("orders:99999"), { status: 400, reason: "bad_request" });
+    t.same(await status("or%zzders"), { status: 400, reason: "bad_request" });
+    t.equal((await status("orders")).status, 200);
   },
 );

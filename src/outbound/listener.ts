@@ -442,6 +442,14 @@ export class OutboundListener {
       socket.end(rawErrorResponse(status, http.STATUS_CODES[status] ?? "Error", reason, detail));
       this.#finish(record, started, status, reason, detail);
     };
+    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    if (tooMany) {
+      record.decision = "deny";
+      record.destination_identity = "unknown";
+      socket.end(rawErrorResponse(431, "Request Header Fields Too Large", "bad_request", tooMany));
+      this.#finish(record, started, 431, "bad_request", tooMany);
+      return;
+    }
     const refusal = upgradeRefusal(
       token,
       this.#options.config.upgrades,
