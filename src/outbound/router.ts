@@ -1,4 +1,4 @@
-// Decides which upstream a plain request from the app is for: proxy URL, then Host header, then listener port.
+// Decides which upstream a plain request from the app is for: the port it came to, else proxy URL, else Host header.
 import { authorityKey, hostProblem } from "../proxy/index.ts";
 import type { Upstream } from "./upstream.ts";
 
