@@ -52,7 +52,7 @@ export {
   type ResponseHeaders,
 } from "./headers.ts";
 export { authorityKey, hostProblem } from "./host.ts";
-export { toleratingContinue } from "./interim.ts";
+export { tolerateContinue, toleratingContinue } from "./interim.ts";
 export {
   type CapacityLog,
   connectionsCheckingInterval,

@@ -57,10 +57,9 @@ function watchRequestHeads(): void {
  * is wrapped, and does nothing past the first bytes of each response.
  */
 export function toleratingContinue(connect: Connector): Connector {
-  watchRequestHeads();
   return (options, callback) =>
     connect(options, (error, socket) => {
-      if (socket) watch(socket as WatchedSocket);
+      if (socket) tolerateContinue(socket as net.Socket);
       // undici's callback is typed as two overloads; calling it with both arguments as received is what it expects.
       (callback as (error: Error | null, socket: net.Socket | null) => void)(
         error,
@@ -69,7 +68,15 @@ export function toleratingContinue(connect: Connector): Connector {
     });
 }
 
+/** The same, for a connection made elsewhere that an undici pool (pipelining 1) is about to take over. */
+export function tolerateContinue(socket: net.Socket): net.Socket {
+  watchRequestHeads();
+  watch(socket as WatchedSocket);
+  return socket;
+}
+
 function watch(socket: WatchedSocket): void {
+  if (socket[kInterim]) return;
   const state: InterimState = { atHead: true, held: undefined, after: undefined };
   socket[kInterim] = state;
   const read = socket.read;
