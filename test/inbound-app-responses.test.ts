@@ -31,14 +31,14 @@ async function appConnectionOf(path: string): Promise<number> {
 }
 
 for (const [path, what] of [
-  ["/continue", "a 100 Continue in the same packet as the final response"],
-  ["/continue-alone", "a 100 Continue on its own, the final response later"],
-  ["/continue-split", "a 100 Continue with a header, split over three writes"],
-  ["/continue-twice", "two 100 Continue heads, one of them HTTP/1.0"],
-  ["/early-hints", "a 103 Early Hints"],
-  ["/hints-then-continue", "a 103 Early Hints, then a 100 Continue, in one packet with the final response"],
+  ["/continue", "an unsolicited 100 Continue in the same packet as the final response"],
+  ["/continue-alone", "an unsolicited 100 Continue on its own, the final response later"],
+  ["/continue-split", "an unsolicited 100 Continue with a header, split over three writes"],
+  ["/continue-twice", "two unsolicited 100 Continue heads, one of them HTTP/1.0"],
+  ["/early-hints", "a 103 Early Hints before the final response"],
+  ["/hints-then-continue", "a 103 Early Hints and a 100 Continue in one packet with the final response"],
 ] as const) {
-  t.test(`${what} before the app's final response: the client gets the final response`, async (t) => {
+  t.test(`the app sends ${what}: the client gets only the final response`, async (t) => {
     const result = await exchange(sidecar.inboundPort, client, rawGet(path));
     t.equal(result.responses.length, 1);
     t.equal(result.responses[0]?.status, 200, result.raw);
