@@ -76,6 +76,34 @@ t.test("a new inbound.xfcc mode applies to the next request", async (t) => {
   t.equal(await xfcc(), undefined, "sanitize: none at all");
 });
 
+t.test("inbound.headersWithUnderscores and removeRequestHeaders apply to the next request", async (t) => {
+  const running = await inbound(t);
+  const sent = async () => {
+    const result = await exchange(
+      running.inboundPort,
+      client,
+      rawGet("/headers", "X_Tenant: acme\r\nX-Forwarded-User: admin\r\n"),
+    );
+    const response = result.responses[0]!;
+    if (response.status !== 200) return response.status;
+    return (JSON.parse(response.body) as { rawHeaders: string[] }).rawHeaders.filter((_, i) => i % 2 === 0);
+  };
+  const before = await sent();
+  t.notOk((before as string[]).includes("X_Tenant"), "dropped by default");
+  t.ok((before as string[]).includes("X-Forwarded-User"), "not in removeRequestHeaders yet");
+  t.match(
+    await editConfig(running, (config) => {
+      config.inbound.removeRequestHeaders = ["x-forwarded-*"];
+    }),
+    { result: "applied", changed: ["inbound.removeRequestHeaders"] },
+  );
+  t.notOk(((await sent()) as string[]).includes("X-Forwarded-User"), "removed after the reload");
+  await editConfig(running, (config) => {
+    config.inbound.headersWithUnderscores = "reject";
+  });
+  t.equal(await sent(), 400, "refused after the reload");
+});
+
 t.test("a moved inbound.app gets the next request, and /readyz probes it", async (t) => {
   const gate = await startGateApp();
   t.teardown(() => gate.close());

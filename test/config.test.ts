@@ -168,6 +168,8 @@ t.test("defaults fill in what the file leaves out, durations in ms and sizes in 
     appProtocol: "http1",
     upgrades: ["websocket"],
     streamIdleTimeout: 300_000,
+    headersWithUnderscores: "drop",
+    removeRequestHeaders: [],
     policy: { default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 },
   });
   t.same(config.identity.deny, { serials: [], spiffeIds: [] });
@@ -175,6 +177,7 @@ t.test("defaults fill in what the file leaves out, durations in ms and sizes in 
   t.same(config.limits, {
     maxConnections: 10_000,
     maxHeaderSize: 16_384,
+    maxHeaderCount: 100,
     handshakeTimeout: 10_000,
     headersTimeout: 10_000,
     requestTimeout: 300_000,
@@ -253,6 +256,41 @@ t.test("a size with a unit mtlsd does not know is refused with the accepted form
     line: IDENTITY_LINES + 3,
     expected: /^a size like 16KiB or 1MiB, from 1KiB to 1MiB/,
     found: '"16KB"',
+  });
+});
+
+t.test(
+  "a headersWithUnderscores action mtlsd does not know is refused with the three it knows",
+  async (t) => {
+    const error = configError(`${IDENTITY}inbound:\n  headersWithUnderscores: ignore\n`);
+    assertProblem(t, error, {
+      path: "inbound.headersWithUnderscores",
+      line: IDENTITY_LINES + 2,
+      expected: /drop.*reject.*allow/,
+      found: '"ignore"',
+    });
+  },
+);
+
+t.test("a removeRequestHeaders entry with a * inside or uppercase letters is refused", async (t) => {
+  for (const entry of ["x-*-user", "X-Forwarded-User"]) {
+    const error = configError(`${IDENTITY}inbound:\n  removeRequestHeaders:\n    - x-ok\n    - "${entry}"\n`);
+    assertProblem(t, error, {
+      path: "inbound.removeRequestHeaders[1]",
+      line: IDENTITY_LINES + 4,
+      expected: /a header name in lower case/,
+      found: JSON.stringify(entry),
+    });
+  }
+});
+
+t.test("a maxHeaderCount of 0 is refused with the range it may take", async (t) => {
+  const error = configError(`${IDENTITY}inbound: {}\nlimits:\n  maxHeaderCount: 0\n`);
+  assertProblem(t, error, {
+    path: "limits.maxHeaderCount",
+    line: IDENTITY_LINES + 3,
+    expected: /1.*10000/,
+    found: "0",
   });
 });
 

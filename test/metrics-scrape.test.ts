@@ -111,6 +111,7 @@ t.test("/metrics declares every documented metric with its type", async (t) => {
     mtlsd_upstream_connections: "gauge",
     mtlsd_upstream_pending_requests: "gauge",
     mtlsd_policy_denials_total: "counter",
+    mtlsd_request_errors_total: "counter",
     mtlsd_policy_overrides_total: "counter",
     mtlsd_cert_lifetime_seconds: "gauge",
     mtlsd_identity_info: "gauge",

@@ -1,4 +1,5 @@
-// An app's plain request finds its upstream by proxy URL, then Host header, then the upstream's own port.
+// An app's plain request finds its upstream by the upstream's own port, else its proxy URL, else its Host header.
+import http2 from "node:http2";
 import https from "node:https";
 import type net from "node:net";
 import t from "tap";
@@ -90,10 +91,21 @@ t.test("a proxy URL may name the upstream by its address instead of its name", a
   t.equal(echoed(result).xfcc.By, payments.spiffeId);
 });
 
-t.test("the proxy URL decides even when the Host header names another upstream", async (t) => {
-  const result = await appRequest("http://payments/url-wins", {
+t.test("a proxy URL whose Host header names another authority gets 400 bad_request", async (t) => {
+  const result = await appRequest("http://payments/url-and-host-differ", {
     proxy: caller.proxyUrl,
     headers: ["Host: orders"],
+  });
+  const error = sidecarError(result);
+  t.equal(error.status, 400);
+  t.equal(error.reason, "bad_request");
+  t.match(error.error, /Host header "orders" names another authority than the URL \("payments"\)/);
+});
+
+t.test("a proxy URL and a Host that differ only in case and the default port agree", async (t) => {
+  const result = await appRequest("http://payments/host-agrees", {
+    proxy: caller.proxyUrl,
+    headers: ["Host: PAYMENTS:80"],
   });
   const echo = echoed(result);
   t.equal(echo.xfcc.By, payments.spiffeId);
@@ -103,6 +115,7 @@ t.test("the proxy URL decides even when the Host header names another upstream",
 t.test("the path of a proxy URL is forwarded byte for byte, not re-parsed or re-encoded", async (t) => {
   // A URL parser would turn "{" into "%7B" and resolve "..": the upstream must judge what the app sent.
   const result = await appRequest(caller.proxyUrl, {
+    headers: ["Host: ledger"],
     args: ["--request-target", "http://ledger/v1/{id}/../x?q=`a`"],
   });
   t.equal(result.response?.status, 200, result.stdout);
@@ -129,12 +142,46 @@ t.test("an upstream's own port needs neither a proxy nor a Host header", async (
   t.equal(echo.xfcc.By, orders.spiffeId);
 });
 
-t.test("on an upstream's own port, a Host naming another upstream still wins", async (t) => {
-  const result = await appRequest(`http://127.0.0.1:${ordersPort}/host-wins`, {
-    headers: ["Host: payments"],
-  });
-  t.equal(echoed(result).xfcc.By, payments.spiffeId);
+t.test(
+  "on an upstream's own port, the port decides: a Host naming another upstream does not reroute",
+  async (t) => {
+    // The app may pass along a Host its own caller chose; on this port it can only ever reach orders.
+    const result = await appRequest(`http://127.0.0.1:${ordersPort}/port-decides`, {
+      headers: ["Host: payments"],
+    });
+    const echo = echoed(result);
+    t.equal(echo.xfcc.By, orders.spiffeId);
+    t.equal(echo.headers.host, "payments", "the Host goes on as the app sent it");
+  },
+);
+
+t.test("on an upstream's own port, a proxy URL naming another upstream gets 400 bad_request", async (t) => {
+  const app = plainConnection(ordersPort);
+  t.teardown(() => app.socket.destroy());
+  app.socket.write(
+    "GET http://payments/port-and-url-differ HTTP/1.1\r\nHost: payments\r\nConnection: close\r\n\r\n",
+  );
+  await app.closedWithin(3000);
+  t.match(app.received(), /^HTTP\/1\.1 400 /);
+  t.match(app.received(), "x-mtlsd-reason: bad_request");
+  t.match(app.received(), "carries requests for upstream orders only");
 });
+
+t.test(
+  "a Host RFC 9112 makes invalid gets 400 bad_request on the shared and the upstream's own port",
+  async (t) => {
+    for (const port of [caller.outboundPort, ordersPort]) {
+      for (const host of ["orders@payments", "orders/x", "orders x", "orders:99999", "[orders]", ""]) {
+        const app = plainConnection(port);
+        t.teardown(() => app.socket.destroy());
+        app.socket.write(`GET /bad-host HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`);
+        await app.closedWithin(3000);
+        t.match(app.received(), /^HTTP\/1\.1 400 /, `Host: ${JSON.stringify(host)} on port ${port}`);
+        t.match(app.received(), "x-mtlsd-reason: bad_request");
+      }
+    }
+  },
+);
 
 t.test("an unknown Host gets 502 unknown_upstream naming the host and the known upstreams", async (t) => {
   const result = await appRequest(`${caller.proxyUrl}/v1/stock`, { headers: ["Host: inventory"] });
@@ -202,5 +249,27 @@ t.test(
     await app.closedWithin(3000);
     t.match(app.received(), /^HTTP\/1\.1 405 /);
     t.match(app.received(), "send plain http:// requests");
+  },
+);
+
+t.test(
+  "HTTP/2 (h2c): an :authority RFC 3986 refuses gets 400 bad_request; a valid one is routed",
+  async (t) => {
+    const session = http2.connect(caller.proxyUrl);
+    session.on("error", () => {});
+    t.teardown(() => session.close());
+    const status = (authority: string) =>
+      new Promise<{ status: number; reason: unknown }>((resolve, reject) => {
+        const stream = session.request({ ":path": "/h2-authority", ":authority": authority });
+        stream.on("response", (headers) =>
+          resolve({ status: Number(headers[":status"]), reason: headers["x-mtlsd-reason"] }),
+        );
+        stream.on("error", reject);
+        stream.resume();
+        stream.end();
+      });
+    t.same(await status("orders:99999"), { status: 400, reason: "bad_request" });
+    t.same(await status("or%zzders"), { status: 400, reason: "bad_request" });
+    t.equal((await status("orders")).status, 200);
   },
 );

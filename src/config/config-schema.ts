@@ -93,6 +93,14 @@ const upgradeTokens = () =>
     )
     .default(["websocket"]);
 
+/** A request header name to remove (lowercase, as HTTP/2 writes them), with an optional trailing `*` for a prefix. */
+const headerNamePattern = () =>
+  s.string({
+    expected:
+      'a header name in lower case, like x-forwarded-user, or a prefix ending in *, like "x-ssl-client-*"',
+    pattern: /^[a-z0-9!#$%&'+.^_`|~-]+\*?$/,
+  });
+
 /** How long a long-lived stream (gRPC, SSE, WebSocket) may stay silent both ways. */
 const streamIdleTimeout = () =>
   s
@@ -349,6 +357,18 @@ export const configSchema = s.object({
         "HTTP/1.1 Upgrade tokens passed to the app after policy (WebSocket); [] = none. Other tokens are ignored, h2c is refused.",
       ),
       streamIdleTimeout: streamIdleTimeout(),
+      headersWithUnderscores: s
+        .enum("drop", "reject", "allow")
+        .default("drop")
+        .describe(
+          "Request headers with an underscore in their name (CGI-style apps read X_Forwarded_Client_Cert as X-Forwarded-Client-Cert): drop them, reject the request (400), or allow them. Look-alikes of headers mtlsd sets or removes are dropped even with allow.",
+        ),
+      removeRequestHeaders: s
+        .array(headerNamePattern())
+        .default([])
+        .describe(
+          "Further request headers removed before the app, like l5d-client-id or x-ssl-client-*; a trailing * matches a prefix. X-Original-URL, X-Rewrite-URL, X-HTTP-Method-Override, X-HTTP-Method and X-Method-Override are always removed.",
+        ),
       policy: policy
         .default({ default: "deny", rules: [], overrides: [], overridesMaxLifetime: 86_400_000 })
         .describe("Which peer identities may make which requests; reloaded when the config file changes."),
@@ -466,7 +486,15 @@ export const configSchema = s.object({
       maxHeaderSize: s
         .byteSize(1024, 1024 * 1024)
         .default(16 * 1024)
-        .describe("Request line and headers."),
+        .describe(
+          "HTTP/1.1: the bytes of the request-target, the header names and the header values as sent (trailing spaces included; not the method, version, colons, spaces after them or line ends); a request whose count reaches it gets 431. HTTP/2: the header list size SETTINGS_MAX_HEADER_LIST_SIZE counts (name + value + 32 per field, pseudo-headers included); a stream over it is reset.",
+        ),
+      maxHeaderCount: s
+        .integer(1, 10_000)
+        .default(100)
+        .describe(
+          "Header fields in a request (HTTP/2: not counting pseudo-headers); a request with more gets 431 (HTTP/2: the stream is reset).",
+        ),
       handshakeTimeout: s
         .duration()
         .default(10_000)
@@ -497,6 +525,7 @@ export const configSchema = s.object({
     .default({
       maxConnections: 10_000,
       maxHeaderSize: 16 * 1024,
+      maxHeaderCount: 100,
       handshakeTimeout: 10_000,
       headersTimeout: 10_000,
       requestTimeout: 300_000,

@@ -13,6 +13,7 @@ import {
   type ForwardOutcome,
   forward,
   forwardUpgrade,
+  type RequestHeaderRules,
   rawErrorResponse,
   sendError,
   type Tunnels,
@@ -21,7 +22,7 @@ import {
 } from "../proxy/index.ts";
 import type { RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { InboundConnection } from "./connection.ts";
-import { buildInboundHeaders } from "./headers.ts";
+import { buildInboundHeaders, inboundHeaderRules } from "./headers.ts";
 
 /** How the sidecar reaches the app: requests on `dispatcher` (HTTP/1.1 or h2c), upgrades always on HTTP/1.1. */
 export interface AppClient {
@@ -54,15 +55,19 @@ export class InboundHandler {
   policy: Policy;
   /** Swapped whole on a config reload (`configure`); a request reads it as it starts. */
   #options: InboundHandlerOptions;
+  /** Built from the config's header settings, with it. */
+  #headerRules: RequestHeaderRules;
 
   constructor(options: InboundHandlerOptions) {
     this.#options = options;
     this.policy = options.policy;
+    this.#headerRules = inboundHeaderRules(options.config);
   }
 
   /** A config reload: requests from now on use these settings and this app client; those in flight keep theirs. */
   configure(config: InboundConfig, app: AppClient): void {
     this.#options = { ...this.#options, config, app };
+    this.#headerRules = inboundHeaderRules(config);
   }
 
   /** A request, over HTTP/1.1 or HTTP/2. `expectsContinue`: the client waits for a 100 before its body. */
@@ -237,6 +242,7 @@ export class InboundHandler {
       this.#options.config.xfcc,
       connection.xfcc,
       connection.plaintext ? "http" : "https",
+      this.#headerRules,
     );
     if (!built.ok) {
       record.decision = "deny";

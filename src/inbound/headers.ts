@@ -1,5 +1,6 @@
 // Builds the header list the app receives: hop-by-hop removed, forged identity headers replaced, ours set.
-import { filterRequestHeaders } from "../proxy/index.ts";
+import type { InboundConfig } from "../config/index.ts";
+import { filterRequestHeaders, hostProblem, RequestHeaderRules } from "../proxy/index.ts";
 import { applyXfccMode, type XfccMode } from "./xfcc.ts";
 
 export type InboundHeaders =
@@ -9,19 +10,27 @@ export type InboundHeaders =
 const XFCC = "x-forwarded-client-cert";
 const XFP = "x-forwarded-proto";
 
+/** The header rules of an inbound config: the names we set are guarded against look-alikes too. */
+export function inboundHeaderRules(config: InboundConfig): RequestHeaderRules {
+  return new RequestHeaderRules(config, [XFCC, XFP]);
+}
+
 /**
  * `ourXfcc` is this connection's XFCC element (null when the peer is unauthenticated). Whatever the client
  * sent as XFCC or X-Forwarded-Proto is taken out during the one pass over its headers and only re-added as
- * the XFCC mode allows, so a `Connection: x-forwarded-client-cert` can only ever remove theirs.
+ * the XFCC mode allows, so a `Connection: x-forwarded-client-cert` can only ever remove theirs. `rules` take out
+ * look-alike and rerouting headers (or refuse the request, for `headersWithUnderscores: reject`).
  */
 export function buildInboundHeaders(
   rawHeaders: readonly string[],
   mode: XfccMode,
   ourXfcc: string | null,
   forwardedProto: "https" | "http",
+  rules: RequestHeaderRules,
 ): InboundHeaders {
   let incomingXfcc: string | undefined;
   let xfccNominated = false;
+  let refused: string | undefined;
   const filtered = filterRequestHeaders(rawHeaders, (lower, value) => {
     if (lower === XFCC) {
       // Several XFCC headers are one list (RFC 9110 §5.3): keep them together, in order.
@@ -29,8 +38,17 @@ export function buildInboundHeaders(
       return true;
     }
     if (lower === "connection" && value.toLowerCase().includes(XFCC)) xfccNominated = true;
-    return lower === XFP;
+    if (lower === XFP) return true;
+    const verdict = rules.verdict(lower);
+    if (verdict === "reject") refused ??= lower;
+    return verdict !== "keep";
   });
+  if (refused !== undefined) {
+    return {
+      ok: false,
+      detail: `the header name ${JSON.stringify(refused.slice(0, 100))} has an underscore, which inbound.headersWithUnderscores refuses`,
+    };
+  }
   if (filtered.hosts !== 1) {
     return {
       ok: false,
@@ -38,6 +56,8 @@ export function buildInboundHeaders(
         filtered.hosts === 0 ? "the request has no Host header" : "the request has more than one Host header",
     };
   }
+  const badHost = hostProblem(filtered.host!);
+  if (badHost) return { ok: false, detail: badHost };
   // A peer that nominates its own XFCC as hop-by-hop asks us to drop it: honour that, never touching ours.
   const xfcc = applyXfccMode(mode, xfccNominated ? undefined : incomingXfcc, ourXfcc);
   const headers = filtered.list;

@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
-import { Pool } from "undici";
+import { buildConnector, Pool } from "undici";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
@@ -28,7 +28,9 @@ import {
   H2Sessions,
   HttpDrain,
   h2ServerOptions,
+  headerCountProblem,
   httpLimits,
+  limitHeaderCount,
   malformedH2Request,
   NGHTTP2_PROTOCOL_ERROR,
   REFUSAL_MARK,
@@ -40,6 +42,7 @@ import {
   superviseStream,
   Tunnels,
   tcpConnector,
+  toleratingContinue,
   type UpstreamDispatcher,
   unlessResetAtOnce,
   updateHttpLimits,
@@ -148,6 +151,7 @@ export class InboundListener {
       },
       (req, res) => this.#onRequest(req, res, false),
     );
+    limitHeaderCount(this.#http, limits);
     this.#http.on("checkContinue", (req, res) => this.#onRequest(req, res, true));
     this.#http.on("upgrade", this.#onUpgrade);
     this.#http.on("connect", this.#onConnect);
@@ -364,6 +368,14 @@ export class InboundListener {
   }
 
   readonly #onSecureConnection = (socket: tls.TLSSocket): void => {
+    // TLS 1.2 lets a client ask for a new handshake at any time: a full handshake's CPU for a few bytes of its
+    // own, and nothing this listener needs (TLS 1.3 has no renegotiation). An attempt now ends the connection.
+    socket.disableRenegotiation();
+    socket.on("error", (error: Error & { code?: string }) => {
+      if (error.code !== RENEGOTIATION_REFUSED) return;
+      this.#handshakeFailure(socket, "tls_protocol", RENEGOTIATION_DETAIL);
+      socket.destroy();
+    });
     const pending = pendingHandshake(socket);
     if (pending) {
       clearTimeout(pending.timer);
@@ -416,7 +428,22 @@ export class InboundListener {
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     this.#drain.request(req, res);
-    this.#handler.handle(new H1Downstream(req, res), connectionOf(req.socket), expectsContinue);
+    const down = new H1Downstream(req, res);
+    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    if (tooMany) {
+      sendError(down, 431, "bad_request", tooMany, true);
+      this.#handler.refused(
+        req.method!,
+        req.url!,
+        connectionOf(req.socket),
+        "http/1.1",
+        431,
+        "bad_request",
+        tooMany,
+      );
+      return;
+    }
+    this.#handler.handle(down, connectionOf(req.socket), expectsContinue);
   }
 
   readonly #onStream = (
@@ -473,6 +500,12 @@ export class InboundListener {
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     const connection = connectionOf(req.socket);
     const token = upgradeToken(req.rawHeaders)!;
+    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    if (tooMany) {
+      socket.end(rawErrorResponse(431, "Request Header Fields Too Large", "bad_request", tooMany));
+      this.#handler.refused(req.method!, req.url!, connection, token, 431, "bad_request", tooMany);
+      return;
+    }
     const message = upgradeRefusal(
       token,
       this.#options.config.upgrades,
@@ -514,6 +547,8 @@ export class InboundListener {
   };
 
   readonly #onClientError = (error: Error & { code?: string }, socket: net.Socket): void => {
+    // Reported and cut where the TLS socket raised it (see onSecureConnection): no HTTP answer is due.
+    if (error.code === RENEGOTIATION_REFUSED) return;
     const answer = settleClientError(error, socket, this.#drain);
     if (!answer) return;
     const { status, statusText, reason, message } = answer;
@@ -595,6 +630,8 @@ function refusalMessage(reason: HandshakeFailureReason): string {
   return `client certificate refused (${reason})`;
 }
 
+const RENEGOTIATION_REFUSED = "ERR_TLS_RENEGOTIATION_DISABLED";
+const RENEGOTIATION_DETAIL = "the client asked for a TLS renegotiation, which this listener refuses";
 const CONNECT_REFUSED = "CONNECT is not served on the inbound listener: no tunnel bypasses the policy";
 const NO_CONNECTION: InboundConnection = { peer: null, xfcc: null, plaintext: true };
 
@@ -658,7 +695,13 @@ class InboundApp implements AppClient {
 }
 
 function http1Pool(origin: string): Pool {
-  return new Pool(origin, { connections: null, pipelining: 1, allowH2: false });
+  return new Pool(origin, {
+    connections: null,
+    pipelining: 1,
+    allowH2: false,
+    // An app may answer `100 Continue` unasked (RFC 9110 §15.2): its final response is what the client gets.
+    connect: toleratingContinue(buildConnector({ allowH2: false })),
+  });
 }
 
 /** What is known about an accepted TCP connection until its peer is verified. */

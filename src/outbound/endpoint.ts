@@ -5,7 +5,13 @@ import type tls from "node:tls";
 import { type buildConnector, type Dispatcher, Pool } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
 import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
-import { H2Client, type QueuedRequest, type UpstreamDispatcher } from "../proxy/index.ts";
+import {
+  H2Client,
+  type QueuedRequest,
+  tolerateContinue,
+  toleratingContinue,
+  type UpstreamDispatcher,
+} from "../proxy/index.ts";
 import { mtlsConnector, type UpstreamHandshakeFailure } from "./connector.ts";
 import { EndpointHealth } from "./outlier.ts";
 
@@ -190,7 +196,8 @@ export class Endpoint {
   #http1Pool(generation: Generation): Pool {
     if (generation.http1) return generation.http1;
     const { config, idleTimeoutMs, address, host, port, servername } = this.#options;
-    const connector = this.#connector(generation.context, ["http/1.1"]);
+    // An upstream that is not mtlsd may answer `100 Continue` unasked (RFC 9110 §15.2): the app gets its final answer.
+    const connector = toleratingContinue(this.#connector(generation.context, ["http/1.1"]));
     generation.http1 = new Pool(`https://${address}`, {
       connections: config.pool.connections,
       pipelining: 1,
@@ -202,7 +209,8 @@ export class Endpoint {
       connect: (options, callback) => {
         const socket = generation.handedOver.pop();
         // undici loses the request when its connector answers before returning: answer on the next tick.
-        if (socket && !socket.destroyed) process.nextTick(callback, null, socket as net.Socket);
+        if (socket && !socket.destroyed)
+          process.nextTick(callback, null, tolerateContinue(socket as net.Socket));
         else
           connector(
             { ...options, hostname: host, host, port: String(port), servername: servername ?? "" },

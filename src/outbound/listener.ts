@@ -23,7 +23,9 @@ import {
   H2Sessions,
   HttpDrain,
   h2ServerOptions,
+  headerCountProblem,
   httpLimits,
+  limitHeaderCount,
   rawErrorResponse,
   reportCapacity,
   sendError,
@@ -69,12 +71,10 @@ export function clientContext(credentials: Credentials): tls.SecureContext {
   });
 }
 
-/** Which upstream a connection from the app is bound to, if any. */
+/** Which upstream a connection from the app is bound to (its own port, a CONNECT tunnel): it decides, whatever Host says. */
 interface BoundRoute {
   /** By name, looked up per request: a config reload may replace the upstream (or remove it) under an open connection. */
   upstream: string;
-  /** A CONNECT tunnel names its upstream once for all its requests; their Host cannot reroute them. */
-  pinned: boolean;
 }
 
 const kRoute = Symbol("mtlsd.outboundRoute");
@@ -131,6 +131,7 @@ export class OutboundListener {
       (req, res) => this.#onRequest(req, res, false),
     );
     // The app waits for a 100 before its body: there is no policy on this side, so once routed it may send.
+    limitHeaderCount(this.#http, limits);
     this.#http.on("checkContinue", (req, res) => this.#onRequest(req, res, true));
     this.#http.on("upgrade", this.#onUpgrade);
     this.#http.on("connect", this.#onConnect);
@@ -321,7 +322,7 @@ export class OutboundListener {
   #listener(field: string, address: string, upstream: string | undefined): Listener {
     const { limits, logger } = this.#options;
     const server = net.createServer({ noDelay: true }, (socket: AppSocket) => {
-      if (upstream) socket[kRoute] = { upstream, pinned: false };
+      if (upstream) socket[kRoute] = { upstream };
       this.#accept(socket);
     });
     server.maxConnections = limits.maxConnections;
@@ -341,7 +342,17 @@ export class OutboundListener {
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     this.#drain.request(req, res);
-    this.#handle(new H1Downstream(req, res), (req.socket as AppSocket)[kRoute], expectsContinue);
+    const down = new H1Downstream(req, res);
+    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    if (tooMany) {
+      const record = this.#record(down.method, down.target.split("?")[0]!.slice(0, 200), down.protocol);
+      record.decision = "deny";
+      record.destination_identity = "unknown";
+      sendError(down, 431, "bad_request", tooMany, true);
+      this.#finish(record, performance.now(), 431, "bad_request", tooMany);
+      return;
+    }
+    this.#handle(down, (req.socket as AppSocket)[kRoute], expectsContinue);
   }
 
   readonly #onStream = (
@@ -376,7 +387,7 @@ export class OutboundListener {
     // A `Connection: close` from the app ends only the app's own connection, never a pooled one.
     const headers = filterRequestHeaders(down.rawHeaders);
     const record = this.#record(down.method, "", down.protocol);
-    const route = this.#router.route(down.target, headers.host, this.#bound(bound), bound?.pinned);
+    const route = this.#router.route(down.target, headers.host, this.#bound(bound));
     if (!route.ok || headers.hosts > 1) {
       const [status, reason, detail] = route.ok
         ? ([400, "bad_request", "the request has more than one Host header"] as const)
@@ -431,6 +442,14 @@ export class OutboundListener {
       socket.end(rawErrorResponse(status, http.STATUS_CODES[status] ?? "Error", reason, detail));
       this.#finish(record, started, status, reason, detail);
     };
+    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    if (tooMany) {
+      record.decision = "deny";
+      record.destination_identity = "unknown";
+      socket.end(rawErrorResponse(431, "Request Header Fields Too Large", "bad_request", tooMany));
+      this.#finish(record, started, 431, "bad_request", tooMany);
+      return;
+    }
     const refusal = upgradeRefusal(
       token,
       this.#options.config.upgrades,
@@ -443,7 +462,7 @@ export class OutboundListener {
     }
     const headers = filterRequestHeaders(req.rawHeaders);
     const bound = (req.socket as AppSocket)[kRoute];
-    const route = this.#router.route(req.url!, headers.host, this.#bound(bound), bound?.pinned);
+    const route = this.#router.route(req.url!, headers.host, this.#bound(bound));
     if (!route.ok || headers.hosts > 1) {
       if (route.ok) refuse(400, "bad_request", "the request has more than one Host header");
       else refuse(route.status, route.reason, route.detail);
@@ -499,7 +518,7 @@ export class OutboundListener {
       return;
     }
     const tunnel = socket as AppSocket;
-    tunnel[kRoute] = { upstream: upstream.name, pinned: true };
+    tunnel[kRoute] = { upstream: upstream.name };
     this.#options.logger.debug({ upstream: upstream.name, authority }, "CONNECT tunnel opened");
     tunnel.write(CONNECT_ESTABLISHED);
     if (head.length > 0) tunnel.unshift(head);

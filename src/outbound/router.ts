@@ -1,4 +1,5 @@
-// Decides which upstream a plain request from the app is for: proxy URL, then Host header, then listener port.
+// Decides which upstream a plain request from the app is for: the port it came to, else proxy URL, else Host header.
+import { authorityKey, hostProblem } from "../proxy/index.ts";
 import type { Upstream } from "./upstream.ts";
 
 export type Route =
@@ -35,12 +36,16 @@ export class Router {
 
   /**
    * `target` is the request-target; `host` the Host header (HTTP/2: `:authority`); `portUpstream` the upstream
-   * owning the port (or the CONNECT tunnel) the request arrived on, if any; `pinned` when that upstream decides
-   * whatever the Host says. Host names compare case-insensitively (CVE-2021-39155 was a proxy that didn't).
+   * owning the port (or the CONNECT tunnel) the request arrived on, if any. Such a port decides its upstream
+   * whatever the Host says: an app on it may pass a Host its own caller chose, which must not reroute the call.
+   * A Host that RFC 9112 §3.2 makes invalid is a 400 wherever the request arrived. Host names compare
+   * case-insensitively (CVE-2021-39155 was a proxy that didn't).
    */
-  route(target: string, host: string | undefined, portUpstream: Upstream | undefined, pinned = false): Route {
-    if (target.charCodeAt(0) !== 0x2f /* "/" */) return this.#routeAbsolute(target);
-    const upstream = pinned ? portUpstream : ((host ? this.#lookup(host) : undefined) ?? portUpstream);
+  route(target: string, host: string | undefined, portUpstream: Upstream | undefined): Route {
+    const badHost = host === undefined ? undefined : hostProblem(host);
+    if (badHost) return badRequest(badHost);
+    if (target.charCodeAt(0) !== 0x2f /* "/" */) return this.#routeAbsolute(target, host, portUpstream);
+    const upstream = portUpstream ?? (host ? this.#lookup(host) : undefined);
     if (!upstream) return this.#unknown(host ?? "");
     return { ok: true, upstream, path: target };
   }
@@ -48,9 +53,10 @@ export class Router {
   /**
    * A proxy request (`GET http://orders/v1/x`). The path is cut out of the target as written, not taken from
    * a parsed URL: WHATWG parsing would resolve dot segments and re-encode characters, and the upstream must
-   * receive (and authorize) exactly the path the app sent.
+   * receive (and authorize) exactly the path the app sent. Its Host must name the same authority (RFC 9112
+   * §3.2.2); on an upstream's own port, the URL must name that upstream.
    */
-  #routeAbsolute(target: string): Route {
+  #routeAbsolute(target: string, host: string | undefined, portUpstream: Upstream | undefined): Route {
     const parts = ABSOLUTE_FORM.exec(target);
     if (!parts) {
       return badRequest(`the request-target ${quote(target)} is neither a path nor an absolute http:// URL`);
@@ -67,11 +73,22 @@ export class Router {
     }
     // RFC 9110 §4.2.4: userinfo in an http URI is to be treated as an error, not silently dropped.
     if (authority.includes("@")) return badRequest("the URL has userinfo (user@host), which is not allowed");
-    if (authority === "" || !URL.canParse(`http://${authority}/`)) {
-      return badRequest(`the URL's host ${quote(authority)} is not a valid host[:port]`);
+    const badAuthority = authority === "" ? "it is empty" : hostProblem(authority);
+    if (badAuthority) {
+      return badRequest(`the URL's host ${quote(authority)} is not a valid host[:port]: ${badAuthority}`);
+    }
+    if (host !== undefined && authorityKey(host) !== authorityKey(authority)) {
+      return badRequest(
+        `the Host header ${quote(host)} names another authority than the URL (${quote(authority)})`,
+      );
     }
     const upstream = this.#lookup(authority);
     if (!upstream) return this.#unknown(authority);
+    if (portUpstream && upstream !== portUpstream) {
+      return badRequest(
+        `this port carries requests for upstream ${portUpstream.name} only, not for ${quote(authority)}`,
+      );
+    }
     const rest = parts[3]!;
     const path = rest === "" ? "/" : rest.charCodeAt(0) === 0x2f ? rest : `/${rest}`;
     return { ok: true, upstream, path, authority };

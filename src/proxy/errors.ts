@@ -1,5 +1,6 @@
 // Maps why forwarding failed to the status and reason the client gets.
 import type { ResponseReason } from "./respond.ts";
+import { upstreamProtocolFailure } from "./upstream-protocol.ts";
 
 export interface ForwardFailure {
   status: number;
@@ -62,6 +63,8 @@ export function classifyForwardError(error: Error & { code?: string }, upstream:
       message: "request body length differs from its Content-Length",
     };
   }
+  const protocol = upstreamProtocolFailure(error, upstream);
+  if (protocol) return protocol;
   if (code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS") || /CERT|ISSUER|SIGNATURE|VERIFY/.test(code)) {
     return { status: 502, reason: "upstream_tls_error", message: `TLS with ${upstream} failed: ${code}` };
   }

@@ -198,8 +198,11 @@ class Forwarding implements StreamHandler {
       // The head is out: the only honest signal left is an aborted response, never a truncated "success".
       // An upstream that cancelled its stream is cancelled downstream too (gRPC tells CANCELLED from INTERNAL).
       this.#down.abort((error as { rstCode?: number }).rstCode === NGHTTP2_CANCEL);
-      // A stalled response keeps its reason; anything else that cuts a started response is a reset.
-      const reason = failure.reason === "upstream_timeout" ? failure.reason : "upstream_reset";
+      // A stalled response or a broken body keeps its reason; anything else that cuts a started response is a reset.
+      const reason =
+        failure.reason === "upstream_timeout" || failure.reason === "upstream_protocol_error"
+          ? failure.reason
+          : "upstream_reset";
       this.#finish({
         status: this.#status,
         failure: { status: this.#status, reason, message: failure.message },

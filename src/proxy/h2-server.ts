@@ -21,6 +21,9 @@ export function h2ServerOptions(limits: LimitsConfig): http2.ServerOptions {
       maxHeaderListSize: limits.maxHeaderSize,
       enablePush: false,
     },
+    // Node counts the pseudo-headers (:method, :scheme, :authority, :path) among the pairs; limits.maxHeaderCount
+    // counts the fields an HTTP/1.1 request would carry, so they come on top. A stream beyond it is reset.
+    maxHeaderListPairs: limits.maxHeaderCount + 4,
     // Streams opened beyond SETTINGS_MAX_CONCURRENT_STREAMS are refused; this many refusals end the session.
     maxSessionRejectedStreams: 100,
     // Frames nghttp2 finds invalid; this many end the session.

@@ -51,13 +51,24 @@ export {
   type RequestHeaders,
   type ResponseHeaders,
 } from "./headers.ts";
+export { authorityKey, hostProblem } from "./host.ts";
+export { tolerateContinue, toleratingContinue } from "./interim.ts";
 export {
   type CapacityLog,
   connectionsCheckingInterval,
+  headerCountProblem,
   httpLimits,
+  limitHeaderCount,
   reportCapacity,
   updateHttpLimits,
 } from "./limits.ts";
+export {
+  type HeaderVerdict,
+  REROUTING_HEADERS,
+  RequestHeaderRules,
+  type RequestHeaderRulesConfig,
+  type UnderscoreAction,
+} from "./request-headers.ts";
 export {
   encodeGrpcMessage,
   grpcStatusFor,

@@ -29,6 +29,20 @@ export function httpLimits(limits: LimitsConfig): http.ServerOptions {
 }
 
 /**
+ * Node keeps only the first `maxHeadersCount` header fields of an HTTP/1.1 request and silently drops the rest;
+ * one more than the limit is kept, so that a request over it can be told apart and refused (see headerCountProblem).
+ */
+export function limitHeaderCount(server: http.Server, limits: LimitsConfig): void {
+  server.maxHeadersCount = limits.maxHeaderCount + 1;
+}
+
+/** Why a request has too many header fields for `limits.maxHeaderCount`, or undefined when it is within it. */
+export function headerCountProblem(rawHeaders: readonly string[], limits: LimitsConfig): string | undefined {
+  if (rawHeaders.length <= 2 * limits.maxHeaderCount) return undefined;
+  return `the request has more than limits.maxHeaderCount (${limits.maxHeaderCount}) header fields`;
+}
+
+/**
  * A config reload changed `limits`: what an HTTP server reads per connection or request takes the new values
  * (`maxHeaderSize` for new connections; the request timers at their next check, which keeps the pace it was
  * started with), and so do the HTTP/2 settings new sessions are offered.
@@ -41,6 +55,7 @@ export function updateHttpLimits(
   (server as http.Server & { maxHeaderSize: number }).maxHeaderSize = limits.maxHeaderSize;
   server.headersTimeout = limits.headersTimeout;
   server.requestTimeout = limits.requestTimeout;
+  limitHeaderCount(server, limits);
   h2?.updateSettings({ maxHeaderListSize: limits.maxHeaderSize });
 }
 

@@ -211,6 +211,8 @@ export class Metrics implements TrafficObserver {
     | "grpc_status"
   >;
   readonly handshakeFailures: Counter<"direction" | "reason">;
+  /** Requests the sidecar answered (or cut) itself, by its reason code: what went wrong, where 5xx says only that. */
+  readonly requestErrors: Counter<"direction" | "reason">;
   readonly credentialReloads: Counter<"result">;
   readonly configReloads: Counter<"result">;
   readonly policyShadow: Counter<"rule" | "result">;
@@ -250,6 +252,12 @@ export class Metrics implements TrafficObserver {
     this.handshakeFailures = new Counter({
       name: "mtlsd_handshake_failures_total",
       help: "Connections refused during or right after the TLS handshake, by reason.",
+      labelNames: ["direction", "reason"],
+      registers,
+    });
+    this.requestErrors = new Counter({
+      name: "mtlsd_request_errors_total",
+      help: "Requests the sidecar answered with an error of its own, or cut, by direction and reason (upstream_unreachable, upstream_protocol_error, bad_request, …; policy denials are in mtlsd_policy_denials_total).",
       labelNames: ["direction", "reason"],
       registers,
     });
@@ -495,6 +503,8 @@ export class Metrics implements TrafficObserver {
     if (record.shadow_hits) {
       for (const hit of record.shadow_hits) this.policyShadow.inc({ rule: hit.rule, result: hit.result });
     }
+    if (ERROR_REASONS.has(record.reason))
+      this.requestErrors.inc({ direction: record.direction, reason: record.reason });
     // Other refusals (bad_path, bad_request) are decision "deny" too, but no rule made them.
     if (record.direction === "inbound" && record.reason === "policy_denied") {
       const rule = record.rule ?? "default";
@@ -521,6 +531,27 @@ export class Metrics implements TrafficObserver {
     return this.registry.contentType;
   }
 }
+
+/**
+ * The reason codes of DESIGN.md for requests the sidecar failed itself (policy denials have a counter of their
+ * own). A fixed set keeps the label bounded: a request's `reason` also carries the policy's words on success.
+ */
+const ERROR_REASONS = new Set([
+  "bad_path",
+  "bad_request",
+  "request_timeout",
+  "unknown_upstream",
+  "upstream_unreachable",
+  "upstream_identity_mismatch",
+  "upstream_tls_error",
+  "upstream_timeout",
+  "upstream_reset",
+  "upstream_protocol_error",
+  "upgrade_refused",
+  "method_not_allowed",
+  "app_protocol_mismatch",
+  "draining",
+]);
 
 /** gRPC status codes are 0–16; anything else an app sends is counted as `other`, so the label stays bounded. */
 function grpcStatusLabel(status: string | undefined): string | undefined {

@@ -81,6 +81,7 @@ export class TrafficLog implements TrafficObserver {
       record.status >= 500 ||
       record.reason === "upstream_reset" ||
       record.reason === "upstream_timeout" ||
+      record.reason === "upstream_protocol_error" ||
       record.override
         ? "warn"
         : "info";
