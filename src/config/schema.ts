@@ -256,7 +256,10 @@ export class IntegerOrAutoSchema extends IntegerSchema {
 
   override toJsonSchema(): JsonSchema {
     return this.json({
-      oneOf: [{ type: "integer", minimum: this.min, maximum: this.max }, { const: "auto" }],
+      oneOf: [
+        { type: "integer", minimum: this.min, maximum: this.max },
+        { type: "string", enum: ["auto"] },
+      ],
     });
   }
 }
