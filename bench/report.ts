@@ -149,7 +149,8 @@ const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFix
 /** Keep-alive and Connection: close scenarios are compared with peers of the same shape. */
 function shape(name: string): "close" | "keepalive" | "other" {
   if (name.endsWith("-close")) return "close";
-  if (name.endsWith("-keepalive") || name === "mtlsd-keepalive-logs") return "keepalive";
+  if (name.endsWith("-keepalive") || name === "mtlsd-keepalive-logs" || name === "mtlsd-workers-2")
+    return "keepalive";
   return "other";
 }
 

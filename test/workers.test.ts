@@ -26,7 +26,10 @@ const client = { pki, identity: frontend };
 type TestContext = Parameters<Parameters<typeof t.test>[0]>[0];
 
 /** Starts `mtlsd run` with `workers: 2` for orders, allowing frontend; stopped (killed) at the test's end. */
-async function startWorkers(t: TestContext, name: string): Promise<SidecarProcess & { port: number }> {
+async function startWorkers(
+  t: TestContext,
+  name: string,
+): Promise<SidecarProcess & { port: number; file: string }> {
   const file = await writeWorkersConfig(pki, orders, {
     name,
     app: app.url,
