@@ -1,5 +1,6 @@
 // `workers: 2` as an operator runs it: the real CLI, two worker processes behind one port, real mTLS clients.
 import { readFile, writeFile } from "node:fs/promises";
+import net from "node:net";
 import t from "tap";
 import { parse, stringify } from "yaml";
 import { startApp } from "./helpers/app.ts";
@@ -37,11 +38,21 @@ async function startWorkers(
     allow: [frontend.spiffeId],
   });
   const sidecar = await spawnSidecar(file, 30_000);
-  t.teardown(() => {
-    if (sidecar.child.exitCode === null) sidecar.child.kill("SIGKILL");
+  // SIGTERM, not SIGKILL: the primary and its workers drain and exit, as in production (and write coverage).
+  t.teardown(async () => {
+    if (sidecar.child.exitCode !== null) return;
+    const killer = setTimeout(() => sidecar.child.kill("SIGKILL"), 15_000);
+    await sidecar.stop("SIGTERM");
+    clearTimeout(killer);
   });
   const port = Number(sidecar.listeners.inbound!.split(":")[1]);
   return Object.assign(sidecar, { port, file });
+}
+
+/** Whether process `pid` has ended: no such process, or a zombie waiting to be reaped. */
+async function goneOrZombie(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8").catch(() => "");
+  return stat === "" || stat.slice(stat.lastIndexOf(")") + 2).startsWith("Z");
 }
 
 /** Sends `count` requests, each on a new connection; returns which worker served each. */
@@ -228,3 +239,72 @@ t.test("SIGTERM drains every worker, lets requests in flight finish, and exits 0
   await logLine(sidecar, (line) => line.msg === "worker stopped" && line.worker === 1);
   await logLine(sidecar, (line) => line.msg === "worker stopped" && line.worker === 2);
 });
+
+t.test(
+  "a replacement worker serves the config as last reloaded, not the one the primary started with",
+  async (t) => {
+    const sidecar = await startWorkers(t, "catch-up");
+    const config = parse(await readFile(sidecar.file, "utf8"));
+    config.inbound.policy.rules[0].from = ["spiffe://example.org/ns/someone-else/sa/someone-else"];
+    await writeFile(sidecar.file, stringify(config));
+    await logLine(sidecar, (line) => line.msg === "config reloaded");
+    const started = await logLine(sidecar, (line) => line.msg === "worker started" && line.worker === 2);
+    process.kill(started.pid as number, "SIGKILL");
+    await logLine(sidecar, (line) => line.msg === "worker replaced");
+    const workers: number[] = [];
+    for (let i = 0; i < 4; i++) {
+      const result = await requestOnNewConnection(sidecar.port, client, `/catch-up/${i}`);
+      t.equal(result.status, 403, `request ${i} is refused by the reloaded policy`);
+      workers.push(await workerThatServed(sidecar, `/catch-up/${i}`));
+    }
+    t.same([...new Set(workers)].sort(), [1, 2]);
+  },
+);
+
+t.test("a second SIGTERM during the drain kills the workers and exits 1", async (t) => {
+  const sidecar = await startWorkers(t, "second-signal");
+  const pids = await Promise.all(
+    [1, 2].map(async (worker) => {
+      const line = await logLine(
+        sidecar,
+        (entry) => entry.msg === "worker started" && entry.worker === worker,
+      );
+      return line.pid as number;
+    }),
+  );
+  const slow = requestOnNewConnection(sidecar.port, client, "/slow?ms=5000").catch(() => null);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  sidecar.child.kill("SIGTERM");
+  await logLine(sidecar, (line) => line.msg === "draining" && line.worker === undefined);
+  const code = sidecar.stop("SIGTERM");
+  t.equal(await code, 1);
+  await slow;
+  // No worker outlives its primary (one killed but not yet reaped by init is a zombie: it serves nothing).
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  for (const pid of pids) t.ok(await goneOrZombie(pid), `worker ${pid} is gone`);
+});
+
+t.test(
+  "a port already in use fails the start with the field named, and exits 1",
+  async (t) => {
+    const taken = net.createServer().listen(0, "127.0.0.1");
+    await new Promise((resolve) => taken.once("listening", resolve));
+    t.teardown(() => taken.close());
+    const port = (taken.address() as net.AddressInfo).port;
+    const file = await writeWorkersConfig(pki, orders, {
+      name: "port-taken",
+      app: app.url,
+      workers: 2,
+      allow: [frontend.spiffeId],
+    });
+    const config = parse(await readFile(file, "utf8"));
+    config.inbound.listen = `127.0.0.1:${port}`;
+    await writeFile(file, stringify(config));
+    const failed = await spawnSidecar(file, 30_000).then(
+      () => null,
+      (error: Error) => error.message,
+    );
+    t.match(failed, /exited with 1 before starting/);
+    t.match(failed, "inbound.listen: cannot listen: the port is already in use");
+  },
+);

@@ -16,13 +16,7 @@ import { performance } from "node:perf_hooks";
 import type { DestinationStream } from "pino";
 import type { Counter } from "prom-client";
 import type { Config, LoadedConfig } from "../config/index.ts";
-import {
-  ConfigReloader,
-  type ConfigReloadOutcome,
-  type ConfigReloadTrigger,
-  compileConfigPolicy,
-  type ReloadPlan,
-} from "../config-reload.ts";
+import { ConfigReloader, compileConfigPolicy, type ReloadPlan } from "../config-reload.ts";
 import {
   type CredentialLabels,
   type CredentialSource,
@@ -31,7 +25,6 @@ import {
   ExpiryMonitor,
   fileLabels,
   RELOAD_TIMING,
-  type ReloadOutcome,
 } from "../credentials/index.ts";
 import { MtlsdError } from "../errors.ts";
 import type { UpstreamStats } from "../outbound/index.ts";
@@ -245,33 +238,9 @@ export class Primary {
     return this.#stopping !== undefined;
   }
 
-  /** The listeners the workers share, and the primary's admin listener. */
-  addresses(): SidecarAddresses {
-    const admin = this.#admin.address();
-    return { ...this.#addresses, ...(admin ? { admin } : {}) };
-  }
-
-  /** The process id of each worker serving now, by worker number (1..N). */
-  workerPids(): Record<number, number> {
-    const pids: Record<number, number> = {};
-    for (const slot of this.#slots) {
-      const pid = slot.worker?.process.pid;
-      if (pid !== undefined && slot.listening) pids[slot.id] = pid;
-    }
-    return pids;
-  }
-
   /** Every worker's pools, summed per upstream and endpoint; refreshed every second. */
   upstreamStats(): Record<string, UpstreamStats> {
     return sumUpstreams(this.#slots.filter((slot) => slot.listening).map((slot) => slot.upstreams));
-  }
-
-  reloadConfig(trigger: ConfigReloadTrigger = "request"): Promise<ConfigReloadOutcome> {
-    return this.#reloader.reload(trigger);
-  }
-
-  reloadCredentials(): Promise<ReloadOutcome> {
-    return this.#source.reload("request");
   }
 
   readonly #onSighup = (): void => {
