@@ -284,27 +284,24 @@ t.test("a second SIGTERM during the drain kills the workers and exits 1", async 
   for (const pid of pids) t.ok(await goneOrZombie(pid), `worker ${pid} is gone`);
 });
 
-t.test(
-  "a port already in use fails the start with the field named, and exits 1",
-  async (t) => {
-    const taken = net.createServer().listen(0, "127.0.0.1");
-    await new Promise((resolve) => taken.once("listening", resolve));
-    t.teardown(() => taken.close());
-    const port = (taken.address() as net.AddressInfo).port;
-    const file = await writeWorkersConfig(pki, orders, {
-      name: "port-taken",
-      app: app.url,
-      workers: 2,
-      allow: [frontend.spiffeId],
-    });
-    const config = parse(await readFile(file, "utf8"));
-    config.inbound.listen = `127.0.0.1:${port}`;
-    await writeFile(file, stringify(config));
-    const failed = await spawnSidecar(file, 30_000).then(
-      () => null,
-      (error: Error) => error.message,
-    );
-    t.match(failed, /exited with 1 before starting/);
-    t.match(failed, "inbound.listen: cannot listen: the port is already in use");
-  },
-);
+t.test("a port already in use fails the start with the field named, and exits 1", async (t) => {
+  const taken = net.createServer().listen(0, "127.0.0.1");
+  await new Promise((resolve) => taken.once("listening", resolve));
+  t.teardown(() => taken.close());
+  const port = (taken.address() as net.AddressInfo).port;
+  const file = await writeWorkersConfig(pki, orders, {
+    name: "port-taken",
+    app: app.url,
+    workers: 2,
+    allow: [frontend.spiffeId],
+  });
+  const config = parse(await readFile(file, "utf8"));
+  config.inbound.listen = `127.0.0.1:${port}`;
+  await writeFile(file, stringify(config));
+  const failed = await spawnSidecar(file, 30_000).then(
+    () => null,
+    (error: Error) => error.message,
+  );
+  t.match(failed, /exited with 1 before starting/);
+  t.match(failed, "inbound.listen: cannot listen: the port is already in use");
+});
