@@ -255,7 +255,7 @@ export function compileConfigPolicy(loaded: LoadedConfig, now?: () => number): P
   }
 }
 
-function readConfigText(file: string): string {
+export function readConfigText(file: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (error) {

@@ -10,13 +10,12 @@
 import cluster, { type Worker } from "node:cluster";
 import { randomBytes } from "node:crypto";
 import type { EventEmitter } from "node:events";
-import { readFileSync } from "node:fs";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
 import type { DestinationStream } from "pino";
 import type { Counter } from "prom-client";
 import type { Config, LoadedConfig } from "../config/index.ts";
-import { ConfigReloader, compileConfigPolicy, type ReloadPlan } from "../config-reload.ts";
+import { ConfigReloader, compileConfigPolicy, type ReloadPlan, readConfigText } from "../config-reload.ts";
 import {
   type CredentialLabels,
   type CredentialSource,
@@ -61,6 +60,8 @@ interface Slot {
   quickDeaths: number;
   startedAt: number;
   upstreams: Record<string, UpstreamStats>;
+  /** The credential version its start message carried. */
+  started: PushedCredentials | undefined;
 }
 
 // A worker that dies within this long of starting died of something a restart will not fix at once: back off.
@@ -83,8 +84,10 @@ export class Primary {
   readonly #slots: Slot[];
   readonly #options: PrimaryOptions;
   readonly #ticketKeySecret = randomBytes(32);
-  /** The config text last validated: what a config reload hands the workers. */
+  /** The config text a reload is validating now: what it hands the workers. */
   #readText = "";
+  /** The config text the workers run since the last reload that succeeded: a replacement catches up to it. */
+  #appliedText: string;
   #pushed: PushedCredentials;
   #addresses: SidecarAddresses = {};
   #requests = 0;
@@ -109,6 +112,7 @@ export class Primary {
     this.store = store;
     this.#source = source;
     this.#options = options;
+    this.#appliedText = loaded.text;
     const { config } = loaded;
     this.#slots = Array.from({ length: config.workers }, (_, index) => ({
       id: index + 1,
@@ -117,6 +121,7 @@ export class Primary {
       quickDeaths: 0,
       startedAt: 0,
       upstreams: {},
+      started: undefined,
     }));
     this.#pushed = this.#push(store.current);
     this.#expiry = new ExpiryMonitor({
@@ -142,11 +147,14 @@ export class Primary {
       running: loaded,
       policy,
       read: (file) => {
-        this.#readText = readFileSync(file, "utf8");
+        this.#readText = readConfigText(file);
         return this.#readText;
       },
       apply: (plan) => this.#applyEverywhere(plan),
-      onResult: (result) => this.metrics.configReloads.inc({ result }),
+      onResult: (result) => {
+        if (result === "success") this.#appliedText = this.#readText;
+        this.metrics.configReloads.inc({ result });
+      },
       logger,
     });
     this.#readiness = new Readiness({
@@ -255,6 +263,8 @@ export class Primary {
 
   async #start(): Promise<void> {
     const { config } = this.loaded;
+    // Round-robin is the default on Linux; set here so that NODE_CLUSTER_SCHED_POLICY cannot turn it off.
+    cluster.schedulingPolicy = cluster.SCHED_RR;
     cluster.on("message", this.#onMessage);
     cluster.on("exit", this.#onExit);
     await Promise.all(this.#slots.map((slot) => this.#fork(slot)));
@@ -278,10 +288,14 @@ export class Primary {
         identity: credentials.spiffeId,
         trust_domain: credentials.trustDomain,
         source: this.#source.kind,
+        ...(credentials.federation.length > 0
+          ? { federation: credentials.federation.map((bundle) => bundle.trustDomain) }
+          : {}),
         cert_not_after: credentials.leaf.notAfter.toISOString(),
         listeners: { ...printable(this.#addresses), admin: `${admin.address}:${admin.port}` },
         workers: config.workers,
         ...(config.inbound ? { inbound_mode: config.inbound.mode } : {}),
+        ...(config.identity.crl ? { crl: config.identity.crl } : {}),
         config: this.loaded.file,
       },
       "mtlsd started",
@@ -299,6 +313,7 @@ export class Primary {
     return new Promise((resolve, reject) => {
       const onMessage = (message: FromWorker): void => {
         if (message.type === "hello") {
+          slot.started = this.#pushed;
           worker.send({
             type: "start",
             id: slot.id,
@@ -338,7 +353,9 @@ export class Primary {
    * changed it since, the worker takes the latest as a reload, as every other worker did.
    */
   async #catchUp(slot: Slot): Promise<void> {
-    const text = this.#readText || this.loaded.text;
+    // Credentials that rotated while it started were not broadcast to it: it gets them now.
+    if (slot.started !== this.#pushed) slot.worker?.send({ type: "credentials", credentials: this.#pushed });
+    const text = this.#appliedText;
     if (text === this.loaded.text) return;
     const outcome = await this.#ask(slot, (id) => ({ type: "config", id, text }));
     const applied = (outcome as Extract<FromWorker, { type: "config" }> | undefined)?.outcome;
