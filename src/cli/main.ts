@@ -1,8 +1,13 @@
 #!/usr/bin/env node
 // Entry point of the `mtlsd` command: hands argv to the CLI and exits with its code.
+import cluster from "node:cluster";
 import { runCli } from "./index.ts";
 
-const code = await runCli(process.argv.slice(2), {
+const args = process.argv.slice(2);
+// A `workers: N` worker is forked with the primary's script as its first argument; the single binary has no
+// script but itself, which then arrives as an argument of its own: it is not the command.
+if (cluster.isWorker && args[0] === process.execPath) args.shift();
+const code = await runCli(args, {
   stdout: process.stdout,
   stderr: process.stderr,
   env: process.env,
