@@ -202,6 +202,9 @@ t.test("a bad credential push is refused once, and every worker keeps the old ce
 
 t.test("a worker killed with SIGKILL is replaced and counted, and traffic continues", async (t) => {
   const sidecar = await startWorkers(t, "kill");
+  const admin = sidecar.listeners.admin!;
+  await spread(sidecar, "before-kill", 4);
+  t.equal(await metricValue(admin, "mtlsd_requests_total", 'direction="inbound"'), 4);
   const started = await logLine(sidecar, (line) => line.msg === "worker started" && line.worker === 1);
   process.kill(started.pid as number, "SIGKILL");
   const exited = await logLine(sidecar, (line) => line.msg === "worker exited; starting a replacement");
@@ -215,8 +218,12 @@ t.test("a worker killed with SIGKILL is replaced and counted, and traffic contin
   t.not(replacement.pid, started.pid);
   const workers = await spread(sidecar, "after-kill", 4);
   t.same([...new Set(workers)].sort(), [1, 2]);
-  const admin = sidecar.listeners.admin!;
   t.equal(await metricValue(admin, "mtlsd_worker_restarts_total"), 1);
+  t.equal(
+    await metricValue(admin, "mtlsd_requests_total", 'direction="inbound"'),
+    8,
+    "the killed worker's requests still count: the counter does not go down",
+  );
   t.equal((await fetch(`http://${admin}/readyz`)).status, 200);
 });
 

@@ -62,6 +62,8 @@ interface Slot {
   upstreams: Record<string, UpstreamStats>;
   /** The credential version its start message carried. */
   started: PushedCredentials | undefined;
+  /** Its series as last scraped: stand in when it does not answer, and keep its counts once it is gone. */
+  metrics: object[] | undefined;
 }
 
 // A worker that dies within this long of starting died of something a restart will not fix at once: back off.
@@ -92,6 +94,8 @@ export class Primary {
   #addresses: SidecarAddresses = {};
   #requests = 0;
   readonly #pending = new Map<number, (message: FromWorker) => void>();
+  /** The counters and histograms of workers that exited, as last scraped. */
+  readonly #retired: object[][] = [];
   #statsTimer: NodeJS.Timeout | undefined;
   #stopping: Promise<void> | undefined;
   /** Resolves once every worker has exited after a drain was asked for. */
@@ -122,6 +126,7 @@ export class Primary {
       startedAt: 0,
       upstreams: {},
       started: undefined,
+      metrics: undefined,
     }));
     this.#pushed = this.#push(store.current);
     this.#expiry = new ExpiryMonitor({
@@ -382,6 +387,9 @@ export class Primary {
     const wasServing = slot.listening;
     slot.listening = false;
     slot.worker = undefined;
+    // What it counted stays counted; what it measured now (gauges) went with it.
+    if (slot.metrics) this.#retired.push(countersOf(slot.metrics));
+    slot.metrics = undefined;
     if (this.#stopping) {
       if (this.#slots.every((candidate) => candidate.worker === undefined)) this.#exited?.();
       return;
@@ -464,13 +472,21 @@ export class Primary {
     }
   }
 
+  /**
+   * Every worker's series, summed with those that dead workers counted up to their last scrape, so a counter
+   * never goes down when a worker is replaced (Prometheus would read that as a reset, and a rate would spike).
+   * A worker that does not answer in time stands in with its last scrape, for the same reason.
+   */
   async #aggregatedMetrics(): Promise<string> {
     const replies = await Promise.all(
       this.#slots.map((slot) => this.#ask(slot, (id) => ({ type: "metrics", id }))),
     );
-    const workers = replies.flatMap((reply) =>
-      reply?.type === "metrics" ? [reply.metrics as object[]] : [],
-    );
+    const workers: object[][] = [...this.#retired];
+    for (const [index, reply] of replies.entries()) {
+      const slot = this.#slots[index]!;
+      if (reply?.type === "metrics") slot.metrics = reply.metrics as object[];
+      if (slot.metrics) workers.push(slot.metrics);
+    }
     return aggregateMetrics(await this.metrics.registry.getMetricsAsJSON(), workers).metrics();
   }
 
@@ -567,6 +583,14 @@ export class Primary {
     this.logger.info({ drain_ms: Math.round(performance.now() - started) }, "mtlsd stopped");
     this.logger.flush();
   }
+}
+
+/** Counters and histograms only: what a process counted, as opposed to what it measures now. */
+function countersOf(metrics: readonly object[]): object[] {
+  return metrics.filter((metric) => {
+    const { type } = metric as { type?: string };
+    return type === "counter" || type === "histogram";
+  });
 }
 
 /** The data listeners of a config, by the field that names them (as /readyz reports them). */
