@@ -312,3 +312,19 @@ t.test("a port already in use fails the start with the field named, and exits 1"
   t.match(failed, /exited with 1 before starting/);
   t.match(failed, "inbound.listen: cannot listen: the port is already in use");
 });
+
+t.test("a worker sent SIGTERM on its own drains and is replaced, without counting as a crash", async (t) => {
+  const sidecar = await startWorkers(t, "worker-sigterm");
+  const started = await logLine(sidecar, (line) => line.msg === "worker started" && line.worker === 2);
+  process.kill(started.pid as number, "SIGTERM");
+  await logLine(sidecar, (line) => line.msg === "worker stopped" && line.worker === 2);
+  const stopped = await logLine(
+    sidecar,
+    (line) => line.msg === "worker stopped on its own; starting a replacement",
+  );
+  t.equal(stopped.exit_code, 0);
+  await logLine(sidecar, (line) => line.msg === "worker replaced");
+  const workers = await spread(sidecar, "after-worker-sigterm", 4);
+  t.same([...new Set(workers)].sort(), [1, 2]);
+  t.equal(await metricValue(sidecar.listeners.admin!, "mtlsd_worker_restarts_total"), 0);
+});

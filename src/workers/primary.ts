@@ -398,22 +398,39 @@ export class Primary {
     if (!wasServing) return;
     const quick = performance.now() - slot.startedAt < QUICK_DEATH_MS;
     slot.quickDeaths = quick ? slot.quickDeaths + 1 : 0;
-    const delayMs = Math.min(RESTART_DELAY_MS * 2 ** slot.quickDeaths, MAX_RESTART_DELAY_MS);
-    this.#restarts.inc();
-    this.logger.error(
-      { worker: slot.id, pid: worker.process.pid, exit_code: code, signal, restart_in_ms: delayMs },
-      "worker exited; starting a replacement",
+    // Exit code 0 is a worker that drained on a signal of its own (someone sent it SIGTERM): not a crash.
+    const crashed = code !== 0 || signal !== null;
+    if (crashed) this.#restarts.inc();
+    this.logger[crashed ? "error" : "warn"](
+      { worker: slot.id, pid: worker.process.pid, exit_code: code, signal, restart_in_ms: this.#delay(slot) },
+      crashed ? "worker exited; starting a replacement" : "worker stopped on its own; starting a replacement",
     );
+    this.#replace(slot);
+  };
+
+  /** Forks a replacement after the slot's backoff, and keeps trying (backing off further) until one serves. */
+  #replace(slot: Slot): void {
     const timer = setTimeout(() => {
       if (this.#stopping) return;
       this.#fork(slot).then(
         () => this.logger.info({ worker: slot.id, pid: slot.worker?.process.pid }, "worker replaced"),
-        (error: Error) =>
-          this.logger.error({ worker: slot.id, error: error.message }, "worker restart failed"),
+        (error: Error) => {
+          slot.quickDeaths++;
+          this.logger.error(
+            { worker: slot.id, error: error.message, retry_in_ms: this.#delay(slot) },
+            "worker restart failed; trying again",
+          );
+          this.#replace(slot);
+        },
       );
-    }, delayMs);
+    }, this.#delay(slot));
     timer.unref();
-  };
+  }
+
+  /** Right away after a worker that ran a while; doubling up to a ceiling while they keep dying young. */
+  #delay(slot: Slot): number {
+    return Math.min(RESTART_DELAY_MS * 2 ** slot.quickDeaths, MAX_RESTART_DELAY_MS);
+  }
 
   /** Sends to every worker that serves, or is starting (it gets the same in its start message otherwise). */
   #broadcast(message: ToWorker): void {
