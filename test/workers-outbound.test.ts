@@ -1,14 +1,15 @@
 // `workers: 2` on the outbound side: each worker pools its own upstream connections; /status and /metrics sum them.
-
-import { writeFile } from "node:fs/promises";
+import { once } from "node:events";
+import { readFile, writeFile } from "node:fs/promises";
 import http from "node:http";
+import net from "node:net";
 import path from "node:path";
 import t from "tap";
-import { stringify } from "yaml";
+import { parse, stringify } from "yaml";
 import { startApp } from "./helpers/app.ts";
 import { createTestPki, identityConfig } from "./helpers/pki.ts";
 import { type SidecarProcess, spawnSidecar } from "./helpers/process.ts";
-import { metricValue, workerThatServed } from "./helpers/workers.ts";
+import { logLine, metricValue, workerThatServed } from "./helpers/workers.ts";
 
 t.setTimeout(120_000);
 const pki = await createTestPki();
@@ -93,3 +94,32 @@ t.test("/status sums the workers' upstream pools and /readyz counts their listen
   t.equal(readyz.checks.listeners?.ok, true);
   t.equal(readyz.checks.upstreams?.ok, true);
 });
+
+t.test(
+  "a reload adding an upstream port that is taken is refused once, and every worker keeps serving",
+  async (t) => {
+    const taken = net.createServer().listen(0, "127.0.0.1");
+    await once(taken, "listening");
+    t.teardown(() => taken.close());
+    const port = (taken.address() as net.AddressInfo).port;
+    const file = path.join(pki.dir, "frontend-out.yaml");
+    const config = parse(await readFile(file, "utf8"));
+    config.outbound.upstreams.billing = {
+      address: inbound.listeners.inbound,
+      identity: orders.spiffeId,
+      listen: `127.0.0.1:${port}`,
+    };
+    await writeFile(file, stringify(config));
+    const refused = await logLine(outbound, (line) => String(line.msg).startsWith("config reload refused"));
+    t.match(refused.error, "outbound.upstreams.billing.listen");
+    t.match(refused.error, "already in use");
+    t.equal(outbound.logs.filter((line) => String(line.msg).startsWith("config reload")).length, 1);
+    t.equal(await metricValue(admin, "mtlsd_config_reloads_total", 'result="failure"'), 1);
+    const workers = new Set<number>();
+    for (let i = 0; i < 4; i++) {
+      t.equal(await get(upstreamPort, `/after-refusal/${i}`), 200);
+      workers.add(await workerThatServed(outbound, `/after-refusal/${i}`));
+    }
+    t.same([...workers].sort(), [1, 2]);
+  },
+);

@@ -362,8 +362,7 @@ export class Primary {
     if (slot.started !== this.#pushed) slot.worker?.send({ type: "credentials", credentials: this.#pushed });
     const text = this.#appliedText;
     if (text === this.loaded.text) return;
-    const outcome = await this.#ask(slot, (id) => ({ type: "config", id, text }));
-    const applied = (outcome as Extract<FromWorker, { type: "config" }> | undefined)?.outcome;
+    const applied = await this.#configure(slot, text);
     if (applied?.result === "rejected") {
       this.logger.error(
         { worker: slot.id, error: applied.error },
@@ -465,14 +464,22 @@ export class Primary {
    */
   async #applyEverywhere(plan: ReloadPlan): Promise<void> {
     const text = this.#readText;
-    const replies = await Promise.all(
-      this.#slots.map((slot) => this.#ask(slot, (id) => ({ type: "config", id, text }))),
-    );
-    for (const reply of replies) {
-      const outcome = (reply as Extract<FromWorker, { type: "config" }> | undefined)?.outcome as
-        | ConfigApplied
-        | undefined;
-      if (outcome?.result === "rejected") throw new MtlsdError(outcome.code, outcome.error);
+    const asked = this.#slots.filter((slot) => slot.listening);
+    const outcomes = await Promise.all(asked.map((slot) => this.#configure(slot, text)));
+    const refused = outcomes.find((outcome) => outcome?.result === "rejected");
+    if (refused?.result === "rejected") {
+      // The workers that took it go back to what the others run, so the refusal holds for all of them.
+      const running = this.#appliedText;
+      await Promise.all(
+        asked.map((slot, index) =>
+          outcomes[index]?.result === "applied" ? this.#configure(slot, running) : undefined,
+        ),
+      );
+      throw new MtlsdError(refused.code, refused.error);
+    }
+    // A worker that began serving meanwhile started from the config before this one.
+    for (const slot of this.#slots) {
+      if (slot.listening && !asked.includes(slot)) void this.#configure(slot, text);
     }
     const { parts, effective } = plan;
     if (parts.has("log")) this.logger.level = effective.log.level;
@@ -494,6 +501,12 @@ export class Primary {
    * never goes down when a worker is replaced (Prometheus would read that as a reset, and a rate would spike).
    * A worker that does not answer in time stands in with its last scrape, for the same reason.
    */
+  /** Hands one worker a config text to apply as a reload; undefined when it did not answer (or is gone). */
+  async #configure(slot: Slot, text: string): Promise<ConfigApplied | undefined> {
+    const reply = await this.#ask(slot, (id) => ({ type: "config", id, text }));
+    return reply?.type === "config" ? reply.outcome : undefined;
+  }
+
   async #aggregatedMetrics(): Promise<string> {
     const replies = await Promise.all(
       this.#slots.map((slot) => this.#ask(slot, (id) => ({ type: "metrics", id }))),
