@@ -1,5 +1,8 @@
 // `npm run bench`: what mTLS costs, with and without connection reuse, side by side with nginx, HAProxy, stunnel.
 //
+// The HTTP group also runs the runtime's ceiling (two minimal Node TLS byte relays, bench/relay.ts, in the
+// sidecars' places) and, when GHOSTUNNEL=/path/to/ghostunnel is set, ghostunnel as both sidecars.
+//
 // Every scenario runs on loopback in this one process tree: the app, the proxies, and a load generator in a
 // process of its own. For each scenario: closed-loop maximum throughput, then a fixed 1000 req/s for latency
 // measured from each request's intended send time; CPU seconds per 1000 requests and peak RSS of every proxy
@@ -12,6 +15,7 @@
 //   npm run bench -- --rounds 1           # one round instead of the median of three
 //   npm run bench -- --only direct,mtlsd-keepalive
 //   npm run bench -- --group grpc,websocket --out bench/results/protocols
+//   GHOSTUNNEL=/usr/local/bin/ghostunnel npm run bench -- --group http
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
@@ -23,10 +27,12 @@ import { createInterface } from "node:readline";
 import { parseArgs, promisify } from "node:util";
 import { stringify } from "yaml";
 import { createIntermediateCA, createRootCA, issueLeaf } from "../src/pki/index.ts";
+import { ghostunnelArgs } from "./ghostunnel.ts";
 import { framedNote, noteText, UNARY_PATH, verifyUnary } from "./grpc-call.ts";
 import { h2loadArgs, parseH2load } from "./h2load.ts";
 import {
   type Group,
+  type IdleUsage,
   type LoadStats,
   medianResults,
   renderChart,
@@ -103,15 +109,24 @@ const tools = {
   nginx: locate(["nginx"], ["/usr/sbin/nginx"]),
   haproxy: locate(["haproxy"], ["/usr/sbin/haproxy"]),
   stunnel: locate(["stunnel4", "stunnel"]),
+  // Not packaged in Debian: only a binary the caller names.
+  ghostunnel: process.env.GHOSTUNNEL || undefined,
 };
+if (tools.ghostunnel && !existsSync(tools.ghostunnel)) {
+  process.stderr.write(
+    `[bench] GHOSTUNNEL=${tools.ghostunnel}: no such file; unset it or point it at a ghostunnel binary\n`,
+  );
+  process.exit(2);
+}
 type Tool = keyof typeof tools;
-/** The Debian package of each tool, for the note a skipped scenario leaves. */
-const PACKAGES: Record<Tool, string> = {
-  wrk: "wrk",
-  h2load: "nghttp2-client",
-  nginx: "nginx-light",
-  haproxy: "haproxy",
-  stunnel: "stunnel4",
+/** How to get each tool, for the note a skipped scenario leaves. */
+const INSTALL: Record<Tool, string> = {
+  wrk: "apt-get install wrk",
+  h2load: "apt-get install nghttp2-client",
+  nginx: "apt-get install nginx-light",
+  haproxy: "apt-get install haproxy",
+  stunnel: "apt-get install stunnel4",
+  ghostunnel: "set GHOSTUNNEL=/path/to/ghostunnel; not in Debian, build it from its Go source",
 };
 
 /** The commit the sidecars were built from, marked when what goes into dist/ has uncommitted changes. */
@@ -297,6 +312,21 @@ async function measure<T>(
   };
 }
 
+/** How long a proxy that listens is left alone before its idle memory is read: startup's own work settles. */
+const IDLE_SETTLE_MS = 1000;
+
+/** Each proxy's memory after startup and before any request: what it costs just to be there. */
+async function idleMemory(proxies: Running[]): Promise<IdleUsage[]> {
+  if (proxies.length === 0) return [];
+  await new Promise((resolve) => setTimeout(resolve, IDLE_SETTLE_MS));
+  return Promise.all(
+    proxies.map(async (proxy) => {
+      const now = await residentBytes(proxy.child.pid!);
+      return { name: proxy.name, rssBytes: now.rss, privateBytes: now.private };
+    }),
+  );
+}
+
 // ---------------------------------------------------------------- load generators
 
 type LoadResult = LoadStats;
@@ -425,8 +455,8 @@ interface Scenario {
   label: string;
   /** What the app speaks: its app, its load generators, and the rows its ratios are taken against. */
   group: Group;
-  /** Which proxy family it measures (for "vs best peer"). */
-  family: "baseline" | "mtlsd" | "peer";
+  /** Which proxy family it measures (for "vs best peer" and "vs ceiling"). */
+  family: ScenarioResult["family"];
   /** Tools it cannot run without: a missing one skips it, with the reason. */
   requires?: Tool[];
   /** HTTP: how the load connects (Connection: close, an mTLS client of its own). */
@@ -634,6 +664,54 @@ async function runScenarios(work: string): Promise<void> {
     return { entryPort: outboundPort!, proxies: [outbound, inbound] };
   };
 
+  // The runtime's ceiling: bench/relay.ts on both hops, run by the same Node binary as mtlsd (as shipped: no
+  // --mtlsd-node-flags), with the same certificates.
+  const relayTwoHop = (group: Group) => async (): Promise<Stack> => {
+    const [inboundPort, outboundPort] = await Promise.all([freePort(), freePort()]);
+    const relay = (side: "inbound" | "outbound", listen: number, target: number, identity: string) =>
+      start(`relay ${side}`, process.execPath, [
+        path.join(ROOT, "bench", "relay.ts"),
+        side,
+        ...["--listen", String(listen), "--target", String(target)],
+        ...["--cert", path.join(certs, `${identity}.crt`), "--key", path.join(certs, `${identity}.key`)],
+        ...["--ca", path.join(certs, "bundle.pem")],
+      ]);
+    const inbound = relay("inbound", inboundPort!, await appPort(group), "orders");
+    await waitForPort(inboundPort!, inbound);
+    const outbound = relay("outbound", outboundPort!, inboundPort!, "frontend");
+    await waitForPort(outboundPort!, outbound);
+    return { entryPort: outboundPort!, proxies: [outbound, inbound] };
+  };
+
+  const ghostunnelTwoHop = (group: Group) => async (): Promise<Stack> => {
+    const [inboundPort, outboundPort] = await Promise.all([freePort(), freePort()]);
+    const inbound = start(
+      "ghostunnel inbound",
+      tools.ghostunnel!,
+      ghostunnelArgs("inbound", {
+        listenPort: inboundPort!,
+        targetPort: await appPort(group),
+        keystore: path.join(certs, "orders.pem"),
+        cacert: path.join(certs, "bundle.pem"),
+        peerSpiffeId: "spiffe://example.org/ns/frontend/sa/frontend",
+      }),
+    );
+    await waitForPort(inboundPort!, inbound);
+    const outbound = start(
+      "ghostunnel outbound",
+      tools.ghostunnel!,
+      ghostunnelArgs("outbound", {
+        listenPort: outboundPort!,
+        targetPort: inboundPort!,
+        keystore: path.join(certs, "frontend.pem"),
+        cacert: path.join(certs, "bundle.pem"),
+        peerSpiffeId: "spiffe://example.org/ns/orders/sa/orders",
+      }),
+    );
+    await waitForPort(outboundPort!, outbound);
+    return { entryPort: outboundPort!, proxies: [outbound, inbound] };
+  };
+
   const tlsClient = (resume: boolean) => ({
     cert: path.join(certs, "frontend.crt"),
     key: path.join(certs, "frontend.key"),
@@ -704,6 +782,15 @@ async function runScenarios(work: string): Promise<void> {
       start: mtlsdInboundOnly,
     },
   ];
+  // The ceiling sits with mtlsd's rows: it is the bar they are read against.
+  scenarios.push({
+    name: "relay-keepalive",
+    label: "runtime ceiling: two Node TLS byte relays, keep-alive",
+    group: "http",
+    family: "ceiling",
+    fixedRate: true,
+    start: relayTwoHop("http"),
+  });
   const peers = ["nginx", "haproxy", "stunnel"] as const;
   for (const peer of peers) {
     scenarios.push({
@@ -726,6 +813,27 @@ async function runScenarios(work: string): Promise<void> {
       start: peerTwoHop("http", peer),
     });
   }
+  scenarios.push(
+    {
+      name: "ghostunnel-keepalive",
+      label: "ghostunnel two-hop, keep-alive (L4)",
+      group: "http",
+      family: "peer",
+      requires: ["ghostunnel"],
+      fixedRate: true,
+      start: ghostunnelTwoHop("http"),
+    },
+    {
+      name: "ghostunnel-close",
+      label: "ghostunnel two-hop, clients send Connection: close (L4)",
+      group: "http",
+      family: "peer",
+      requires: ["ghostunnel"],
+      load: { close: true },
+      fixedRate: false,
+      start: ghostunnelTwoHop("http"),
+    },
+  );
   const grpcVia = { nginx: "grpc_pass", haproxy: "h2 both sides", stunnel: "L4" };
   scenarios.push(
     {
@@ -825,6 +933,7 @@ async function runScenarios(work: string): Promise<void> {
   const runScenario = async (scenario: Scenario): Promise<ScenarioResult> => {
     const stack = await scenario.start();
     try {
+      const idle = await idleMemory(stack.proxies);
       const workload = workloads[scenario.group];
       await workload.verify?.(stack.entryPort);
       const max = await measure(stack.proxies, (window) =>
@@ -834,7 +943,7 @@ async function runScenarios(work: string): Promise<void> {
         ? await measure(stack.proxies, (window) => workload.fixedRate(stack.entryPort, scenario, window))
         : undefined;
       const { name, label, group, family } = scenario;
-      return { name, label, group, family, max, fixed };
+      return { name, label, group, family, idle, max, fixed };
     } finally {
       await Promise.all(stack.proxies.map(stop));
     }
@@ -846,7 +955,7 @@ async function runScenarios(work: string): Promise<void> {
     const missing = (scenario.requires ?? []).filter((tool) => !tools[tool]);
     if (missing.length > 0) {
       skipped.push(
-        `${scenario.label}: ${missing.join(", ")} not installed (apt-get install ${missing.map((tool) => PACKAGES[tool]).join(" ")})`,
+        `${scenario.label}: ${missing.join(", ")} not installed (${missing.map((tool) => INSTALL[tool]).join("; ")})`,
       );
       return false;
     }

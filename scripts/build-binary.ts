@@ -9,6 +9,7 @@ import { chmodSync, copyFileSync, mkdirSync, readFileSync, rmSync, statSync, wri
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { build } from "esbuild";
+import { HEAP_DEFAULTS } from "../src/cli/heap.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -78,6 +79,8 @@ writeFileSync(
       disableExperimentalSEAWarning: true,
       // V8's compiled code travels in the binary: startup skips parsing and compiling the bundle.
       useCodeCache: true,
+      // The heap sizing `mtlsd run` restarts itself with under `node` (src/cli/heap.ts); a SEA cannot re-exec.
+      execArgv: [...HEAP_DEFAULTS].map(([flag, value]) => `${flag}=${value}`),
       assets: { "package.json": path.join(ROOT, "package.json") },
     },
     null,

@@ -18,11 +18,11 @@ import {
   type CredentialStore,
   ExpiryMonitor,
   FileSource,
+  loadWorkloadApi,
   RELOAD_TIMING,
   type ReloadOutcome,
   type ReloadResult,
   type ReloadStatus,
-  WorkloadApiSource,
 } from "./credentials/index.ts";
 import { MtlsdError } from "./errors.ts";
 import { DenyList } from "./identity/index.ts";
@@ -245,9 +245,9 @@ export class Sidecar {
       // The counter exists once the sidecar does: what happens during the startup wait is in the log instead.
       const source =
         options.worker?.source ??
-        credentialSource(loaded, logger, options, (result) =>
+        (await credentialSource(loaded, logger, options, (result) =>
           sidecar?.metrics.credentialReloads.inc({ result }),
-        );
+        ));
       const startingAdmin = options.worker ? undefined : await startingAdminFor(loaded, source, logger);
       let store: CredentialStore;
       try {
@@ -510,18 +510,19 @@ const LIVE_ORDER: readonly LivePart[] = [
 ];
 
 /** The files of `identity`, or the Workload API of `identity.workloadApi`; validation lives in the store. */
-export function credentialSource(
+export async function credentialSource(
   loaded: LoadedConfig,
   logger: Logger,
   options: SidecarOptions,
   onResult: (result: ReloadResult) => void,
-): CredentialSource {
+): Promise<CredentialSource> {
   const { identity } = loaded.config;
   const trust = {
     trustDomain: identity.trustDomain,
     federation: identity.federation.map((entry) => entry.trustDomain),
   };
   if (identity.workloadApi) {
+    const { WorkloadApiSource } = await loadWorkloadApi();
     return new WorkloadApiSource({
       trust,
       logger,

@@ -126,7 +126,7 @@ t.test("the table names the rounds and shows each median with its range", async 
   t.match(table, /Every number is the median over 3 rounds/);
   t.match(table, /mtlsd at abc1234, mtlsd run with `--max-semi-space-size=2`\./);
   t.match(table, /\| 0\.400 \/ 0\.200 \|/, "fixed-rate CPU per 1000 requests, outbound / inbound");
-  t.match(table, /\| 150 \/ 150 \(150 \/ 150\) \| 75 \/ 75 \|/, "RSS and its private part");
+  t.match(table, /\| 150 \/ 150 \(150 \/ 150\) \| 75 \/ 75 \(75 \/ 75\) \|/, "RSS and its private part");
 });
 
 /** One round with an HTTP pair and a gRPC group: its baseline, mtlsd, and two peers. */
@@ -215,4 +215,120 @@ t.test("a WebSocket table counts round-trips", async (t) => {
   t.match(table, /\| scenario \| round-trips\/s \|/);
   t.match(table, /\| \(i\) ws mtlsd \| 6000 \| 0\.20 \| – \|/);
   t.match(table, /Closed loop: 10 s after 2 s warm-up\./, "the settings line names no HTTP load generator");
+});
+
+/** A row of the HTTP group with a fixed-rate run whose p99 is `p99`, from a family and a name. */
+const row = (
+  name: string,
+  family: ScenarioResult["family"],
+  rps: number,
+  p99: number,
+  cpu: number[] = [0.0001, 0.0001],
+): ScenarioResult => {
+  const fixed = measured(1000, cpu, 100);
+  fixed.result.p99_ms = p99;
+  return { name, label: name, group: "http", family, max: measured(rps, cpu, 100), fixed };
+};
+
+/** A row measured closed-loop only, as the Connection: close and direct-mTLS scenarios are. */
+const maxOnly = (name: string, family: ScenarioResult["family"], rps: number): ScenarioResult => ({
+  ...row(name, family, rps, 0),
+  fixed: undefined,
+});
+
+/** Direct, mtlsd keep-alive and close, direct mTLS, HAProxy in both shapes, and the relay ceiling. */
+const ceilingRound = (mtlsdP99: number, haproxyP99: number): ScenarioResult[] => [
+  row("direct", "baseline", 40_000, 1, []),
+  row("mtlsd-keepalive", "mtlsd", 4000, mtlsdP99),
+  maxOnly("mtlsd-close", "mtlsd", 3000),
+  maxOnly("mtls-resumed", "mtlsd", 800),
+  row("haproxy-keepalive", "peer", 12_000, haproxyP99),
+  maxOnly("haproxy-close", "peer", 6000),
+  row("relay-keepalive", "ceiling", 10_000, 3),
+];
+
+/** The cells of the table row whose scenario is `name`, by column header. */
+function cells(table: string, name: string): Record<string, string> {
+  const lines = table.split("\n");
+  const header = lines.find((line) => line.startsWith("| scenario |"))!;
+  const split = (line: string) =>
+    line
+      .slice(2, -2)
+      .split(" | ")
+      .map((cell) => cell.trim());
+  const values = split(lines.find((line) => line.startsWith(`| ${name} |`))!);
+  return Object.fromEntries(split(header).map((title, index) => [title, values[index]!]));
+}
+
+t.test(
+  "every two-hop mtlsd row shows its throughput over the ceiling row's beside its ratio to the best peer",
+  async (t) => {
+    const table = renderTable(ceilingRound(5, 4), machine(1), []);
+    const keepalive = cells(table, "mtlsd-keepalive");
+    t.equal(keepalive["× ceiling"], "0.40", "4000 / 10000 relays");
+    t.equal(keepalive["× best peer"], "0.33", "4000 / 12000 HAProxy");
+    t.equal(cells(table, "mtlsd-close")["× ceiling"], "0.30", "the close row against the same ceiling");
+    t.equal(cells(table, "mtlsd-close")["× best peer"], "0.50", "but against the peers' close rows");
+    t.equal(cells(table, "relay-keepalive")["× ceiling"], "1.00");
+    t.equal(cells(table, "relay-keepalive")["× best peer"], "–", "the ceiling is not a peer");
+    t.equal(cells(table, "mtls-resumed")["× ceiling"], "–", "direct mTLS to one sidecar has no ceiling row");
+    t.equal(cells(table, "haproxy-keepalive")["× ceiling"], "–");
+  },
+);
+
+t.test("a row's p99 is compared with HAProxy's of the same shape at the fixed rate", async (t) => {
+  const table = renderTable(ceilingRound(5, 4), machine(1), []);
+  t.equal(cells(table, "mtlsd-keepalive")["p99 − HAProxy's ms @1000/s"], "1.000", "5 ms against 4 ms");
+  t.equal(cells(table, "relay-keepalive")["p99 − HAProxy's ms @1000/s"], "-1.000", "3 ms against 4 ms");
+  t.equal(cells(table, "haproxy-keepalive")["p99 − HAProxy's ms @1000/s"], "–", "HAProxy against itself");
+  t.equal(cells(table, "direct")["p99 − HAProxy's ms @1000/s"], "–", "the baseline is no proxy");
+});
+
+t.test("with several rounds, p99 against HAProxy is the median of each round's difference", async (t) => {
+  // Differences 1, 4, -1: median 1. The medians of the p99s (6 and 4) would say 2.
+  const results = medianResults([ceilingRound(5, 4), ceilingRound(6, 2), ceilingRound(9, 10)]);
+  const mtlsd = results.find((result) => result.name === "mtlsd-keepalive")!;
+  t.equal(mtlsd.p99OverHaproxyMs, 1);
+  t.equal(
+    cells(renderTable(results, machine(3), []), "mtlsd-keepalive")["p99 − HAProxy's ms @1000/s"],
+    "1.000",
+  );
+  const names = (predicate: (result: ScenarioResult) => boolean) =>
+    results.filter(predicate).map((result) => result.name);
+  t.same(
+    names((result) => result.p99OverHaproxyMs === undefined),
+    ["direct", "mtlsd-close", "mtls-resumed", "haproxy-keepalive", "haproxy-close"],
+    "only rows with a fixed-rate run beside HAProxy's of their shape; not HAProxy itself, nor the baseline",
+  );
+});
+
+t.test(
+  "memory is shown per sidecar: peaks at the fixed rate and at maximum, private too, and idle before load",
+  async (t) => {
+    const [direct, mtlsd] = round(50_000, 9000, 0.0002, 200);
+    mtlsd!.fixed!.usage[0]!.peakRssBytes = 120 * 2 ** 20;
+    mtlsd!.fixed!.usage[0]!.peakPrivateBytes = 40 * 2 ** 20;
+    mtlsd!.idle = [
+      { name: "mtlsd frontend-out", rssBytes: 98 * 2 ** 20, privateBytes: 42 * 2 ** 20 },
+      { name: "mtlsd orders-in", rssBytes: 97 * 2 ** 20, privateBytes: 41 * 2 ** 20 },
+    ];
+    const table = renderTable([direct!, mtlsd!], machine(1), []);
+    const cell = cells(table, "(b) mtlsd");
+    t.equal(cell["peak RSS MiB @1000/s (at max) (out / in)"], "120 / 200 (200 / 200)");
+    t.equal(cell["of it private MiB @1000/s (at max)"], "40 / 100 (100 / 100)");
+    t.equal(cell["idle RSS MiB (private)"], "98 / 97 (42 / 41)");
+    t.equal(cell["CPU s per 1k req (out / in)"], "0.400 / 0.200", "CPU per sidecar, not summed");
+    t.equal(cells(table, "(a) direct")["idle RSS MiB (private)"], "–");
+  },
+);
+
+t.test("idle memory is folded over the rounds like every other number", async (t) => {
+  const withIdle = (rssMiB: number): ScenarioResult[] => {
+    const [direct, mtlsd] = round(50_000, 9000, 0.0002, 200);
+    mtlsd!.idle = [{ name: "mtlsd orders-in", rssBytes: rssMiB * 2 ** 20, privateBytes: 2 ** 20 }];
+    return [direct!, mtlsd!];
+  };
+  const [direct, mtlsd] = medianResults([withIdle(90), withIdle(110), withIdle(100)]);
+  t.same(mtlsd!.idle, [{ name: "mtlsd orders-in", rssBytes: 100 * 2 ** 20, privateBytes: 2 ** 20 }]);
+  t.equal(direct!.idle, undefined, "no proxy, no idle memory");
 });

@@ -13,8 +13,8 @@ import {
   type CredentialLabels,
   type CredentialMaterial,
   type Credentials,
-  fetchWorkloadApiMaterial,
   fileLabels,
+  loadWorkloadApi,
   readCredentialMaterial,
   validateCredentials,
 } from "../credentials/index.ts";
@@ -209,6 +209,7 @@ async function identityMaterial(
   if (identity.workloadApi) {
     const socket = identity.workloadApi.socket!;
     try {
+      const { fetchWorkloadApiMaterial } = await loadWorkloadApi();
       const fetched = await fetchWorkloadApiMaterial(
         {
           settings: {

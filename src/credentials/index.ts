@@ -37,15 +37,18 @@ export {
 } from "./source.ts";
 export { type CredentialListener, CredentialStore, type TrustSettings } from "./store.ts";
 export { DirectoryWatch } from "./watch.ts";
-export {
-  type BackoffTiming,
-  fetchWorkloadApiMaterial,
-  type MaterialOptions,
-  materialFromMessage,
-  WORKLOAD_API_BACKOFF,
-  type WorkloadApiSettings,
-  WorkloadApiSource,
-  type WorkloadApiSourceOptions,
-  type X509SvidMessage,
-  type X509SvidResponse,
+// The Workload API client pulls in gRPC and protobuf (about a hundred modules and several MiB of heap): a sidecar
+// that reads files never loads it. Its types are free; its code comes through `loadWorkloadApi()`.
+export type {
+  BackoffTiming,
+  MaterialOptions,
+  WorkloadApiSettings,
+  WorkloadApiSourceOptions,
+  X509SvidMessage,
+  X509SvidResponse,
 } from "./workload-api.ts";
+
+/** The Workload API client module, loaded on first use. */
+export function loadWorkloadApi(): Promise<typeof import("./workload-api.ts")> {
+  return import("./workload-api.ts");
+}

@@ -12,6 +12,7 @@ import { randomBytes } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import type { AddressInfo } from "node:net";
 import { performance } from "node:perf_hooks";
+import { isSea } from "node:sea";
 import type { DestinationStream } from "pino";
 import type { Counter } from "prom-client";
 import type { Config, LoadedConfig } from "../config/index.ts";
@@ -214,7 +215,7 @@ export class Primary {
         level: config.log.level,
         ...(options.logStream ? { stream: options.logStream } : {}),
       });
-      const source = credentialSource(loaded, logger, {}, (result) =>
+      const source = await credentialSource(loaded, logger, {}, (result) =>
         primary?.metrics.credentialReloads.inc({ result }),
       );
       const startingAdmin = await startingAdminFor(loaded, source, logger);
@@ -270,6 +271,9 @@ export class Primary {
     const { config } = this.loaded;
     // Round-robin is the default on Linux; set here so that NODE_CLUSTER_SCHED_POLICY cannot turn it off.
     cluster.schedulingPolicy = cluster.SCHED_RR;
+    // The single binary carries its Node flags inside (its SEA config): given again on the command line, they
+    // would arrive as arguments of the command.
+    if (isSea()) cluster.setupPrimary({ execArgv: [] });
     cluster.on("message", this.#onMessage);
     cluster.on("exit", this.#onExit);
     await Promise.all(this.#slots.map((slot) => this.#fork(slot)));
