@@ -203,7 +203,8 @@ const fmt = (value: number, digits = 2) => (Number.isFinite(value) ? value.toFix
 function shape(name: string): "close" | "keepalive" | "direct-mtls" | "other" {
   if (name.startsWith("mtls-")) return "direct-mtls";
   if (name.endsWith("-close")) return "close";
-  if (name.endsWith("-keepalive") || name === "mtlsd-keepalive-logs") return "keepalive";
+  if (name.endsWith("-keepalive") || name === "mtlsd-keepalive-logs" || name === "mtlsd-workers-2")
+    return "keepalive";
   return "other";
 }
 

@@ -212,10 +212,21 @@ async function freePort(): Promise<number> {
 
 const CLOCK_TICKS = 100;
 
+/** A process and its children: an mtlsd with `workers: N` is a primary and N worker processes, one sidecar. */
+async function withChildren(pid: number): Promise<number[]> {
+  const children = await readFile(`/proc/${pid}/task/${pid}/children`, "utf8").catch(() => "");
+  return [pid, ...children.split(" ").filter(Boolean).map(Number)];
+}
+
 async function cpuSeconds(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  let total = 0;
+  for (const each of await withChildren(pid)) {
+    const stat = await readFile(`/proc/${each}/stat`, "utf8").catch(() => "");
+    if (!stat) continue;
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    total += (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  }
+  return total;
 }
 
 /**
@@ -223,9 +234,14 @@ async function cpuSeconds(pid: number): Promise<number> {
  * rest is file-backed, mostly the executable's code, shared by every process that runs the same binary.
  */
 async function residentBytes(pid: number): Promise<{ rss: number; private: number }> {
-  const status = await readFile(`/proc/${pid}/status`, "utf8");
-  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) * 1024;
-  return { rss: kib("VmRSS"), private: kib("RssAnon") };
+  const total = { rss: 0, private: 0 };
+  for (const each of await withChildren(pid)) {
+    const status = await readFile(`/proc/${each}/status`, "utf8").catch(() => "");
+    const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? 0) * 1024;
+    total.rss += kib("VmRSS");
+    total.private += kib("RssAnon");
+  }
+  return total;
 }
 
 interface ProcessUsage {
@@ -535,51 +551,57 @@ async function runScenarios(work: string): Promise<void> {
     return proxy;
   };
 
-  const mtlsdTwoHop = (group: Group, logLevel: string) => async (): Promise<Stack> => {
-    const [inboundPort, upstreamPort, outboundPort] = await Promise.all(Array.from({ length: 3 }, freePort));
-    const log = { level: logLevel };
-    const inbound = await mtlsd(
-      "orders-in",
-      {
-        inbound: {
-          listen: `127.0.0.1:${inboundPort}`,
-          app: `http://127.0.0.1:${await appPort(group)}`,
-          // A gRPC app speaks HTTP/2 with prior knowledge; WebSocket upgrades pass by default.
-          ...(group === "grpc" ? { appProtocol: "h2c" } : {}),
-          policy: {
-            rules: [
-              { name: "frontend", action: "allow", from: ["spiffe://example.org/ns/frontend/sa/frontend"] },
-            ],
-          },
-        },
-        // Several sidecars at once: each admin listener on a port of its own.
-        admin: { listen: "127.0.0.1:0" },
-        log,
-      },
-      inboundPort!,
-    );
-    const outbound = await mtlsd(
-      "frontend-out",
-      {
-        outbound: {
-          listen: `127.0.0.1:${outboundPort}`,
-          upstreams: {
-            orders: {
-              address: `127.0.0.1:${inboundPort}`,
-              identity: "spiffe://example.org/ns/orders/sa/orders",
-              listen: `127.0.0.1:${upstreamPort}`,
-              pool: { connections },
-              protocol: values["mtlsd-protocol"],
+  const mtlsdTwoHop =
+    (group: Group, logLevel: string, workers = 1) =>
+    async (): Promise<Stack> => {
+      const [inboundPort, upstreamPort, outboundPort] = await Promise.all(
+        Array.from({ length: 3 }, freePort),
+      );
+      const log = { level: logLevel };
+      const inbound = await mtlsd(
+        "orders-in",
+        {
+          inbound: {
+            listen: `127.0.0.1:${inboundPort}`,
+            app: `http://127.0.0.1:${await appPort(group)}`,
+            // A gRPC app speaks HTTP/2 with prior knowledge; WebSocket upgrades pass by default.
+            ...(group === "grpc" ? { appProtocol: "h2c" } : {}),
+            policy: {
+              rules: [
+                { name: "frontend", action: "allow", from: ["spiffe://example.org/ns/frontend/sa/frontend"] },
+              ],
             },
           },
+          // Several sidecars at once: each admin listener on a port of its own.
+          admin: { listen: "127.0.0.1:0" },
+          log,
+          ...(workers > 1 ? { workers } : {}),
         },
-        admin: { listen: "127.0.0.1:0" },
-        log,
-      },
-      upstreamPort!,
-    );
-    return { entryPort: upstreamPort!, proxies: [outbound, inbound] };
-  };
+        inboundPort!,
+      );
+      const outbound = await mtlsd(
+        "frontend-out",
+        {
+          outbound: {
+            listen: `127.0.0.1:${outboundPort}`,
+            upstreams: {
+              orders: {
+                address: `127.0.0.1:${inboundPort}`,
+                identity: "spiffe://example.org/ns/orders/sa/orders",
+                listen: `127.0.0.1:${upstreamPort}`,
+                pool: { connections },
+                protocol: values["mtlsd-protocol"],
+              },
+            },
+          },
+          admin: { listen: "127.0.0.1:0" },
+          log,
+          ...(workers > 1 ? { workers } : {}),
+        },
+        upstreamPort!,
+      );
+      return { entryPort: upstreamPort!, proxies: [outbound, inbound] };
+    };
 
   const mtlsdInboundOnly = async (): Promise<Stack> => {
     const inboundPort = await freePort();
@@ -721,6 +743,16 @@ async function runScenarios(work: string): Promise<void> {
       family: "mtlsd",
       fixedRate: false,
       start: mtlsdTwoHop("http", "info"),
+    },
+    {
+      // On 2 cores shared with the load generator and the app, two workers per sidecar are not expected to win:
+      // the row shows what the cluster costs (CPU and memory of all of a sidecar's processes) and gives.
+      name: "mtlsd-workers-2",
+      label: "(b2) mtlsd two-hop, keep-alive, workers: 2 in each sidecar",
+      group: "http",
+      family: "mtlsd",
+      fixedRate: false,
+      start: mtlsdTwoHop("http", "warn", 2),
     },
     {
       name: "mtlsd-close",

@@ -156,6 +156,7 @@ export const RELOAD_RULES: Readonly<Record<string, ReloadRule>> = Object.freeze(
   "admin.listen": restart(LISTENER),
   "metrics.maxIdentityLabels": live("metrics", "identities seen from now on"),
   "log.level": live("log", "at once"),
+  workers: restart("the worker processes are forked at startup"),
 });
 
 /** How a changed key is taken: its rule, or (a key missing from the table, which a test forbids) a restart. */
@@ -230,6 +231,8 @@ export interface ConfigReloaderOptions {
   logger: Logger;
   /** Milliseconds since the epoch; decides override expiry and the override lifetime check. */
   now?: () => number;
+  /** Where a reload reads the config text: the file by default; a worker reads what its primary validated. */
+  read?: (file: string) => string;
 }
 
 export interface WatchOptions {
@@ -255,7 +258,7 @@ export function compileConfigPolicy(loaded: LoadedConfig, now?: () => number): P
   }
 }
 
-function readConfigText(file: string): string {
+export function readConfigText(file: string): string {
   try {
     return readFileSync(file, "utf8");
   } catch (error) {
@@ -393,7 +396,7 @@ export class ConfigReloader {
     let plan: ReloadPlan;
     let policy: Policy | undefined;
     try {
-      const text = readConfigText(file);
+      const text = (this.#options.read ?? readConfigText)(file);
       // Remembered before validation: a bad file is reported once, not again at every event or poll.
       this.#lastText = text;
       next = parseConfig(text, file, { now: this.#now() });

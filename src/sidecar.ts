@@ -60,6 +60,23 @@ export interface SidecarOptions {
    * resolver; `mtlsd run` takes them from `$MTLSD_DNS_SERVERS`.
    */
   dnsServers?: readonly string[];
+  /** Set in a worker process of `workers: N` (src/workers/): the primary does once what each sidecar does alone. */
+  worker?: WorkerRole;
+}
+
+/**
+ * A sidecar that is one of N workers behind the same listeners. The primary reads and validates the credentials
+ * and the config, reports reloads, warns of expiry and serves the admin port; the worker takes what it pushes
+ * and serves traffic, its log lines marked with `worker`.
+ */
+export interface WorkerRole {
+  id: number;
+  /** The credentials the primary validated, as it pushes them. */
+  source: CredentialSource;
+  /** Session ticket keys derive from it, the same in every worker: a session resumes on any of them. */
+  ticketKeySecret: Buffer;
+  /** The config text the primary validated last: a config reload reads it instead of the file. */
+  configText: () => string;
 }
 
 export interface SidecarAddresses {
@@ -88,6 +105,7 @@ export class Sidecar {
   readonly #source: CredentialSource;
   readonly #expiry: ExpiryMonitor;
   readonly #signals: EventEmitter | undefined;
+  readonly #worker: boolean;
   /** Set by the first stop request; a later one can only bring it forward. */
   #deadline: Deadline | undefined;
   #stopping: Promise<void> | undefined;
@@ -107,14 +125,17 @@ export class Sidecar {
     this.#source = source;
     const { config } = loaded;
     const { reload } = config.identity;
+    // A worker's reloads and expiry warnings are its primary's to report, once for all workers.
+    const reports = options.worker ? logger.child({}, { level: "silent" }) : logger;
     this.#expiry = new ExpiryMonitor({
       store,
-      logger,
+      logger: reports,
       intervalMs: reload.interval,
       ...(options.now ? { now: options.now } : {}),
       lastReload: () => this.#source.status(),
     });
     this.#signals = options.signals;
+    this.#worker = options.worker !== undefined;
     this.metrics = new Metrics(
       {
         certNotAfter: () => this.store.current.leaf.notAfter,
@@ -140,14 +161,17 @@ export class Sidecar {
         denyList,
         logger,
         observer: this.observer,
+        ticketKeySecret: options.worker?.ticketKeySecret,
       });
     }
     this.#configReloader = new ConfigReloader({
       running: loaded,
       policy,
       apply: (plan, next) => this.#applyLive(plan, next),
-      onResult: (result) => this.metrics.configReloads.inc({ result }),
-      logger,
+      ...(options.worker
+        ? { read: options.worker.configText }
+        : { onResult: (result) => this.metrics.configReloads.inc({ result }) }),
+      logger: reports,
       ...(options.now ? { now: millisecondsOf(options.now) } : {}),
     });
     if (config.outbound) {
@@ -213,15 +237,18 @@ export class Sidecar {
       const { config } = loaded;
       const now = options.now ? millisecondsOf(options.now) : undefined;
       const policy = config.inbound ? compileConfigPolicy(loaded, now) : undefined;
-      const logger = createLogger({
+      const root = createLogger({
         level: config.log.level,
         ...(options.logStream ? { stream: options.logStream } : {}),
       });
+      const logger = options.worker ? root.child({ worker: options.worker.id }) : root;
       // The counter exists once the sidecar does: what happens during the startup wait is in the log instead.
-      const source = await credentialSource(loaded, logger, options, (result) =>
-        sidecar?.metrics.credentialReloads.inc({ result }),
-      );
-      const startingAdmin = await startingAdminFor(loaded, source, logger);
+      const source =
+        options.worker?.source ??
+        (await credentialSource(loaded, logger, options, (result) =>
+          sidecar?.metrics.credentialReloads.inc({ result }),
+        ));
+      const startingAdmin = options.worker ? undefined : await startingAdminFor(loaded, source, logger);
       let store: CredentialStore;
       try {
         store = await source.open();
@@ -381,10 +408,13 @@ export class Sidecar {
           `${address.address}:${address.port}`;
       }
     }
-    const admin = this.#admin.listening
-      ? this.#admin.address()!
-      : await listenOrExplain("admin.listen", () => this.#admin.listen());
-    addresses.admin = `${admin.address}:${admin.port}`;
+    // A worker has no admin port: its primary serves one for all workers.
+    if (!this.#worker) {
+      const admin = this.#admin.listening
+        ? this.#admin.address()!
+        : await listenOrExplain("admin.listen", () => this.#admin.listen());
+      addresses.admin = `${admin.address}:${admin.port}`;
+    }
     // Before "mtlsd started": whoever waits for that line may change the config file right after it.
     this.#configReloader.start();
     // The config file is watched like the credential files: same debounce, same polling backstop.
@@ -405,7 +435,8 @@ export class Sidecar {
         ...(this.loaded.config.identity.crl ? { crl: this.loaded.config.identity.crl } : {}),
         config: this.loaded.file,
       },
-      "mtlsd started",
+      // The primary says "mtlsd started" once every worker serves.
+      this.#worker ? "worker started" : "mtlsd started",
     );
     this.#source.start();
     this.#expiry.start();
@@ -458,7 +489,7 @@ export class Sidecar {
     }
     // Last: until now a SIGHUP during the drain was answered (ignored) instead of ending the process.
     this.#signals?.off("SIGHUP", this.#onSighup);
-    this.logger.info(summary, "mtlsd stopped");
+    this.logger.info(summary, this.#worker ? "worker stopped" : "mtlsd stopped");
     this.logger.flush();
   }
 }
@@ -479,7 +510,7 @@ const LIVE_ORDER: readonly LivePart[] = [
 ];
 
 /** The files of `identity`, or the Workload API of `identity.workloadApi`; validation lives in the store. */
-async function credentialSource(
+export async function credentialSource(
   loaded: LoadedConfig,
   logger: Logger,
   options: SidecarOptions,
@@ -525,7 +556,7 @@ async function credentialSource(
 }
 
 /** For the Workload API's startup wait: the admin listener answers at once, /readyz 503 until an SVID is in. */
-async function startingAdminFor(
+export async function startingAdminFor(
   loaded: LoadedConfig,
   source: CredentialSource,
   logger: Logger,
@@ -547,7 +578,7 @@ async function startingAdminFor(
 }
 
 /** Where readiness probes the app: host and port of `inbound.app` (http:// only, so port 80 by default). */
-function appAddress(app: string): { host: string; port: number } {
+export function appAddress(app: string): { host: string; port: number } {
   const url = new URL(app);
   return { host: url.hostname.replace(/^\[(.*)\]$/, "$1"), port: Number(url.port || 80) };
 }
@@ -557,7 +588,7 @@ function millisecondsOf(now: () => Date): () => number {
   return () => now().getTime();
 }
 
-async function listenOrExplain<T>(field: string, listen: () => Promise<T>): Promise<T> {
+export async function listenOrExplain<T>(field: string, listen: () => Promise<T>): Promise<T> {
   try {
     return await listen();
   } catch (error) {

@@ -277,3 +277,34 @@ t.test("mtlsd run drains and exits 0 on SIGTERM", async (t) => {
     );
   }
 });
+
+t.test("the binary runs workers: 2, each worker forked from the binary itself", async (t) => {
+  const sidecar = await startBinary("orders-workers", {
+    workers: 2,
+    identity: identityConfig(pki, orders),
+    inbound: {
+      listen: "127.0.0.1:0",
+      app: app.url,
+      policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+    },
+    admin: { listen: "127.0.0.1:0" },
+  });
+  for (const worker of [1, 2]) {
+    const started = await logLine(
+      sidecar,
+      (entry) => entry.msg === "worker started" && entry.worker === worker,
+    );
+    t.not(started.pid, sidecar.child.pid, `worker ${worker} is a process of its own`);
+  }
+  const port = sidecar.listeners.inbound!.split(":").at(-1);
+  const result = await curlRequest(`https://localhost:${port}/v1/orders/1`, {
+    cacert: pki.bundlePath,
+    cert: frontend.certPath,
+    key: frontend.keyPath,
+  });
+  t.equal(echoed(result).xfcc.URI, frontend.spiffeId);
+  const closed = once(sidecar.child, "close");
+  sidecar.child.kill("SIGTERM");
+  const [code] = (await closed) as [number | null];
+  t.equal(code, 0);
+});

@@ -1,9 +1,11 @@
 // `mtlsd run`: start the sidecar from a config file and keep it running until a signal stops it.
+import cluster from "node:cluster";
 import { parseArgs } from "node:util";
 import { ConfigError, loadConfigFile } from "../config/index.ts";
 import { MtlsdError } from "../errors.ts";
 import { parseDnsServers } from "../outbound/index.ts";
 import { Sidecar } from "../sidecar.ts";
+import { Primary, runWorker } from "../workers/index.ts";
 import { configPath } from "./config-path.ts";
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./io.ts";
 
@@ -47,23 +49,28 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
     options: { config: { type: "string", short: "c" } },
     strict: true,
   });
+  // With `workers: N`, the primary forks this same command N times; each copy serves as a worker.
+  if (cluster.isWorker) return runWorker(workerOptions(io));
   const file = configPath(values.config, io);
   const signals = io.signals ?? process;
   // Listening from the first moment: a stop signal that arrives just as startup ends must drain rather than
   // kill the process by default, and one during a long startup (the Workload API's wait for a first SVID)
   // ends it at once, with nothing serving yet.
   const stop = new StopSignals(signals);
-  let sidecar: Sidecar;
+  let sidecar: Sidecar | Primary;
   try {
     const dnsServers = dnsServersFrom(io.env);
     // SIGHUP reloads the credentials and the config (as nginx and ghostunnel reload) instead of ending the
     // process; the config file is watched for changes too.
+    const loaded = loadConfigFile(file);
     const started = await Promise.race([
-      Sidecar.start(loadConfigFile(file), {
-        signals,
-        watchConfig: true,
-        ...(dnsServers ? { dnsServers } : {}),
-      }),
+      loaded.config.workers > 1
+        ? Primary.start(loaded, { signals, watchConfig: true })
+        : Sidecar.start(loaded, {
+            signals,
+            watchConfig: true,
+            ...(dnsServers ? { dnsServers } : {}),
+          }),
       stop.first,
     ]);
     if (typeof started === "string") {
@@ -78,6 +85,12 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
     return exitCodeFor(error);
   }
   return await drainOnSignals(sidecar, stop);
+}
+
+/** A worker reads `$MTLSD_DNS_SERVERS` as the primary did (they share the environment). */
+function workerOptions(io: CliIo): { dnsServers?: string[] } {
+  const dnsServers = dnsServersFrom(io.env);
+  return dnsServers ? { dnsServers } : {};
 }
 
 /** `$MTLSD_DNS_SERVERS`: DNS servers asked for upstream names instead of the system's resolver. */
@@ -133,7 +146,7 @@ class StopSignals {
  * connections: the shutdown went as configured. A second signal during the drain exits 1 at once, as
  * "runtime failure": requests still in flight were abandoned.
  */
-async function drainOnSignals(sidecar: Sidecar, stop: StopSignals): Promise<number> {
+async function drainOnSignals(sidecar: Sidecar | Primary, stop: StopSignals): Promise<number> {
   try {
     const signal = await stop.first;
     // Read now, not at startup: a config reload may have changed it.
@@ -145,6 +158,8 @@ async function drainOnSignals(sidecar: Sidecar, stop: StopSignals): Promise<numb
     ]);
     if (outcome === "drained") return EXIT_OK;
     sidecar.logger.warn({ signal: outcome }, "second stop signal: exiting now without finishing the drain");
+    // Workers are processes of their own: they must not outlive the primary's exit.
+    if (sidecar instanceof Primary) void sidecar.stop(0);
     sidecar.logger.flush();
     return EXIT_FAILURE;
   } finally {

@@ -1,5 +1,6 @@
 // The mtlsd configuration: every key, its type, its default and its documentation, in one place.
 import { isIP } from "node:net";
+import { availableParallelism } from "node:os";
 import { isValidTrustDomain, parseSpiffeId } from "../identity/spiffe-id.ts";
 import { pathPatternProblem } from "./path-pattern.ts";
 import { type Infer, s } from "./schema.ts";
@@ -552,6 +553,12 @@ export const configSchema = s.object({
     })
     .default({ maxIdentityLabels: 100 })
     .describe("Prometheus metrics, served on the admin listener."),
+  workers: s
+    .integerOrAuto(1, 256, availableParallelism)
+    .default(1)
+    .describe(
+      "Event loops (processes) serving the same listeners: a number, or auto for one per available core. 1 runs everything in one process; more runs a primary that supervises that many workers (Node's cluster module).",
+    ),
   log: s
     .object({
       level: s

@@ -7,6 +7,7 @@ import {
   DefaultSchema,
   DurationSchema,
   EnumSchema,
+  IntegerOrAutoSchema,
   IntegerSchema,
   ObjectSchema,
   OptionalSchema,
@@ -40,14 +41,15 @@ export function configReferenceMarkdown(): string {
   for (const [top, field] of Object.entries(configSchema.shape)) {
     const own = rows.filter((row) => row.key === top || row.key.startsWith(`${top}.`));
     const head = own[0]!;
+    // A section is introduced by its own description; a top-level setting (`workers`) is its table's one row.
+    const section = unwrap(field) instanceof ObjectSchema;
     const lines = [
       `### ${top}`,
       "",
-      `${sentence(head.description)} ${presenceSentence(field)}`.trim(),
-      "",
+      ...(section ? [`${sentence(head.description)} ${presenceSentence(field)}`.trim(), ""] : []),
       "| key | type | default | what it does |",
       "|---|---|---|---|",
-      ...own.slice(1).map((row) => `| ${cells(row).join(" | ")} |`),
+      ...(section ? own.slice(1) : own).map((row) => `| ${cells(row).join(" | ")} |`),
     ];
     sections.push(lines.join("\n"));
   }
@@ -131,6 +133,7 @@ function typeOf(inner: Schema<unknown>): string {
   if (inner instanceof StringSchema) return inner.options.expected ?? "string";
   if (inner instanceof EnumSchema) return `one of ${inner.values.map((value) => `\`${value}\``).join(", ")}`;
   if (inner instanceof BooleanSchema) return "`true` or `false`";
+  if (inner instanceof IntegerOrAutoSchema) return `integer, ${inner.min} to ${inner.max}, or \`auto\``;
   if (inner instanceof IntegerSchema) return `integer, ${inner.min} to ${inner.max}`;
   if (inner instanceof DurationSchema)
     return `duration, ${inner.format(inner.min)} to ${inner.format(inner.max)}`;

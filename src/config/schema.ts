@@ -230,6 +230,40 @@ export class IntegerSchema extends Schema<number> {
   }
 }
 
+/**
+ * A count that may also be written `auto` (`workers`): `auto` reads as `resolveAuto()` (the cores available), so
+ * the rest of the program only ever sees a number.
+ */
+export class IntegerOrAutoSchema extends IntegerSchema {
+  readonly resolveAuto: () => number;
+
+  constructor(min: number, max: number, resolveAuto: () => number) {
+    super(min, max);
+    this.resolveAuto = resolveAuto;
+  }
+
+  override read(value: unknown, path: string, issues: Issue[]): number | Invalid {
+    if (value === "auto") return Math.min(Math.max(this.resolveAuto(), this.min), this.max);
+    if (typeof value === "number" && Number.isInteger(value) && value >= this.min && value <= this.max)
+      return value;
+    issues.push({
+      path,
+      expected: `an integer from ${this.min} to ${this.max}, or auto`,
+      found: describeValue(value),
+    });
+    return INVALID;
+  }
+
+  override toJsonSchema(): JsonSchema {
+    return this.json({
+      oneOf: [
+        { type: "integer", minimum: this.min, maximum: this.max },
+        { type: "string", enum: ["auto"] },
+      ],
+    });
+  }
+}
+
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 const DURATION_PATTERN = /^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$/;
 const DURATION_PART = /(\d+(?:\.\d+)?)(ms|s|m|h|d)/g;
@@ -597,6 +631,8 @@ export const s = {
   enum: <const V extends string>(...values: V[]) => new EnumSchema<V>(values),
   boolean: () => new BooleanSchema(),
   integer: (min: number, max: number) => new IntegerSchema(min, max),
+  integerOrAuto: (min: number, max: number, resolveAuto: () => number) =>
+    new IntegerOrAutoSchema(min, max, resolveAuto),
   duration: (minMs = 1, maxMs = 365 * 86_400_000) => new DurationSchema(minMs, maxMs),
   byteSize: (min: number, max: number) => new ByteSizeSchema(min, max),
   timestamp: () => new TimestampSchema(),

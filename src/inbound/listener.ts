@@ -1,5 +1,5 @@
 // The inbound listener: terminates mTLS, identifies the peer once per connection, and serves HTTP on top.
-import { randomBytes } from "node:crypto";
+import { createHash, hkdfSync, randomBytes } from "node:crypto";
 import http from "node:http";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
@@ -77,6 +77,11 @@ export interface InboundOptions {
   denyList: DenyList;
   logger: Logger;
   observer: TrafficObserver;
+  /**
+   * With `workers: N`, the primary's secret from which every worker derives the same session ticket keys, so a
+   * session resumes on whichever worker the next connection lands on. Without it, the keys are random.
+   */
+  ticketKeySecret?: Buffer | undefined;
 }
 
 /**
@@ -117,7 +122,7 @@ export class InboundListener {
     this.#peers = new PeerIdentityCache("client", store);
     this.#bundleSha256 = store.current.bundleSha256;
     this.#crlPem = store.current.crlPem;
-    this.#ticketKeys = randomBytes(48);
+    this.#ticketKeys = ticketKeysFor(options.ticketKeySecret, store.current);
     this.#app = new InboundApp(config, limits);
     this.#handler = new InboundHandler({
       app: this.#app,
@@ -300,7 +305,7 @@ export class InboundListener {
     // (CVE-2022-21654), so the ticket keys change with the bundle; otherwise they stay and resumption survives.
     // A new CRL is a change of trust too: OpenSSL does not re-check revocation on a resumed session.
     if (next.bundleSha256 !== this.#bundleSha256 || next.crlPem !== this.#crlPem) {
-      this.#ticketKeys = randomBytes(48);
+      this.#ticketKeys = ticketKeysFor(this.#options.ticketKeySecret, next);
       this.#bundleSha256 = next.bundleSha256;
       this.#crlPem = next.crlPem;
     }
@@ -731,4 +736,17 @@ function linger(socket: net.Socket): void {
   socket.on("data", noop);
   socket.resume();
   socket.setTimeout(REFUSAL_LINGER_MS, () => socket.destroy());
+}
+
+/**
+ * Session ticket keys (48 bytes: name, HMAC and AES keys): random in a single process. Workers derive them from
+ * the primary's secret and the trust in force (bundles and CRL), so all of them hold the same keys without
+ * talking to each other, and the keys still change whenever trust does.
+ */
+function ticketKeysFor(secret: Buffer | undefined, credentials: Credentials): Buffer {
+  if (!secret) return randomBytes(48);
+  const crl = createHash("sha256")
+    .update(credentials.crlPem ?? "")
+    .digest("hex");
+  return Buffer.from(hkdfSync("sha256", secret, credentials.bundleSha256, `mtlsd ticket keys ${crl}`, 48));
 }
