@@ -31,6 +31,11 @@ export interface RequestOptions {
 
 /** One plain HTTP request to 127.0.0.1, bounded by a timeout. */
 export function httpRequest(options: RequestOptions): Promise<Reply> {
+  // A request to a proxy names its target twice, in the URL and in Host; Node's default Host would
+  // name the proxy, and the sidecar refuses a Host that disagrees with the URL (RFC 9112 §3.2).
+  const headers = /^https?:\/\//.test(options.path)
+    ? { host: new URL(options.path).host, ...options.headers }
+    : options.headers;
   return new Promise((resolve, reject) => {
     const req = http.request(
       {
@@ -38,7 +43,7 @@ export function httpRequest(options: RequestOptions): Promise<Reply> {
         port: options.port,
         method: options.method ?? "GET",
         path: options.path,
-        headers: options.headers,
+        headers,
         agent: options.agent ?? false,
         timeout: options.timeoutMs ?? 5000,
       },
