@@ -154,7 +154,11 @@ t.test(
 
     const logged = sidecar.logs.filter((line) => line.msg === "request").map((line) => line.path as string);
     const total = answered.reduce((sum, paths) => sum + paths.length, 0);
-    t.ok(total > CONNECTIONS * (PER_CONNECTION / 2), `${total} requests answered`);
+    // The drain began when connection 0 was halfway; the others were near there too (not exactly: they run freely).
+    t.ok(
+      answered.every((paths) => paths.length >= PER_CONNECTION / 4),
+      `every connection had requests answered before the drain: ${answered.map((p) => p.length).join(", ")}`,
+    );
     for (let c = 0; c < CONNECTIONS; c++) {
       const ofConnection = logged.filter((p) => p.startsWith(`/log-order/${c}/`));
       // Each connection sends one request at a time: its lines must come in the order it sent them, none missing.
