@@ -83,6 +83,7 @@ export {
   forwardUpgrade,
   type UpgradeOutcome,
   type UpgradeRequest,
+  upgradeProtocol,
   upgradeRefusal,
   upgradeRequested,
   upgradeToken,
