@@ -6,6 +6,7 @@ export {
   fieldsObject,
   H1Downstream,
   H2Downstream,
+  hostRequiredOf,
   isGrpcContentType,
   type Protocol,
   resetStream,
