@@ -52,6 +52,21 @@ t.test("an HTTP/1.1 peer's request reaches the app over HTTP/2, with XFCC", asyn
   t.equal(echo.headers.connection, undefined, "no connection-specific field reached the app");
 });
 
+t.test("an HTTP/1.0 request without Host reaches the app with the :authority of inbound.app", async (t) => {
+  // HTTP/1.0 may leave Host out (RFC 9112 §3.2); HTTP/2 to the app needs an :authority all the same.
+  const raw = await rawTlsRequest({
+    port: sidecar.inboundPort,
+    ...tlsClient,
+    ALPNProtocols: ["http/1.1"],
+    send: "GET /no-host HTTP/1.0\r\n\r\n",
+  });
+  t.equal(raw.response?.status, 200, raw.received);
+  const echo = JSON.parse(raw.response!.body) as Echo;
+  t.equal(echo.httpVersion, "2.0");
+  t.equal(echo.url, "/no-host");
+  t.equal(echo.headers[":authority"], new URL(app.url).host);
+});
+
 t.test("an HTTP/2 peer's request reaches the app over HTTP/2 too", async (t) => {
   const result = await curlRequest(`https://localhost:${sidecar.inboundPort}/h2`, {
     ...curlTls,

@@ -151,6 +151,15 @@ t.test("an app's error status and message arrive as the app sent them", async (t
 t.test("a grpc-timeout deadline reaches the app, which sees the call cancelled", async (t) => {
   const result = await unary(client.Hang, client, { text: "deadline" }, { deadline: Date.now() + 300 });
   t.equal(result.error?.code, grpc.status.DEADLINE_EXCEEDED);
+  const started = await app.event((event) => event.event === "started" && event.text === "deadline");
+  // Without grpc-timeout the app's deadline would be infinite (null here): the cancel alone proves nothing,
+  // as the client resets its stream when its own deadline passes.
+  const left = started.deadlineLeftMs;
+  t.type(left, "number", "the app's call has a deadline: grpc-timeout passed both sidecars");
+  t.ok(
+    (left as number) > 0 && (left as number) <= 300,
+    `the app's deadline is the client's, less the time on the way (${String(left)} ms of 300 left)`,
+  );
   await app.event((event) => event.event === "cancelled" && event.text === "deadline");
 });
 
@@ -160,6 +169,8 @@ t.test("a client's cancellation reaches the app as a reset of its stream", async
     setTimeout(() => call.cancel(), 200);
   });
   t.equal((await done)?.code, grpc.status.CANCELLED);
+  const started = await app.event((event) => event.event === "started" && event.text === "cancel me");
+  t.equal(started.deadlineLeftMs, null, "the call had no deadline: only the reset can end it at the app");
   await app.event((event) => event.event === "cancelled" && event.text === "cancel me");
 });
 

@@ -3,6 +3,7 @@ import { once } from "node:events";
 import http2 from "node:http2";
 import t from "tap";
 import { startApp } from "./helpers/app.ts";
+import { RawH2 } from "./helpers/h2-raw.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import { type ClientTls, exchange, rawGet, startWiretap } from "./helpers/raw-http.ts";
 import { type RunningSidecar, startSidecar, waitForLog } from "./helpers/sidecar.ts";
@@ -268,6 +269,73 @@ t.test("an empty Host gets 400 bad_request", async (t) => {
   const result = await exchange(byDefault.inboundPort, client, "GET /empty-host HTTP/1.1\r\nHost:\r\n\r\n");
   t.equal(result.responses[0]?.status, 400);
   t.match(JSON.parse(result.responses[0]!.body).error, "empty");
+});
+
+t.test("an HTTP/1.1 request with no Host gets 400 bad_request and never reaches the app", async (t) => {
+  const result = await exchange(byDefault.inboundPort, client, "GET /no-host HTTP/1.1\r\n\r\n");
+  const response = result.responses[0];
+  t.equal(response?.status, 400);
+  t.equal(response?.header("x-mtlsd-reason"), "bad_request");
+  t.match(JSON.parse(response!.body), { reason: "bad_request", error: "the request has no Host header" });
+  t.ok(result.closed, "the connection is closed after the refusal");
+  const line = await waitForLog(byDefault.logs, (l) => l.msg === "request" && l.path === "/no-host");
+  t.match(line, { protocol: "http/1.1", decision: "deny", status: 400, reason: "bad_request" });
+  t.notOk(
+    wire.requests().some((request) => request.target === "/no-host"),
+    "the app never saw it",
+  );
+});
+
+t.test(
+  "HTTP/2: a stream with neither :authority nor host is reset as malformed, never forwarded",
+  async (t) => {
+    // The HTTP/1.0 leniency below has no HTTP/2 counterpart: nghttp2 refuses such a request as malformed.
+    const raw = await RawH2.connect({
+      port: byDefault.inboundPort,
+      tls: { ...client, servername: "localhost" },
+    });
+    t.teardown(() => raw.close());
+    raw.request(1, [
+      [":method", "GET"],
+      [":scheme", "https"],
+      [":path", "/no-authority"],
+    ]);
+    const result = await raw.result(1);
+    t.equal(result.reset, "PROTOCOL_ERROR");
+    t.equal(result.headers.length, 0, "no response head before the reset");
+    t.notOk(
+      wire.requests().some((request) => request.target === "/no-authority"),
+      "the app never saw it",
+    );
+  },
+);
+
+t.test("an HTTP/1.0 request with no Host is served; the app gets the Host of inbound.app", async (t) => {
+  // RFC 9112 §3.2 requires Host of HTTP/1.1 only; nginx serves HTTP/1.0 without one too.
+  const result = await exchange(byDefault.inboundPort, client, "GET /no-host-1.0 HTTP/1.0\r\n\r\n");
+  const response = result.responses[0];
+  t.equal(response?.status, 200, result.raw);
+  const echo = JSON.parse(response!.body) as Echo & { httpVersion: string };
+  t.equal(echo.url, "/no-host-1.0");
+  t.equal(echo.httpVersion, "1.1", "forwarded as HTTP/1.1, which needs a Host");
+  t.same(
+    values(echo, "host"),
+    [new URL(wire.url).host],
+    "the Host of inbound.app, as the hop to it names it",
+  );
+  t.match(values(echo, "x-forwarded-client-cert")[0], `URI=${frontend.spiffeId}`, "decided like any request");
+});
+
+t.test("an HTTP/1.0 request's Host, when it sends one, is checked as any other", async (t) => {
+  for (const head of [
+    "GET /bad-host-1.0 HTTP/1.0\r\nHost: user@localhost\r\n\r\n",
+    "GET /bad-host-1.0 HTTP/1.0\r\nHost: localhost\r\nHost: admin.internal\r\n\r\n",
+  ]) {
+    const result = await exchange(byDefault.inboundPort, client, head);
+    t.equal(result.responses[0]?.status, 400, JSON.stringify(head));
+    t.equal(result.responses[0]?.header("x-mtlsd-reason"), "bad_request");
+  }
+  t.notOk(wire.requests().some((request) => request.target === "/bad-host-1.0"));
 });
 
 t.test("valid Hosts pass: names, ports, IPv4, IPv6 literals, sub-delims and %-escapes", async (t) => {

@@ -1,4 +1,7 @@
-// Every request-target trick that got past a real proxy's path rules, tried as raw bytes on a real sidecar.
+// Every request-target trick that got past a real proxy's path rules, tried as raw bytes on a real sidecar,
+// and again as an HTTP/2 `:path`.
+import { once } from "node:events";
+import http2 from "node:http2";
 import t, { type Test } from "tap";
 import { startApp } from "./helpers/app.ts";
 import { createTestPki } from "./helpers/pki.ts";
@@ -231,3 +234,158 @@ t.test("two Host headers are refused with 400 and never reach the app", async (t
 t.test("an absolute-form request-target is refused as a bad path, so no rule judges a URL", async (t) => {
   await assertBadPath(t, "http://localhost/public/../admin", /origin-form/);
 });
+
+// HTTP/2: the same tricks as `:path` values, from node:http2 with the frontend's certificate. Each must end as it
+// does over HTTP/1.1: the same status, reason and normalized path, and nothing forbidden sent to the app.
+
+interface H2Attempt {
+  status?: number;
+  reason?: string;
+  body: string;
+  /** The stream's RST_STREAM code when it was reset instead of answered. */
+  reset?: number;
+  /** The sidecar's `request` log line, when the stream got an answer. */
+  log?: LogLine;
+  appSaw: string[];
+}
+
+/** Sends one GET with `path` as its `:path` on a fresh HTTP/2 session; attempts in this file run one at a time. */
+async function attemptH2(path: string): Promise<H2Attempt> {
+  const logsBefore = sidecar.logs.length;
+  const wireBefore = wire.requests().length;
+  const session = http2.connect(`https://localhost:${sidecar.inboundPort}`, client);
+  session.on("error", () => {});
+  try {
+    await once(session, "connect");
+    const stream = session.request({ ":path": path });
+    let headers: http2.IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    stream.on("response", (fields) => {
+      headers = fields;
+    });
+    stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+    const reset = await new Promise<number | undefined>((resolve) => {
+      stream.on("end", () => resolve(undefined));
+      stream.on("error", () => resolve(stream.rstCode));
+    });
+    const answered = headers[":status"] !== undefined;
+    const log = answered
+      ? await waitForLog(
+          sidecar.logs,
+          (line) => line.msg === "request" && sidecar.logs.indexOf(line) >= logsBefore,
+        )
+      : undefined;
+    const appSaw = wire
+      .requests()
+      .slice(wireBefore)
+      .map((r) => r.target);
+    return {
+      ...(answered ? { status: Number(headers[":status"]) } : {}),
+      ...(typeof headers["x-mtlsd-reason"] === "string" ? { reason: headers["x-mtlsd-reason"] } : {}),
+      body: Buffer.concat(chunks).toString(),
+      ...(reset !== undefined ? { reset } : {}),
+      ...(log ? { log } : {}),
+      appSaw,
+    };
+  } finally {
+    session.close();
+  }
+}
+
+t.test(
+  "HTTP/2: an allowed :path reaches the app, so the refusals below are the policy's doing",
+  async (t) => {
+    const { status, log, appSaw, body } = await attemptH2("/public/h2-hello");
+    t.equal(status, 200);
+    t.equal(log?.protocol, "h2");
+    t.equal((JSON.parse(body) as Echo).url, "/public/h2-hello");
+    t.same(appSaw, ["/public/h2-hello"]);
+  },
+);
+
+// [what it tried, :path, the path the policy must judge]
+const DENIED_OVER_H2: [string, string, string][] = [
+  ["CVE-2019-9901: dot segments", "/info/../private", "/private"],
+  ["CVE-2021-31920: a doubled slash", "//admin", "/admin"],
+  ["CVE-2021-31920: dot segments then a doubled slash", "/public/..//admin", "/admin"],
+  ["encoded dots", "/public/%2e%2e/admin", "/admin"],
+  ["uppercase encoded dots", "/public/%2E%2E/admin", "/admin"],
+  ["backslashes as separators", "/public\\..\\admin", "/admin"],
+];
+
+for (const [what, path, normalized] of DENIED_OVER_H2) {
+  t.test(`HTTP/2, ${what}: :path ${path} is judged as ${normalized} and denied`, async (t) => {
+    const { status, reason, log, appSaw } = await attemptH2(path);
+    t.equal(status, 403);
+    t.equal(reason, "policy_denied");
+    t.match(
+      log,
+      { protocol: "h2", path: normalized, rule: "no-admin" },
+      "the policy judged the normalized path",
+    );
+    t.same(appSaw, [], "the app was sent nothing");
+    assertNothingForbiddenReachedTheApp(t);
+  });
+}
+
+// [what it tried, :path, what the refusal says]
+const BAD_OVER_H2: [string, string, RegExp][] = [
+  ["CVE-2021-31920: an encoded slash", "/public%2F..%2Fadmin", /encoded slash/],
+  ["CVE-2021-31920: a lowercase encoded slash", "/public%2f..%2fadmin", /encoded slash/],
+  ["CVE-2021-29492: an encoded backslash", "/public%5C..%5Cadmin", /encoded backslash/],
+  ["CVE-2021-39156: a fragment", "/user/profile#frag", /fragment/],
+  ["CVE-2021-32779: a fragment hiding dot segments", "/public/x#/../admin", /fragment/],
+  ["CVE-2020-8595: a fragment after an exact DENY path", "/v1/exact#y", /fragment/],
+  ["a dot segment with path parameters", "/public/..;/admin", /dot segment with path parameters/],
+  ["an encoded NUL", "/public/%00", /NUL/],
+];
+
+for (const [what, path, detail] of BAD_OVER_H2) {
+  t.test(`HTTP/2, ${what}: :path ${path} is refused as a bad path`, async (t) => {
+    const { status, reason, body, log, appSaw } = await attemptH2(path);
+    t.equal(status, 400);
+    t.equal(reason, "bad_path");
+    t.match(JSON.parse(body), { reason: "bad_path", error: detail });
+    t.match(log, { protocol: "h2", reason: "bad_path", status: 400 });
+    t.same(appSaw, [], "the app was sent nothing");
+    assertNothingForbiddenReachedTheApp(t);
+  });
+}
+
+t.test("HTTP/2, CVE-2020-8595: a query does not take :path out of an exact DENY rule", async (t) => {
+  const { status, reason, log, appSaw } = await attemptH2("/v1/exact?x");
+  t.equal(status, 403);
+  t.equal(reason, "policy_denied");
+  t.match(log, { protocol: "h2", path: "/v1/exact", rule: "no-exact" });
+  t.same(appSaw, []);
+});
+
+t.test(
+  "HTTP/2: double-encoded dots in :path are decoded once and reach the app as the literal path",
+  async (t) => {
+    const { status, log, appSaw } = await attemptH2("/public/%252e%252e/admin");
+    t.equal(status, 200);
+    t.match(log, { protocol: "h2", path: "/public/%252e%252e/admin", rule: "public-reads" });
+    t.same(appSaw, ["/public/%252e%252e/admin"], "the app was sent exactly the bytes the policy allowed");
+  },
+);
+
+// RFC 9113 §8.3.1: `:path` of a GET is origin-form, starting with "/", with no whitespace. Such a stream is
+// malformed: reset before it is a request at all, so it never meets the policy or the app.
+const MALFORMED_OVER_H2: [string, string][] = [
+  ["a relative path", "public/../admin"],
+  ["an absolute URL", "http://localhost/public/../admin"],
+  ["an asterisk", "*"],
+  ["a space", "/public/ /../admin"],
+  ["a tab", "/public/\t/../admin"],
+];
+
+for (const [what, path] of MALFORMED_OVER_H2) {
+  t.test(`HTTP/2: a :path with ${what} is reset as malformed and never reaches the app`, async (t) => {
+    const { status, reset, appSaw } = await attemptH2(path);
+    t.equal(status, undefined, "no answer: the stream was reset");
+    t.equal(reset, http2.constants.NGHTTP2_PROTOCOL_ERROR);
+    t.same(appSaw, [], "the app was sent nothing");
+    assertNothingForbiddenReachedTheApp(t);
+  });
+}

@@ -1,7 +1,7 @@
 // WebSocket through the sidecars: decided like any request, then a tunnel both ways; other upgrades refused.
 import { once } from "node:events";
 import tls from "node:tls";
-import t from "tap";
+import t, { type Test } from "tap";
 import WebSocketClient from "ws";
 import { startApp } from "./helpers/app.ts";
 import { inboundAddress, startCaller } from "./helpers/outbound.ts";
@@ -163,16 +163,18 @@ t.test("with inbound.upgrades: [] a WebSocket is refused as upgrade_refused, nev
   t.notOk(app.events.some((event) => event.url === "/chat/closed"));
 });
 
-t.test("an h2c upgrade is refused with a reason on both listeners, and no tunnel opens", async (t) => {
+/**
+ * Sends an h2c upgrade for `path` to both listeners: from the app to the outbound, and from a peer (with its
+ * certificate, over HTTP/1.1) to the inbound. Resolves with what each answered before closing.
+ */
+async function h2cUpgrades(t: Test, path: string): Promise<{ outbound: string; inbound: string }> {
   const h2cUpgrade =
-    "GET /chat HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n" +
+    `GET ${path} HTTP/1.1\r\nHost: orders\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n` +
     "HTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n";
   const fromApp = plainConnection(ports.orders!.port);
   t.teardown(() => fromApp.socket.destroy());
   fromApp.socket.write(h2cUpgrade);
   await fromApp.closedWithin(3000);
-  t.match(fromApp.received(), /^HTTP\/1\.1 400 /);
-  t.match(fromApp.received(), /x-mtlsd-reason: upgrade_refused/);
 
   const fromPeer = tls.connect({
     port: ordersSidecar.inboundPort,
@@ -189,10 +191,36 @@ t.test("an h2c upgrade is refused with a reason on both listeners, and no tunnel
   fromPeer.on("data", (chunk: Buffer) => chunks.push(chunk));
   fromPeer.write(h2cUpgrade);
   await once(fromPeer, "close");
-  const received = Buffer.concat(chunks).toString("latin1");
-  t.match(received, /^HTTP\/1\.1 400 /);
-  t.match(received, /Upgrade: h2c is never honored/);
-  t.notMatch(received, /101 Switching Protocols/);
+  return { outbound: fromApp.received(), inbound: Buffer.concat(chunks).toString("latin1") };
+}
+
+t.test("an h2c upgrade is refused with a reason on both listeners, and no tunnel opens", async (t) => {
+  const { outbound, inbound } = await h2cUpgrades(t, "/chat");
+  t.match(outbound, /^HTTP\/1\.1 400 /);
+  t.match(outbound, /x-mtlsd-reason: upgrade_refused/);
+  t.match(inbound, /^HTTP\/1\.1 400 /);
+  t.match(inbound, /Upgrade: h2c is never honored/);
+  t.notMatch(inbound, /101 Switching Protocols/);
+});
+
+t.test("a refused h2c upgrade is logged and counted as the HTTP/1.1 request it stayed", async (t) => {
+  await h2cUpgrades(t, "/chat/h2c");
+  for (const [direction, logs, admin] of [
+    ["outbound", caller.logs, caller.adminUrl],
+    ["inbound", ordersSidecar.logs, ordersSidecar.adminUrl],
+  ] as const) {
+    const line = await waitForLog(logs, (l) => l.msg === "request" && l.path === "/chat/h2c");
+    t.match(line, { direction, protocol: "http/1.1", status: 400, reason: "upgrade_refused" }, direction);
+    const metrics = await (await fetch(`${admin}/metrics`)).text();
+    t.match(
+      metrics,
+      new RegExp(
+        `mtlsd_requests_total\\{direction="${direction}",decision="deny",[^}]*protocol="http/1\\.1"`,
+      ),
+      `${direction}: counted under protocol="http/1.1"`,
+    );
+    t.notMatch(metrics, /protocol="h2c"/, `${direction}: no h2c series, outside the documented protocols`);
+  }
 });
 
 t.test("CONNECT on the inbound is refused with 405: no tunnel bypasses the policy", async (t) => {

@@ -13,6 +13,7 @@ import {
   type ForwardOutcome,
   forward,
   forwardUpgrade,
+  hostRequiredOf,
   type RequestHeaderRules,
   rawErrorResponse,
   sendError,
@@ -77,6 +78,7 @@ export class InboundHandler {
     const admitted = this.#admit(
       down.target,
       down.rawHeaders,
+      down.hostRequired,
       connection,
       record,
       (status, reason, message) => {
@@ -141,10 +143,17 @@ export class InboundHandler {
   ): void {
     const started = performance.now();
     const record = this.#record(req.method!, connection, token);
-    const admitted = this.#admit(req.url!, req.rawHeaders, connection, record, (status, reason, message) => {
-      socket.end(rawErrorResponse(status, status === 403 ? "Forbidden" : "Bad Request", reason, message));
-      this.#finish(record, started, status, reason);
-    });
+    const admitted = this.#admit(
+      req.url!,
+      req.rawHeaders,
+      hostRequiredOf(req),
+      connection,
+      record,
+      (status, reason, message) => {
+        socket.end(rawErrorResponse(status, status === 403 ? "Forbidden" : "Bad Request", reason, message));
+        this.#finish(record, started, status, reason);
+      },
+    );
     if (!admitted) return;
     forwardUpgrade(
       socket,
@@ -215,6 +224,7 @@ export class InboundHandler {
   #admit(
     target: string,
     rawHeaders: readonly string[],
+    hostRequired: boolean,
     connection: InboundConnection,
     record: RequestRecord,
     refuse: (status: number, reason: "bad_path" | "policy_denied" | "bad_request", message: string) => void,
@@ -239,6 +249,7 @@ export class InboundHandler {
     }
     const built = buildInboundHeaders(
       rawHeaders,
+      hostRequired,
       this.#options.config.xfcc,
       connection.xfcc,
       connection.plaintext ? "http" : "https",

@@ -19,10 +19,13 @@ export function inboundHeaderRules(config: InboundConfig): RequestHeaderRules {
  * `ourXfcc` is this connection's XFCC element (null when the peer is unauthenticated). Whatever the client
  * sent as XFCC or X-Forwarded-Proto is taken out during the one pass over its headers and only re-added as
  * the XFCC mode allows, so a `Connection: x-forwarded-client-cert` can only ever remove theirs. `rules` take out
- * look-alike and rerouting headers (or refuse the request, for `headersWithUnderscores: reject`).
+ * look-alike and rerouting headers (or refuse the request, for `headersWithUnderscores: reject`). Without
+ * `hostRequired` (HTTP/1.0) a request may have no Host; the app then gets the Host of `inbound.app`, which the
+ * HTTP/1.1 or HTTP/2 hop to it needs.
  */
 export function buildInboundHeaders(
   rawHeaders: readonly string[],
+  hostRequired: boolean,
   mode: XfccMode,
   ourXfcc: string | null,
   forwardedProto: "https" | "http",
@@ -49,15 +52,13 @@ export function buildInboundHeaders(
       detail: `the header name ${JSON.stringify(refused.slice(0, 100))} has an underscore, which inbound.headersWithUnderscores refuses`,
     };
   }
-  if (filtered.hosts !== 1) {
-    return {
-      ok: false,
-      detail:
-        filtered.hosts === 0 ? "the request has no Host header" : "the request has more than one Host header",
-    };
+  if (filtered.hosts > 1) return { ok: false, detail: "the request has more than one Host header" };
+  if (filtered.host === undefined) {
+    if (hostRequired) return { ok: false, detail: "the request has no Host header" };
+  } else {
+    const badHost = hostProblem(filtered.host);
+    if (badHost) return { ok: false, detail: badHost };
   }
-  const badHost = hostProblem(filtered.host!);
-  if (badHost) return { ok: false, detail: badHost };
   // A peer that nominates its own XFCC as hop-by-hop asks us to drop it: honour that, never touching ours.
   const xfcc = applyXfccMode(mode, xfccNominated ? undefined : incomingXfcc, ourXfcc);
   const headers = filtered.list;

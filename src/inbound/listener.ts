@@ -46,6 +46,7 @@ import {
   type UpstreamDispatcher,
   unlessResetAtOnce,
   updateHttpLimits,
+  upgradeProtocol,
   upgradeRefusal,
   upgradeRequested,
   upgradeToken,
@@ -505,10 +506,11 @@ export class InboundListener {
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     const connection = connectionOf(req.socket);
     const token = upgradeToken(req.rawHeaders)!;
+    const protocol = upgradeProtocol(token);
     const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
     if (tooMany) {
       socket.end(rawErrorResponse(431, "Request Header Fields Too Large", "bad_request", tooMany));
-      this.#handler.refused(req.method!, req.url!, connection, token, 431, "bad_request", tooMany);
+      this.#handler.refused(req.method!, req.url!, connection, protocol, 431, "bad_request", tooMany);
       return;
     }
     const message = upgradeRefusal(
@@ -519,7 +521,7 @@ export class InboundListener {
     );
     if (message) {
       socket.end(rawErrorResponse(400, "Bad Request", "upgrade_refused", message));
-      this.#handler.refused(req.method!, req.url!, connection, token, 400, "upgrade_refused", message);
+      this.#handler.refused(req.method!, req.url!, connection, protocol, 400, "upgrade_refused", message);
       return;
     }
     this.#handler.handleUpgrade(req, socket, head, connection, token);

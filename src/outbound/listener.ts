@@ -35,6 +35,7 @@ import {
   Tunnels,
   unlessResetAtOnce,
   updateHttpLimits,
+  upgradeProtocol,
   upgradeRefusal,
   upgradeRequested,
   upgradeToken,
@@ -435,7 +436,7 @@ export class OutboundListener {
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
     const started = performance.now();
     const token = upgradeToken(req.rawHeaders)!;
-    const record = this.#record(req.method!, req.url!.split("?")[0]!.slice(0, 200), token);
+    const record = this.#record(req.method!, req.url!.split("?")[0]!.slice(0, 200), upgradeProtocol(token));
     const refuse = (status: number, reason: string, detail: string) => {
       record.decision = "deny";
       record.destination_identity ||= "unknown";

@@ -50,6 +50,11 @@ export interface Downstream {
   readonly target: string;
   /** Request headers as a flat [name, value, …] list, without pseudo-headers; HTTP/2's `:authority` as `host`. */
   readonly rawHeaders: readonly string[];
+  /**
+   * Whether the request must carry a Host (HTTP/2: `:authority` or `host`). RFC 9112 §3.2 requires one of every
+   * HTTP/1.1 request only: an HTTP/1.0 request may come without, as it did before Host existed.
+   */
+  readonly hostRequired: boolean;
   /** Whether the request is gRPC (`content-type: application/grpc…`): errors are then rendered as gRPC statuses. */
   readonly grpc: boolean;
   /** Whether a body follows, when the protocol's framing says so (HTTP/2); undefined: the headers tell (HTTP/1.1). */
@@ -113,6 +118,10 @@ export class H1Downstream implements Downstream {
     return this.req.rawHeaders;
   }
 
+  get hostRequired(): boolean {
+    return hostRequiredOf(this.req);
+  }
+
   get headersSent(): boolean {
     return this.res.headersSent;
   }
@@ -166,6 +175,11 @@ export class H1Downstream implements Downstream {
   }
 }
 
+/** Whether an HTTP/1.x request must carry a Host: all but HTTP/1.0 ones (RFC 9112 §3.2). */
+export function hostRequiredOf(req: IncomingMessage): boolean {
+  return req.httpVersionMajor !== 1 || req.httpVersionMinor !== 0;
+}
+
 /** Whether the request announced a body that has not all arrived yet (Node marks even a GET complete only later). */
 function bodyUnread(req: IncomingMessage): boolean {
   if (req.complete) return false;
@@ -196,6 +210,7 @@ export class H2Downstream implements Downstream {
   readonly method: string;
   readonly target: string;
   readonly rawHeaders: readonly string[];
+  readonly hostRequired = true;
   readonly grpc: boolean;
   readonly hasBody: boolean;
   #trailers: ResponseHeaders | undefined;

@@ -62,6 +62,15 @@ export function upgradeRefusal(
   return honored.includes(token) ? undefined : `Upgrade: ${token} is not in ${setting}`;
 }
 
+/**
+ * The `protocol` an Upgrade request is logged and counted with: its token (`websocket`), except `h2c`, which is
+ * never honored: that request never leaves HTTP/1.1, and is counted as `http/1.1`, which keeps the label
+ * to the documented set (`http/1.1`, `h2`, `websocket`).
+ */
+export function upgradeProtocol(token: string): string {
+  return token === "h2c" ? "http/1.1" : token;
+}
+
 /** The Upgrade token a request asks for (the first one it lists), lowercased; undefined when none. */
 export function upgradeToken(rawHeaders: readonly string[]): string | undefined {
   for (let i = 0; i < rawHeaders.length; i += 2) {
