@@ -51,7 +51,7 @@ async function h2Upstream(t: Test, behaviour: { refuseFirst?: boolean; goawayFir
   const numbered = new WeakMap<http2.Http2Session, number>();
   const server = http2.createServer();
   server.on("session", (session) => numbered.set(session, connections));
-  server.on("stream", (stream, headers) => {
+  server.on("stream", (stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders) => {
     const path = String(headers[":path"]);
     const connection = numbered.get(stream.session!) ?? 0;
     stream.on("error", () => {});
