@@ -60,13 +60,15 @@ async function tlsServer(options: tls.TlsOptions): Promise<string> {
 
 /**
  * `openssl s_server` requiring a client certificate from the stranger CA. Unlike a Node TLS server, which
- * drops a refused client without a word, OpenSSL's own server sends the TLS alert (unknown_ca).
+ * drops a refused client without a word, OpenSSL's own server sends the TLS alert (unknown_ca). `alpn`: the
+ * protocol it selects.
  */
-async function opensslServer(): Promise<string> {
+async function opensslServer(alpn?: string): Promise<string> {
   const server = await startOpensslServer({
     certPath: orders.certPath,
     keyPath: orders.keyPath,
     caPath: stranger.bundlePath,
+    ...(alpn ? { alpn } : {}),
   });
   t.teardown(() => server.stop());
   return server.address;
@@ -102,6 +104,7 @@ const caller = await startCaller(pki, frontend, {
     identity: orders.spiffeId,
   },
   "orders-alerting": { address: await opensslServer(), identity: orders.spiffeId },
+  "orders-alerting-h2": { address: await opensslServer("h2"), identity: orders.spiffeId, protocol: "h2" },
   // A Node TLS server that trusts only the stranger CA: it closes on our certificate without an alert.
   "orders-silent": {
     address: await tlsServer({
@@ -238,6 +241,21 @@ t.test("a TLS server that rejects our certificate with an alert gives upstream_t
   t.match(error.error, 'unknown_ca: orders-alerting sent the TLS alert "unknown ca"');
   t.match(handshake[0], { reason: "unknown_ca", direction: "outbound" });
 });
+
+t.test(
+  "an HTTP/2 server that refuses our certificate with an alert gives 502 after one connection",
+  async (t) => {
+    // The alert ends the session before the server's SETTINGS: the request fails with it, no connection is retried.
+    const { result, handshake } = await call("orders-alerting-h2");
+    const error = sidecarError(result);
+    t.equal(error.status, 502);
+    t.equal(error.reason, "upstream_tls_error");
+    t.match(error.error, 'unknown_ca: orders-alerting-h2 sent the TLS alert "unknown ca"');
+    t.equal(handshake.length, 1);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    t.same(caller.sidecar.upstreamStats()["orders-alerting-h2"]!.handshakes, { full: 1, resumed: 0 });
+  },
+);
 
 t.test("a TLS server that drops our certificate without an alert gives 502, not a hang", async (t) => {
   const { result } = await call("orders-silent");
