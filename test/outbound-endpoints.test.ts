@@ -1,15 +1,19 @@
 // An upstream of several instances: requests spread over its endpoints, DNS changes followed, failing ones ejected.
 import { once } from "node:events";
+import { writeFile } from "node:fs/promises";
 import http from "node:http";
 import net from "node:net";
+import path from "node:path";
 import tls from "node:tls";
 import t from "tap";
 import { request } from "undici";
 import { WebSocket } from "ws";
 import { startApp } from "./helpers/app.ts";
 import { startDnsServer } from "./helpers/dns-server.ts";
+import { startGateApp } from "./helpers/gate-app.ts";
+import { startOpensslServer } from "./helpers/openssl-server.ts";
 import { inboundAddress } from "./helpers/outbound.ts";
-import { createTestPki } from "./helpers/pki.ts";
+import { createTestPki, type TestPki } from "./helpers/pki.ts";
 import { type RunningSidecar, startSidecar, waitForLog } from "./helpers/sidecar.ts";
 
 type Test = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -23,10 +27,22 @@ t.teardown(() => dns.close());
 const frontend = await pki.identity("frontend");
 const orders = await pki.identity("orders");
 const payments = await pki.identity("payments");
+// A second CA, which the orders instances do not trust: a caller whose certificate it issued is refused by them.
+const stranger = await createTestPki();
+t.teardown(() => stranger.cleanup());
+// The orders SPIFFE ID from the stranger CA, and a bundle of both roots for a caller that accepts either.
+const strangerOrders = await stranger.identity("orders");
+const bothRoots = { ...pki, bundlePath: path.join(pki.dir, "both-roots.pem") };
+await writeFile(bothRoots.bundlePath, pki.bundlePem + stranger.bundlePem);
 
-/** An inbound sidecar as `identity` at `listen`, in front of `appUrl`, allowing frontend. */
-function instance(listen: string, identity = orders, appUrl = app.url): Promise<RunningSidecar> {
-  return startSidecar(pki, identity, {
+/** An inbound sidecar as `identity` at `listen`, in front of `appUrl`, allowing frontend; trusting `trust`'s roots. */
+function instance(
+  listen: string,
+  identity = orders,
+  appUrl = app.url,
+  trust: TestPki = pki,
+): Promise<RunningSidecar> {
+  return startSidecar(trust, identity, {
     inbound: {
       listen,
       app: appUrl,
@@ -62,9 +78,14 @@ interface Caller extends RunningSidecar {
 }
 
 /** A frontend sidecar whose upstream `orders` is `upstream` (plus its identity); names resolve through `dns`. */
-async function caller(t: Test, upstream: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+async function caller(
+  t: Test,
+  upstream: Record<string, unknown>,
+  extra: Record<string, unknown> = {},
+  trust: TestPki = pki,
+) {
   const running = await startSidecar(
-    pki,
+    trust,
     frontend,
     {
       outbound: { listen: "127.0.0.1:0", upstreams: { orders: { identity: orders.spiffeId, ...upstream } } },
@@ -308,6 +329,195 @@ t.test("an endpoint presenting the wrong identity is ejected at once and never s
   t.equal(state?.state, "ejected");
   t.ok(Date.parse(state!.ejectedUntil!) > Date.now(), "ejected until later");
   t.ok(stats.retries.not_sent >= 1, "the request that met it went elsewhere");
+});
+
+/** What a caller knows of the endpoint at `address` after requests: its state, the ejections and retries. */
+async function afterRefusal(t: Test, via: Caller, address: string, prefix: string): Promise<void> {
+  t.equal(
+    served(instances[0]!, prefix) + served(instances[1]!, prefix),
+    9,
+    "every GET was served by the other endpoints, once",
+  );
+  const stats = via.sidecar.upstreamStats().orders!;
+  t.equal(stats.ejections, 1, "ejected after its first refusal, and only then");
+  t.same(stats.retries, { not_sent: 1, idempotent: 0 }, "the one GET that met it went to another endpoint");
+  t.equal(stats.handshakes.full, 3, "one connection to each endpoint: none to it again while ejected");
+  const { body } = await getJson<StatusBody>(`${via.adminUrl}/status`);
+  t.match(
+    body.upstreams.orders!.endpoints.find((endpoint) => endpoint.address === address),
+    { state: "ejected", ejectedUntil: String },
+  );
+  const metrics = await (await fetch(`${via.adminUrl}/metrics`)).text();
+  t.match(metrics, /^mtlsd_upstream_ejections_total\{upstream="orders"\} 1$/m);
+  t.match(metrics, /^mtlsd_handshake_failures_total\{direction="outbound",reason="unknown_ca"\} 1$/m);
+}
+
+for (const protocol of ["http1", "h2"] as const) {
+  t.test(
+    `an endpoint whose TLS alert refuses our certificate is ejected at once, and GETs go to the others (${protocol})`,
+    async (t) => {
+      // Trusts only the stranger CA, so it refuses our certificate; in TLS 1.3 its alert comes on the first read.
+      const refusing = await startOpensslServer({
+        certPath: orders.certPath,
+        keyPath: orders.keyPath,
+        caPath: stranger.bundlePath,
+        ...(protocol === "h2" ? { alpn: "h2" } : {}),
+      });
+      t.teardown(() => refusing.stop());
+      const via = await caller(t, {
+        endpoints: [addresses[0], refusing.address, addresses[1]],
+        balance: "round_robin",
+        protocol,
+      });
+      const prefix = `/alert-${protocol}/`;
+      for (let i = 0; i < 9; i++) t.equal((await send(via, `${prefix}${i}`)).status, 200);
+      t.match(await waitForLog(via.logs, (line) => line.msg === "upstream endpoint ejected"), {
+        level: "warn",
+        upstream: "orders",
+        endpoint: refusing.address,
+        reason: "connect_failure",
+        detail: 'unknown_ca: orders sent the TLS alert "unknown ca" (it did not accept our certificate)',
+        ejected_for_ms: 30_000,
+      });
+      t.match(await waitForLog(via.logs, (line) => line.msg === "handshake failed"), {
+        direction: "outbound",
+        reason: "unknown_ca",
+        upstream: "orders",
+        endpoint: refusing.address,
+      });
+      await afterRefusal(t, via, refusing.address, prefix);
+    },
+  );
+
+  t.test(
+    `an mtlsd endpoint that answers 403 refusing our certificate is ejected at once, and GETs go to the others (${protocol})`,
+    async (t) => {
+      // The orders SPIFFE ID from the stranger CA, whose sidecar trusts only that CA: it completes the handshake,
+      // then answers 403 unknown_ca. The caller trusts both roots, so this server passes its identity check.
+      const refusing = await instance("127.0.0.1:0", strangerOrders, app.url, stranger);
+      t.teardown(() => refusing.stop());
+      const via = await caller(
+        t,
+        {
+          endpoints: [addresses[0], inboundAddress(refusing), addresses[1]],
+          balance: "round_robin",
+          protocol,
+        },
+        {},
+        bothRoots,
+      );
+      const prefix = `/refused-${protocol}/`;
+      for (let i = 0; i < 9; i++) t.equal((await send(via, `${prefix}${i}`)).status, 200);
+      t.equal(served(refusing, prefix), 0, "its app never saw a request");
+      t.match(await waitForLog(refusing.logs, (line) => line.msg === "handshake failed"), {
+        direction: "inbound",
+        reason: "unknown_ca",
+      });
+      t.match(await waitForLog(via.logs, (line) => line.msg === "upstream endpoint ejected"), {
+        level: "warn",
+        upstream: "orders",
+        endpoint: inboundAddress(refusing),
+        reason: "connect_failure",
+        detail: "orders refused our certificate: unknown_ca",
+        ejected_for_ms: 30_000,
+      });
+      t.match(await waitForLog(via.logs, (line) => line.msg === "handshake failed"), {
+        direction: "outbound",
+        reason: "unknown_ca",
+        upstream: "orders",
+        endpoint: inboundAddress(refusing),
+      });
+      await afterRefusal(t, via, inboundAddress(refusing), prefix);
+    },
+  );
+}
+
+t.test(
+  "an endpoint that answers 403 policy_denied is healthy: its answer is passed on, nothing ejected",
+  async (t) => {
+    const denying = await startSidecar(pki, orders, {
+      inbound: {
+        listen: "127.0.0.1:0",
+        app: app.url,
+        policy: {
+          rules: [{ name: "nobody", action: "allow", from: ["spiffe://example.org/ns/nobody/sa/nobody"] }],
+        },
+      },
+    });
+    t.teardown(() => denying.stop());
+    const via = await caller(t, {
+      endpoints: [addresses[0], inboundAddress(denying)],
+      balance: "round_robin",
+      outlier: { consecutiveFailures: 1 },
+    });
+    const answers: string[] = [];
+    for (let i = 0; i < 6; i++) {
+      const response = await send(via, `/denied/${i}`);
+      answers.push(`${response.status} ${response.headers["x-mtlsd-reason"] ?? "-"}`);
+    }
+    t.same(
+      answers.sort(),
+      ["200 -", "200 -", "200 -", "403 policy_denied", "403 policy_denied", "403 policy_denied"],
+      "each endpoint kept its turn; the denial reached the app as the upstream made it",
+    );
+    const stats = via.sidecar.upstreamStats().orders!;
+    t.equal(stats.ejections, 0);
+    t.same(stats.retries, { not_sent: 0, idempotent: 0 }, "a denial is an answer, not sent again");
+    t.same(
+      stats.endpoints.map((endpoint) => endpoint.state),
+      ["healthy", "healthy"],
+    );
+    t.notOk(
+      via.logs.some((line) => line.msg === "handshake failed"),
+      "a policy denial is not a refused certificate",
+    );
+  },
+);
+
+t.test("least_request sends requests to the endpoints with fewer in flight, not to a busy one", async (t) => {
+  const gate = await startGateApp();
+  t.teardown(() => gate.close());
+  const busy = await instance("127.0.0.1:0", orders, gate.url);
+  t.teardown(() => busy.stop());
+  // free.test resolves to nothing yet: the first requests can only go to the busy instance, where they wait.
+  const via = await caller(t, {
+    endpoints: [inboundAddress(busy), `free.test:${port}`],
+    resolveInterval: "100ms",
+  });
+  const held = Array.from({ length: 4 }, (_, i) => send(via, `/gate/${i}`));
+  await gate.arrived(4);
+  // Two free instances join. The busy endpoint is the same one, still with its 4 requests in flight.
+  dns.set("free.test", ["127.0.0.1", "127.0.0.2"]);
+  await until(() => via.sidecar.upstreamStats().orders!.endpoints.length === 3, "the free instances joined");
+  t.match(
+    via.sidecar
+      .upstreamStats()
+      .orders!.endpoints.find((endpoint) => endpoint.address === inboundAddress(busy)),
+    { pending: 4 },
+  );
+  // Rounds of 3 at once: a free endpoint never has 4 in flight, so the busy one is never the better of two. A
+  // random pick would send it a third of them (none of 24: odds under 1 in 10,000).
+  for (let round = 0; round < 8; round++) {
+    const answers = await Promise.all(Array.from({ length: 3 }, (_, i) => send(via, `/least/${round}-${i}`)));
+    t.same(
+      answers.map((answer) => answer.status),
+      [200, 200, 200],
+    );
+  }
+  const sentTo = (address: string) =>
+    via.logs.filter(
+      (line) =>
+        line.msg === "request" && String(line.path).startsWith("/least/") && line.endpoint === address,
+    ).length;
+  t.equal(sentTo(inboundAddress(busy)), 0, "the busy endpoint got none");
+  t.equal(sentTo(addresses[0]!) + sentTo(addresses[1]!), 24, "the free ones got all 24");
+  t.ok(sentTo(addresses[0]!) > 0 && sentTo(addresses[1]!) > 0, "and shared them");
+  gate.release();
+  t.same(
+    (await Promise.all(held)).map((answer) => answer.status),
+    [200, 200, 200, 200],
+    "the held requests finish",
+  );
 });
 
 for (const protocol of ["h2", "http1"]) {

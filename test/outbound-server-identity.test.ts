@@ -1,16 +1,14 @@
 // The outbound side proves the server is the SPIFFE ID the config names, and says why when it is not.
-import { spawn } from "node:child_process";
-import { once } from "node:events";
 import { writeFile } from "node:fs/promises";
-import net, { type AddressInfo } from "node:net";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
-import { createInterface } from "node:readline";
 import tls from "node:tls";
 import t from "tap";
 import { stringify } from "yaml";
 import { parseConfig } from "../src/config/index.ts";
 import { issueLeaf } from "../src/pki/index.ts";
 import { startApp } from "./helpers/app.ts";
+import { startOpensslServer } from "./helpers/openssl-server.ts";
 import {
   appRequest,
   echoed,
@@ -60,58 +58,20 @@ async function tlsServer(options: tls.TlsOptions): Promise<string> {
   return `127.0.0.1:${(server.address() as AddressInfo).port}`;
 }
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 /**
  * `openssl s_server` requiring a client certificate from the stranger CA. Unlike a Node TLS server, which
- * drops a refused client without a word, OpenSSL's own server sends the TLS alert (unknown_ca).
+ * drops a refused client without a word, OpenSSL's own server sends the TLS alert (unknown_ca). `alpn`: the
+ * protocol it selects.
  */
-async function opensslServer(): Promise<string> {
-  const port = await freePort();
-  const child = spawn(
-    "openssl",
-    [
-      "s_server",
-      "-accept",
-      `127.0.0.1:${port}`,
-      "-cert",
-      orders.certPath,
-      "-cert_chain",
-      orders.certPath,
-      "-key",
-      orders.keyPath,
-      "-CAfile",
-      stranger.bundlePath,
-      "-Verify",
-      "1",
-      "-verify_return_error",
-      "-www",
-    ],
-    { stdio: ["ignore", "pipe", "ignore"] },
-  );
-  t.teardown(async () => {
-    if (child.exitCode !== null) return;
-    child.kill();
-    await once(child, "exit");
+async function opensslServer(alpn?: string): Promise<string> {
+  const server = await startOpensslServer({
+    certPath: orders.certPath,
+    keyPath: orders.keyPath,
+    caPath: stranger.bundlePath,
+    ...(alpn ? { alpn } : {}),
   });
-  const lines = createInterface({ input: child.stdout! });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("openssl s_server did not start within 5s")), 5000);
-    lines.on("line", (line) => {
-      if (line.startsWith("ACCEPT")) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`openssl s_server exited with ${code}`)));
-  });
-  return `127.0.0.1:${port}`;
+  t.teardown(() => server.stop());
+  return server.address;
 }
 
 const expiredOrders = await pki.identity("orders-expired", {
@@ -144,6 +104,7 @@ const caller = await startCaller(pki, frontend, {
     identity: orders.spiffeId,
   },
   "orders-alerting": { address: await opensslServer(), identity: orders.spiffeId },
+  "orders-alerting-h2": { address: await opensslServer("h2"), identity: orders.spiffeId, protocol: "h2" },
   // A Node TLS server that trusts only the stranger CA: it closes on our certificate without an alert.
   "orders-silent": {
     address: await tlsServer({
@@ -280,6 +241,21 @@ t.test("a TLS server that rejects our certificate with an alert gives upstream_t
   t.match(error.error, 'unknown_ca: orders-alerting sent the TLS alert "unknown ca"');
   t.match(handshake[0], { reason: "unknown_ca", direction: "outbound" });
 });
+
+t.test(
+  "an HTTP/2 server that refuses our certificate with an alert gives 502 after one connection",
+  async (t) => {
+    // The alert ends the session before the server's SETTINGS: the request fails with it, no connection is retried.
+    const { result, handshake } = await call("orders-alerting-h2");
+    const error = sidecarError(result);
+    t.equal(error.status, 502);
+    t.equal(error.reason, "upstream_tls_error");
+    t.match(error.error, 'unknown_ca: orders-alerting-h2 sent the TLS alert "unknown ca"');
+    t.equal(handshake.length, 1);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    t.same(caller.sidecar.upstreamStats()["orders-alerting-h2"]!.handshakes, { full: 1, resumed: 0 });
+  },
+);
 
 t.test("a TLS server that drops our certificate without an alert gives 502, not a hang", async (t) => {
   const { result } = await call("orders-silent");

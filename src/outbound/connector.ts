@@ -9,6 +9,7 @@ import {
   type PeerIdentityCache,
 } from "../identity/index.ts";
 import { IDENTITY_MISMATCH_CODE, UPSTREAM_TLS_CODE } from "../proxy/index.ts";
+import { RECEIVED_ALERT, refusesOurCertificate } from "./refusal.ts";
 
 /** Why a connection to an upstream was given up during or right after its handshake. */
 export interface UpstreamHandshakeFailure {
@@ -36,6 +37,11 @@ export interface ConnectorOptions {
   onHandshake?: (resumed: boolean) => void;
   /** Called once for each connection refused during or right after its handshake, by either side. */
   onFailure?: (failure: UpstreamHandshakeFailure) => void;
+  /**
+   * A connection already handed over was refused by the server's verdict on our certificate (a TLS 1.3 alert
+   * on the first read): it failed its handshake as surely as one that never opened, with the same error.
+   */
+  onRefused?: (error: Error & { code: string }) => void;
 }
 
 /** An error whose `code` the forwarding engine maps to a reason. */
@@ -147,6 +153,9 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
         finish(new UpstreamError(UPSTREAM_TLS_CODE, failure.message, error), socket);
         return;
       }
+      if (refusesOurCertificate(error)) {
+        options.onRefused?.(new UpstreamError(UPSTREAM_TLS_CODE, failure.message, error));
+      }
       // In TLS 1.3 the server judges our certificate after our side of the handshake is done, so its alert
       // arrives once undici owns the socket. A fatal alert ends the connection: destroy it now, or the 'end'
       // that follows makes undici fail the request as "other side closed" and the cause is lost.
@@ -154,10 +163,6 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
     });
   };
 }
-
-// An alert the server sent, as OpenSSL reports it: ERR_SSL_TLSV1_ALERT_UNKNOWN_CA, ERR_SSL_TLSV13_ALERT_….
-const RECEIVED_ALERT = /^ERR_SSL_(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)$/;
-const CERTIFICATE_REASONS = new Set<HandshakeFailureReason>(["unknown_ca", "cert_expired", "revoked"]);
 
 /**
  * A TLS error, classified, told from our side: "TLS with orders failed: unknown_ca: orders sent the TLS alert
@@ -172,7 +177,7 @@ export function tlsFailure(
   const alert = RECEIVED_ALERT.exec(code)?.[1]?.toLowerCase().replaceAll("_", " ");
   let detail: string;
   if (alert) {
-    const hint = CERTIFICATE_REASONS.has(reason)
+    const hint = refusesOurCertificate(error)
       ? " (it did not accept our certificate)"
       : alert === "protocol version"
         ? " (mtlsd speaks only TLS 1.3 to upstreams)"

@@ -40,7 +40,10 @@ export interface EndpointOptions {
   handshakes: { full: number; resumed: number };
   /** A connection refused during or right after its handshake, by either side. */
   onHandshakeFailure(failure: UpstreamHandshakeFailure): void;
-  /** A connection could not be opened at all: refused, unreachable, timed out, or its handshake failed. */
+  /**
+   * A connection could not be opened at all: refused, unreachable, timed out, or its handshake failed (the
+   * server's refusal of our certificate included, though in TLS 1.3 it comes once the connection is in use).
+   */
   onConnectFailure(error: Error & { code?: string }): void;
 }
 
@@ -236,6 +239,7 @@ export class Endpoint {
         else options.handshakes.full++;
       },
       onFailure: options.onHandshakeFailure,
+      onRefused: options.onConnectFailure,
     });
     return (connectOptions, callback) =>
       connect(connectOptions, (error, socket) => {

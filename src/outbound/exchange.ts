@@ -3,8 +3,10 @@
 import http2 from "node:http2";
 import type { Duplex, Readable } from "node:stream";
 import type { Dispatcher } from "undici";
+import type { HandshakeFailureReason } from "../identity/index.ts";
 import type { ResponseHeaders, StreamHandler } from "../proxy/index.ts";
 import type { Endpoint } from "./endpoint.ts";
+import { peerRefusal, refusesOurCertificate } from "./refusal.ts";
 
 const { NGHTTP2_REFUSED_STREAM } = http2.constants;
 
@@ -28,6 +30,8 @@ export interface ExchangeHost {
   /** How a try ended, for outlier detection: an answer (its status) or a failure after the request went out. */
   answered(endpoint: Endpoint, status: number): void;
   failed(endpoint: Endpoint, error: Error): void;
+  /** The endpoint's sidecar answered that it refuses our certificate (a 403 with its reason): a failed handshake. */
+  refused(endpoint: Endpoint, reason: HandshakeFailureReason): void;
   retried(reason: RetryReason, from: Endpoint, error: Error & { code?: string }): void;
 }
 
@@ -37,8 +41,9 @@ export interface ExchangeHost {
  * `onRequestStart` once, with this exchange as its controller for every try, and only the last try's answer.
  *
  * Tried again, once, on another endpoint: a request that never reached the upstream — its connection failed before
- * it was written (HTTP/1.1: undici starts a request only on an open connection), or an HTTP/2 stream the server
- * refused unprocessed (REFUSED_STREAM, or beyond a GOAWAY's last stream) — when its body, if any, is still unread.
+ * it was written (HTTP/1.1: undici starts a request only on an open connection), an HTTP/2 stream the server
+ * refused unprocessed (REFUSED_STREAM, or beyond a GOAWAY's last stream), or a server that refused our certificate
+ * (a TLS alert on the first read, or an mtlsd inbound's 403 saying so) — when its body, if any, is still unread.
  * A request that may have reached it is tried again only if its method is idempotent, it has no body and `retries`
  * allows. Never once anything of the answer went to the client.
  */
@@ -128,7 +133,18 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     statusMessage?: string,
     endStream?: boolean,
   ): void {
-    if (statusCode >= 200) this.#host.answered(attempt.endpoint, statusCode);
+    const refusal = statusCode >= 200 ? peerRefusal(statusCode, headers) : undefined;
+    if (refusal) {
+      // The sidecar never passed the request to its app: it refuses our certificate on every connection.
+      this.#host.refused(attempt.endpoint, refusal);
+      const error = new Error(`${attempt.endpoint.address} refused our certificate: ${refusal}`);
+      const next = this.#retry(attempt, true, error);
+      if (next) {
+        attempt.drop(error);
+        this.#sendAgain(next, error);
+        return;
+      }
+    } else if (statusCode >= 200) this.#host.answered(attempt.endpoint, statusCode);
     this.#handler.onResponseStart?.(this, statusCode, headers, statusMessage, endStream);
   }
 
@@ -151,15 +167,23 @@ export class BalancedExchange implements Dispatcher.DispatchController {
       this.#handler.onResponseError?.(this, error);
       return;
     }
-    const refused = error.rstCode === NGHTTP2_REFUSED_STREAM;
     // Not started: no connection took it (the connector reports its own failures). Refused: the server said it
-    // did not process it, and is not failing for that (it may be draining).
-    if (attempt.started && !refused) this.#host.failed(attempt.endpoint, error);
-    const next = this.#retry(attempt, refused, error);
+    // did not process it, and is not failing for that (it may be draining). Our certificate refused by a TLS alert:
+    // the server read none of it, and the connector has ejected the endpoint already.
+    const unprocessed = error.rstCode === NGHTTP2_REFUSED_STREAM || refusesOurCertificate(error);
+    if (attempt.started && !unprocessed) this.#host.failed(attempt.endpoint, error);
+    const next = this.#retry(attempt, unprocessed, error);
     if (!next) {
-      this.#handler.onResponseError?.(this, attempt.started && !refused ? this.#lost(attempt, error) : error);
+      this.#handler.onResponseError?.(
+        this,
+        attempt.started && !unprocessed ? this.#lost(attempt, error) : error,
+      );
       return;
     }
+    this.#sendAgain(next, error);
+  }
+
+  #sendAgain(next: Endpoint, error: Error): void {
     // On the next tick: the failed pool is still unwinding the call that brought us here.
     process.nextTick(() => {
       if (this.aborted) this.#handler.onResponseError?.(this, this.reason ?? error);
@@ -189,10 +213,10 @@ export class BalancedExchange implements Dispatcher.DispatchController {
   }
 
   /** The endpoint of the next try, if the request may be sent again; counts the retry. */
-  #retry(attempt: Try, refused: boolean, error: Error & { code?: string }): Endpoint | undefined {
+  #retry(attempt: Try, unprocessed: boolean, error: Error & { code?: string }): Endpoint | undefined {
     const body = this.#options.body as Readable | null | undefined;
     const bodiless = body === null || body === undefined;
-    const notSent = (!attempt.started && !isInvalidRequest(error)) || refused;
+    const notSent = (!attempt.started && !isInvalidRequest(error)) || unprocessed;
     if (notSent && !this.#notSentRetried && (bodiless || (!attempt.started && unread(body)))) {
       const next = this.#host.pick(this.#tried, false);
       if (next) {
@@ -222,6 +246,8 @@ class Try implements StreamHandler {
   /** The final response head arrived: the client is about to see it, so there is no going back. */
   responded = false;
   #over = false;
+  /** Given up for another try: nothing more of it reaches the exchange. */
+  #dropped = false;
 
   constructor(exchange: BalancedExchange, endpoint: Endpoint) {
     this.#exchange = exchange;
@@ -257,10 +283,12 @@ class Try implements StreamHandler {
   }
 
   onResponseData(_controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.#dropped) return;
     this.#exchange.tryData(chunk);
   }
 
   onResponseEnd(_controller: Dispatcher.DispatchController, trailers: ResponseHeaders): void {
+    if (this.#dropped) return;
     this.#finish();
     this.#exchange.tryEnded(trailers);
   }
@@ -269,6 +297,13 @@ class Try implements StreamHandler {
     if (this.#over) return;
     this.#finish();
     this.#exchange.tryFailed(this, error);
+  }
+
+  /** Its answer is not wanted (the exchange sends the request elsewhere): the stream or connection is let go. */
+  drop(reason: Error): void {
+    this.#dropped = true;
+    this.#finish();
+    this.controller?.abort(reason);
   }
 
   #finish(): void {

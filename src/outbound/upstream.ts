@@ -5,7 +5,7 @@ import type tls from "node:tls";
 import type { Dispatcher } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
-import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
+import type { DenyList, HandshakeFailureReason, PeerIdentityCache } from "../identity/index.ts";
 import type { FailureInterpreter, StreamHandler, UpstreamDispatcher } from "../proxy/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
@@ -130,7 +130,7 @@ export class Upstream implements ExchangeHost {
     this.retries = options.config.retries;
     this.#now = options.now ?? (() => performance.timeOrigin + performance.now());
     this.#context = options.context;
-    this.failures = upstreamFailures(this.name, (failure) => options.onFailure?.(this, failure));
+    this.failures = upstreamFailures(this.name);
     const texts = options.config.endpoints ?? [options.config.address!];
     this.#targets = texts.map((text) => {
       const { host, port } = parseHostPort(text)!;
@@ -234,6 +234,12 @@ export class Upstream implements ExchangeHost {
   failed(endpoint: Endpoint, error: Error & { code?: string }): void {
     const detail = error.code ? `${error.code}: ${error.message}` : error.message;
     this.#ejected(endpoint, endpoint.health.failure(this.#now(), this.config.outlier, detail));
+  }
+
+  refused(endpoint: Endpoint, reason: HandshakeFailureReason): void {
+    const detail = `${this.name} refused our certificate: ${reason}`;
+    this.#options.onFailure?.(this, { reason, detail }, endpoint.address);
+    this.#ejected(endpoint, endpoint.health.connectFailure(this.#now(), this.config.outlier, detail));
   }
 
   retried(reason: RetryReason, from: Endpoint, error: Error & { code?: string }): void {

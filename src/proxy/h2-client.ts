@@ -243,7 +243,11 @@ export class H2Client {
     const pooled: PooledSession = { session, streams: 0, ready: false, closing: false };
     this.#sessions.add(pooled);
     this.#settling++;
-    session.on("error", () => {});
+    // What ended a session before its SETTINGS came: a TLS alert refusing our certificate, most often.
+    let failure: Error | undefined;
+    session.on("error", (error: Error) => {
+      failure ??= error;
+    });
     session.setTimeout(this.#options.idleTimeoutMs, () => {
       if (pooled.streams === 0) {
         pooled.closing = true;
@@ -254,7 +258,14 @@ export class H2Client {
       pooled.closing = true;
     });
     // A server that never sends its SETTINGS is no server to wait for.
-    const settled = setTimeout(() => session.destroy(), this.#options.settingsTimeoutMs);
+    const settled = setTimeout(() => {
+      const timeout = this.#options.settingsTimeoutMs;
+      failure ??= new StreamError(
+        "UND_ERR_SOCKET",
+        `the server sent no HTTP/2 SETTINGS within ${timeout} ms`,
+      );
+      session.destroy();
+    }, this.#options.settingsTimeoutMs);
     const settle = () => {
       clearTimeout(settled);
       if (pooled.ready) return;
@@ -262,8 +273,19 @@ export class H2Client {
       this.#settling--;
     };
     session.once("close", () => {
+      const wasReady = pooled.ready;
       settle();
       this.#sessions.delete(pooled);
+      if (!wasReady) {
+        // The connection failed before it carried a stream, as surely as one that could not be opened: the requests
+        // waiting fail as they would then (nothing of them was sent, so they may be tried elsewhere). Opening
+        // another at once would meet the same end, again and again.
+        this.#failQueue(
+          failure ??
+            new StreamError("UND_ERR_SOCKET", "the connection closed before the server's HTTP/2 SETTINGS"),
+        );
+        return;
+      }
       // Requests still waiting need a session of their own now.
       if (this.#queue.length > 0 && !this.#closed) this.#grow();
     });
