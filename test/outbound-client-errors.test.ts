@@ -53,3 +53,32 @@ t.test("a malformed request gets 400 and a log line naming the parser's error", 
   const line = await waitForLog(caller.logs, (entry) => entry.msg === "request" && entry.status === 400);
   t.match(line, { direction: "outbound", reason: "bad_request", error: /^HPE_/ });
 });
+
+t.test(
+  "an HTTP/1.1 request without Host gets 400 naming what is missing, one log line and one count",
+  async (t) => {
+    const before = await outboundDenials();
+    const response = await send("GET /v1/no-host HTTP/1.1\r\nConnection: close\r\n\r\n");
+    t.match(response, /^HTTP\/1\.1 400 /);
+    t.match(response, /x-mtlsd-reason: bad_request/i);
+    const line = await waitForLog(
+      caller.logs,
+      (entry) => entry.msg === "request" && entry.path === "/v1/no-host",
+    );
+    t.match(line, { status: 400, reason: "bad_request", error: /no Host header/ });
+    t.equal(await outboundDenials(), before + 1);
+  },
+);
+
+t.test(
+  "HTTP/1.0 may leave Host out: the URL routes it, and an origin-form target names no upstream",
+  async (t) => {
+    const routed = await send("GET http://orders/v1/ten HTTP/1.0\r\n\r\n");
+    // Routed to orders, whose address has nothing listening: a 502 about the upstream, not a 400 about Host.
+    t.match(routed, /^HTTP\/1\.1 502 /);
+    t.notMatch(routed, /x-mtlsd-reason: (bad_request|unknown_upstream)/i);
+    const unrouted = await send("GET /v1/ten HTTP/1.0\r\n\r\n");
+    t.match(unrouted, /^HTTP\/1\.1 502 /);
+    t.match(unrouted, /x-mtlsd-reason: unknown_upstream/i);
+  },
+);

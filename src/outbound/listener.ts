@@ -24,6 +24,7 @@ import {
   HttpDrain,
   h2ServerOptions,
   headerCountProblem,
+  hostRequiredOf,
   httpLimits,
   limitHeaderCount,
   rawErrorResponse,
@@ -44,7 +45,7 @@ import {
 import type { Logger, RequestRecord, TrafficObserver } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
 import { type ResolveHost, systemResolver } from "./resolve.ts";
-import { Router } from "./router.ts";
+import { badRequestRoute, Router } from "./router.ts";
 import { Upstream, type UpstreamStats } from "./upstream.ts";
 
 export interface OutboundOptions {
@@ -127,6 +128,8 @@ export class OutboundListener {
         ...httpLimits(limits),
         joinDuplicateHeaders: false,
         insecureHTTPParser: false,
+        // An HTTP/1.1 request without Host is refused below, with a reason and a log line (Node's own 400 has neither).
+        requireHostHeader: false,
         shouldUpgradeCallback: upgradeRequested(() => this.#options.config.upgrades),
       },
       (req, res) => this.#onRequest(req, res, false),
@@ -388,11 +391,12 @@ export class OutboundListener {
     // A `Connection: close` from the app ends only the app's own connection, never a pooled one.
     const headers = filterRequestHeaders(down.rawHeaders);
     const record = this.#record(down.method, "", down.protocol);
-    const route = this.#router.route(down.target, headers.host, this.#bound(bound));
-    if (!route.ok || headers.hosts > 1) {
-      const [status, reason, detail] = route.ok
-        ? ([400, "bad_request", "the request has more than one Host header"] as const)
-        : ([route.status, route.reason, route.detail] as const);
+    const hostCount = hostCountProblem(headers.hosts, down.hostRequired);
+    const route = hostCount
+      ? badRequestRoute(hostCount)
+      : this.#router.route(down.target, headers.host, this.#bound(bound));
+    if (!route.ok) {
+      const { status, reason, detail } = route;
       record.path = down.target.split("?")[0]!.slice(0, 200);
       record.decision = "deny";
       record.destination_identity = "unknown";
@@ -463,10 +467,12 @@ export class OutboundListener {
     }
     const headers = filterRequestHeaders(req.rawHeaders);
     const bound = (req.socket as AppSocket)[kRoute];
-    const route = this.#router.route(req.url!, headers.host, this.#bound(bound));
-    if (!route.ok || headers.hosts > 1) {
-      if (route.ok) refuse(400, "bad_request", "the request has more than one Host header");
-      else refuse(route.status, route.reason, route.detail);
+    const hostCount = hostCountProblem(headers.hosts, hostRequiredOf(req));
+    const route = hostCount
+      ? badRequestRoute(hostCount)
+      : this.#router.route(req.url!, headers.host, this.#bound(bound));
+    if (!route.ok) {
+      refuse(route.status, route.reason, route.detail);
       return;
     }
     if (route.authority !== undefined) replaceHost(headers.list, route.authority);
@@ -631,4 +637,15 @@ function replaceHost(list: string[], authority: string): void {
     }
   }
   list.push("host", authority);
+}
+
+/**
+ * Why the number of Host headers is wrong, or undefined: exactly one, or none on HTTP/1.0, which RFC 9112 §3.2
+ * allows (routed by the target or the port; on the shared port an origin-form target then names no upstream).
+ */
+function hostCountProblem(hosts: number, hostRequired: boolean): string | undefined {
+  if (hosts > 1) return "the request has more than one Host header";
+  if (hosts === 0 && hostRequired)
+    return "the request has no Host header (RFC 9112 §3.2 requires one in HTTP/1.1)";
+  return undefined;
 }

@@ -43,7 +43,7 @@ export class Router {
    */
   route(target: string, host: string | undefined, portUpstream: Upstream | undefined): Route {
     const badHost = host === undefined ? undefined : hostProblem(host);
-    if (badHost) return badRequest(badHost);
+    if (badHost) return badRequestRoute(badHost);
     if (target.charCodeAt(0) !== 0x2f /* "/" */) return this.#routeAbsolute(target, host, portUpstream);
     const upstream = portUpstream ?? (host ? this.#lookup(host) : undefined);
     if (!upstream) return this.#unknown(host ?? "");
@@ -59,7 +59,9 @@ export class Router {
   #routeAbsolute(target: string, host: string | undefined, portUpstream: Upstream | undefined): Route {
     const parts = ABSOLUTE_FORM.exec(target);
     if (!parts) {
-      return badRequest(`the request-target ${quote(target)} is neither a path nor an absolute http:// URL`);
+      return badRequestRoute(
+        `the request-target ${quote(target)} is neither a path nor an absolute http:// URL`,
+      );
     }
     const scheme = parts[1]!.toLowerCase();
     const authority = parts[2]!;
@@ -72,20 +74,23 @@ export class Router {
       };
     }
     // RFC 9110 §4.2.4: userinfo in an http URI is to be treated as an error, not silently dropped.
-    if (authority.includes("@")) return badRequest("the URL has userinfo (user@host), which is not allowed");
+    if (authority.includes("@"))
+      return badRequestRoute("the URL has userinfo (user@host), which is not allowed");
     const badAuthority = authority === "" ? "it is empty" : hostProblem(authority);
     if (badAuthority) {
-      return badRequest(`the URL's host ${quote(authority)} is not a valid host[:port]: ${badAuthority}`);
+      return badRequestRoute(
+        `the URL's host ${quote(authority)} is not a valid host[:port]: ${badAuthority}`,
+      );
     }
     if (host !== undefined && authorityKey(host) !== authorityKey(authority)) {
-      return badRequest(
+      return badRequestRoute(
         `the Host header ${quote(host)} names another authority than the URL (${quote(authority)})`,
       );
     }
     const upstream = this.#lookup(authority);
     if (!upstream) return this.#unknown(authority);
     if (portUpstream && upstream !== portUpstream) {
-      return badRequest(
+      return badRequestRoute(
         `this port carries requests for upstream ${portUpstream.name} only, not for ${quote(authority)}`,
       );
     }
@@ -127,7 +132,7 @@ function hostOf(authority: string): string {
   return colon === -1 ? lower : lower.slice(0, colon);
 }
 
-function badRequest(detail: string): Route {
+export function badRequestRoute(detail: string): Route {
   return { ok: false, status: 400, reason: "bad_request", detail };
 }
 
