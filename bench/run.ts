@@ -63,7 +63,8 @@ const { values } = parseArgs({
     "message-bytes": { type: "string", default: "1024" },
     // The protocol between the two sidecars (upstreams.NAME.protocol): auto (as shipped) | http1 | h2.
     "mtlsd-protocol": { type: "string", default: "auto" },
-    // Node flags for the mtlsd processes only (e.g. "--max-semi-space-size=1" to study memory); none by default, as shipped.
+    // Node flags for the mtlsd processes only (e.g. "--max-semi-space-size=1" to study memory). None by default: mtlsd
+    // then runs as shipped, with its own heap defaults (src/cli/heap.ts); a flag given here replaces its default.
     "mtlsd-node-flags": { type: "string", default: "" },
     out: { type: "string", default: path.join(ROOT, "bench", "results") },
     // Run mtlsd from src/ (Node's type stripping) instead of a fresh dist/ build; the harness test uses it.
