@@ -18,7 +18,7 @@
 //   GHOSTUNNEL=/usr/local/bin/ghostunnel npm run bench -- --group http
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { existsSync } from "node:fs";
+import { createWriteStream, existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -159,7 +159,11 @@ function start(name: string, command: string, args: string[], env: NodeJS.Proces
   child.stderr!.on("data", (chunk: Buffer) => {
     stderr = (stderr + chunk.toString()).slice(-4000);
   });
-  child.stdout!.resume();
+  // BENCH_LOG_DIR=DIR keeps each process's stdout (mtlsd's logs) as DIR/NAME-PID.log, to see why a row has errors.
+  const logDir = process.env.BENCH_LOG_DIR;
+  if (logDir)
+    child.stdout!.pipe(createWriteStream(path.join(logDir, `${name.replace(/\W+/g, "_")}-${child.pid}.log`)));
+  else child.stdout!.resume();
   child.once("exit", (code, signal) => {
     if (code && code !== 0)
       process.stderr.write(`[bench] ${name} exited with ${code ?? signal}: ${stderr}\n`);

@@ -153,6 +153,8 @@ export class H1Downstream implements Downstream {
 
   end(trailers?: ResponseHeaders): void {
     // Node sends trailers only on a chunked response, and drops them on one framed by Content-Length.
+    // A client that closed after the whole body (Connection: close) is owed nothing more.
+    if (this.res.destroyed) return;
     if (trailers && hasFields(trailers)) this.res.addTrailers(definedFields(trailers));
     this.res.end();
   }

@@ -66,6 +66,8 @@ class ForwardFailedError extends Error {
 
 const { NGHTTP2_CANCEL } = http2.constants;
 const kForwarding = Symbol("mtlsd.forwarding");
+/** How long a response whose body the client already has may wait for the upstream's end of stream. */
+const LINGER_MS = 1000;
 /** What a forward in progress is found by: the HTTP/1.1 response, or the HTTP/2 stream. */
 type ForwardTarget = ServerResponse | http2.ServerHttp2Stream;
 type Forwarded = ForwardTarget & { [kForwarding]?: Forwarding };
@@ -91,6 +93,9 @@ class Forwarding implements StreamHandler {
   #grpcStatus: string | undefined;
   /** Set once the outcome is known, by the upstream or from outside by `fail`: later events are dropped. */
   #finished = false;
+  /** Response body bytes still due by the upstream's Content-Length; undefined when it gave none. */
+  #bodyDue: number | undefined;
+  #lingering: NodeJS.Timeout | undefined;
 
   constructor(
     down: Downstream,
@@ -160,6 +165,8 @@ class Forwarding implements StreamHandler {
     }
     this.#status = statusCode;
     if (this.#down.grpc) this.#grpcStatus = firstValue(headers["grpc-status"]);
+    const length = headers["content-length"];
+    if (!endStream && typeof length === "string" && /^\d+$/.test(length)) this.#bodyDue = Number(length);
     try {
       this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
     } catch (error) {
@@ -173,6 +180,7 @@ class Forwarding implements StreamHandler {
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (this.#finished) return;
+    if (this.#bodyDue !== undefined) this.#bodyDue -= chunk.length;
     if (!this.#down.write(chunk)) {
       controller.pause();
       this.#down.onDrain(() => controller.resume());
@@ -226,12 +234,28 @@ class Forwarding implements StreamHandler {
 
   readonly #onClientClose = (): void => {
     if (this.#finished) return;
+    if (this.#bodyDue === 0) {
+      // The client has the whole body and closed (Connection: close), while the upstream's end of stream is still
+      // on its way (HTTP/2 may send it in a frame of its own). Nothing is cancelled: a RST_STREAM here would read
+      // as a reset to a server that counts them (nghttp2 ends a session past 33 a second, CVE-2023-44487), and
+      // busy Connection: close clients would get the pooled session, with every stream on it, torn down. The
+      // end comes at once from any sound server; a server that holds the stream open is cut after LINGER_MS.
+      this.#lingering = setTimeout(this.#onClientGone, LINGER_MS);
+      this.#lingering.unref();
+      return;
+    }
+    this.#onClientGone();
+  };
+
+  readonly #onClientGone = (): void => {
+    if (this.#finished) return;
     this.#controller?.abort(new ClientClosedError("client closed the connection"));
   };
 
   #finish(outcome: ForwardOutcome): void {
     if (this.#finished) return;
     this.#finished = true;
+    clearTimeout(this.#lingering);
     this.#down.offClose(this.#onClientClose);
     const target = targetOf(this.#down);
     if (target) target[kForwarding] = undefined;
