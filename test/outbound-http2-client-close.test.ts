@@ -19,6 +19,7 @@ const BODY = "0123456789";
 
 /** An HTTP/2 server over mTLS that sends the whole body, then its end of stream in a frame of its own, later. */
 const closes: number[] = [];
+let connections = 0;
 const server = http2.createServer();
 const sessions = new Set<http2.ServerHttp2Session>();
 server.on("session", (session) => {
@@ -53,6 +54,7 @@ const listener = tls.createServer(
     ALPNProtocols: ["h2"],
   },
   (socket) => {
+    connections++;
     socket.on("error", () => {});
     server.emit("connection", socket);
   },
@@ -117,6 +119,7 @@ t.test("many such clients in a row keep the pooled session: no stream is reset",
   for (let i = 0; i < 60; i++) t.match(await getAndLeave("/many/5"), /^HTTP\/1\.1 200 /);
   const codes = await streamCloses(60);
   t.equal(codes.filter((code) => code !== http2.constants.NGHTTP2_NO_ERROR).length, 0, `codes: ${codes}`);
+  t.equal(connections, 1, "every request went over the one pooled connection");
 });
 
 t.test("a server that never ends the stream is cut a second after the client left", async (t) => {
@@ -126,8 +129,7 @@ t.test("a server that never ends the stream is cut a second after the client lef
   t.ok(Date.now() - started >= 900, "not before the linger");
 });
 
-t.test("a client that leaves before the whole body still cancels at once", async (t) => {
-  const started = Date.now();
+t.test("a client that leaves before the whole body still cancels", async (t) => {
   await new Promise<void>((resolve, reject) => {
     const client = net.connect(caller.outboundPort, "127.0.0.1");
     client.setEncoding("latin1");
@@ -142,5 +144,4 @@ t.test("a client that leaves before the whole body still cancels at once", async
     client.write("GET /half HTTP/1.1\r\nHost: orders\r\nConnection: close\r\n\r\n");
   });
   t.same(await streamCloses(1), [http2.constants.NGHTTP2_CANCEL], "the upstream stream is cancelled");
-  t.ok(Date.now() - started < 900, "at once, not after a linger");
 });

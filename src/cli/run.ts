@@ -156,13 +156,30 @@ async function drainOnSignals(sidecar: Sidecar | Primary, stop: StopSignals): Pr
       sidecar.stop(drainTimeout).then(() => "drained" as const),
       stop.second,
     ]);
-    if (outcome === "drained") return EXIT_OK;
+    if (outcome === "drained") {
+      await logsWritten(sidecar.logger);
+      return EXIT_OK;
+    }
     sidecar.logger.warn({ signal: outcome }, "second stop signal: exiting now without finishing the drain");
     // Workers are processes of their own: they must not outlive the primary's exit.
     if (sidecar instanceof Primary) void sidecar.stop(0);
-    sidecar.logger.flush();
+    await logsWritten(sidecar.logger);
     return EXIT_FAILURE;
   } finally {
     stop.close();
   }
+}
+
+/**
+ * Resolves once every log line queued so far is written (at most a second): the process exits right after, and
+ * an asynchronous destination would lose its last lines, "mtlsd stopped" among them, to process.exit.
+ */
+function logsWritten(logger: { flush(callback?: (error?: Error) => void): void }): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, 1000);
+    logger.flush(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }

@@ -591,7 +591,7 @@ export class InboundListener {
     }
     linger(socket);
     // The peer learns the category, not our trust configuration; the full detail is in our log.
-    socket.end(rawErrorResponse(403, "Forbidden", reason, refusalMessage(reason)));
+    socket.end(rawErrorResponse(403, "Forbidden", reason, refusalMessage(reason), [REFUSAL_MARK, reason]));
   }
 
   readonly #onRefusedStream = (

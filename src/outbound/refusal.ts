@@ -34,10 +34,10 @@ const REFUSAL_REASONS: ReadonlySet<string> = new Set(HANDSHAKE_FAILURE_REASONS);
 /**
  * The reason of a peer sidecar's refusal of our certificate, or undefined for any other response. An mtlsd
  * inbound completes the TLS handshake whatever our certificate is, then refuses it (not one path: every request
- * on every connection) with a 403 whose x-mtlsd-reason is a handshake reason, and closes the connection
- * (HTTP/1.1), or marks the answer with the refusal mark (HTTP/2, which has no Connection header). An app's own
- * response passes through its sidecar, which drops the app's Connection header and any refusal mark, so an app
- * cannot pose as a refusal; and a `403 policy_denied` is a decision about one request, from a healthy instance.
+ * on every connection) with a 403 whose x-mtlsd-reason is a handshake reason and which carries the refusal mark
+ * with the same reason. A sidecar drops any refusal mark from the responses it forwards, its app's included, so
+ * an app cannot pose as a refusal (its own x-mtlsd-reason, or a Connection: close a draining sidecar adds, are
+ * not enough); and a `403 policy_denied` is a decision about one request, from a healthy instance.
  */
 export function peerRefusal(
   statusCode: number,
@@ -46,8 +46,5 @@ export function peerRefusal(
   if (statusCode !== 403) return undefined;
   const reason = headers["x-mtlsd-reason"];
   if (typeof reason !== "string" || !REFUSAL_REASONS.has(reason)) return undefined;
-  if (headers[REFUSAL_MARK] === reason) return reason as HandshakeFailureReason;
-  const connection = headers.connection;
-  if (typeof connection !== "string" || !/(^|,)\s*close\s*(,|$)/i.test(connection)) return undefined;
-  return reason as HandshakeFailureReason;
+  return headers[REFUSAL_MARK] === reason ? (reason as HandshakeFailureReason) : undefined;
 }

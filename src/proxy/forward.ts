@@ -67,7 +67,7 @@ class ForwardFailedError extends Error {
 const { NGHTTP2_CANCEL } = http2.constants;
 const kForwarding = Symbol("mtlsd.forwarding");
 /** How long a response whose body the client already has may wait for the upstream's end of stream. */
-const LINGER_MS = 1000;
+const END_OF_STREAM_GRACE_MS = 1000;
 /** What a forward in progress is found by: the HTTP/1.1 response, or the HTTP/2 stream. */
 type ForwardTarget = ServerResponse | http2.ServerHttp2Stream;
 type Forwarded = ForwardTarget & { [kForwarding]?: Forwarding };
@@ -165,8 +165,10 @@ class Forwarding implements StreamHandler {
     }
     this.#status = statusCode;
     if (this.#down.grpc) this.#grpcStatus = firstValue(headers["grpc-status"]);
+    // The body the client is owed: none for HEAD, 204 and 304, else what Content-Length says (if it says).
     const length = headers["content-length"];
-    if (!endStream && typeof length === "string" && /^\d+$/.test(length)) this.#bodyDue = Number(length);
+    if (this.#down.method === "HEAD" || statusCode === 204 || statusCode === 304) this.#bodyDue = 0;
+    else if (typeof length === "string" && /^\d+$/.test(length)) this.#bodyDue = Number(length);
     try {
       this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
     } catch (error) {
@@ -239,8 +241,8 @@ class Forwarding implements StreamHandler {
       // on its way (HTTP/2 may send it in a frame of its own). Nothing is cancelled: a RST_STREAM here would read
       // as a reset to a server that counts them (nghttp2 ends a session past 33 a second, CVE-2023-44487), and
       // busy Connection: close clients would get the pooled session, with every stream on it, torn down. The
-      // end comes at once from any sound server; a server that holds the stream open is cut after LINGER_MS.
-      this.#lingering = setTimeout(this.#onClientGone, LINGER_MS);
+      // end comes at once from any sound server; a server that holds the stream open is cut after END_OF_STREAM_GRACE_MS.
+      this.#lingering = setTimeout(this.#onClientGone, END_OF_STREAM_GRACE_MS);
       this.#lingering.unref();
       return;
     }

@@ -134,11 +134,15 @@ export function rawErrorResponse(
   statusText: string,
   reason: string,
   message: string,
+  /** Extra header lines, e.g. the refusal mark: [name, value, …]. */
+  extra: readonly string[] = [],
 ): string {
   const body = JSON.stringify({ error: message, reason });
+  let more = "";
+  for (let i = 0; i + 1 < extra.length; i += 2) more += `${extra[i]}: ${extra[i + 1]}\r\n`;
   return (
     `HTTP/1.1 ${status} ${statusText}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-    `x-mtlsd-reason: ${reason}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n${body}`
+    `x-mtlsd-reason: ${reason}\r\n${more}cache-control: no-store\r\nconnection: close\r\n\r\n${body}`
   );
 }
 
