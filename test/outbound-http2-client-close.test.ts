@@ -127,6 +127,12 @@ t.test("a server that never ends the stream is cut a second after the client lef
   t.match(await getAndLeave("/never/60000"), /^HTTP\/1\.1 200 /);
   t.same(await streamCloses(1), [http2.constants.NGHTTP2_CANCEL], "cancelled, once the wait was over");
   t.ok(Date.now() - started >= 900, "not before the linger");
+  // The client got a whole 200: that is what the log says, not a client that went away.
+  const line = await waitForLog(
+    caller.logs,
+    (entry) => entry.msg === "request" && entry.path === "/never/60000",
+  );
+  t.match(line, { status: 200, reason: "forwarded" });
 });
 
 t.test("a client that leaves before the whole body still cancels", async (t) => {

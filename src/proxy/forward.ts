@@ -242,11 +242,22 @@ class Forwarding implements StreamHandler {
       // as a reset to a server that counts them (nghttp2 ends a session past 33 a second, CVE-2023-44487), and
       // busy Connection: close clients would get the pooled session, with every stream on it, torn down. The
       // end comes at once from any sound server; a server that holds the stream open is cut after END_OF_STREAM_GRACE_MS.
-      this.#lingering = setTimeout(this.#onClientGone, END_OF_STREAM_GRACE_MS);
+      this.#lingering = setTimeout(this.#onGraceOver, END_OF_STREAM_GRACE_MS);
       this.#lingering.unref();
       return;
     }
     this.#onClientGone();
+  };
+
+  /** The client got the whole response: that is what is logged; the stream the upstream held open is cancelled. */
+  readonly #onGraceOver = (): void => {
+    if (this.#finished) return;
+    const grpc = this.#grpcStatus ? { grpcStatus: this.#grpcStatus } : {};
+    this.#finish({ status: this.#status, ...grpc });
+    // Finished first, so the error this abort reports back to us is dropped.
+    this.#controller?.abort(
+      new ClientClosedError("the upstream did not end a stream whose body was complete"),
+    );
   };
 
   readonly #onClientGone = (): void => {
