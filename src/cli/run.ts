@@ -5,6 +5,7 @@ import { ConfigError, loadConfigFile } from "../config/index.ts";
 import { MtlsdError } from "../errors.ts";
 import { parseDnsServers } from "../outbound/index.ts";
 import { Sidecar } from "../sidecar.ts";
+import { logsWritten } from "../telemetry/index.ts";
 import { Primary, runWorker } from "../workers/index.ts";
 import { configPath } from "./config-path.ts";
 import { type CliIo, EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from "./io.ts";
@@ -168,18 +169,4 @@ async function drainOnSignals(sidecar: Sidecar | Primary, stop: StopSignals): Pr
   } finally {
     stop.close();
   }
-}
-
-/**
- * Resolves once every log line queued so far is written (at most a second): the process exits right after, and
- * an asynchronous destination would lose its last lines, "mtlsd stopped" among them, to process.exit.
- */
-function logsWritten(logger: { flush(callback?: (error?: Error) => void): void }): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, 1000);
-    logger.flush(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
 }
