@@ -22,6 +22,7 @@ import {
   type Deadline,
   type DrainResult,
   feed,
+  H1Client,
   H1Downstream,
   H2Client,
   H2Downstream,
@@ -662,6 +663,9 @@ function selectProtocol({ protocols }: { protocols: string[] }): string | undefi
 class InboundApp implements AppClient {
   readonly dispatcher: UpstreamDispatcher;
   readonly #origin: string;
+  /** Requests over HTTP/1.1: mtlsd's own client (src/proxy/h1-client.ts). */
+  readonly #h1: H1Client | undefined;
+  /** Upgrades: undici, whose upgrade API serves them. */
   #http1: Pool | undefined;
   readonly #h2: H2Client | undefined;
 
@@ -682,8 +686,8 @@ class InboundApp implements AppClient {
       });
       this.dispatcher = this.#h2;
     } else {
-      this.#http1 = http1Pool(config.app);
-      this.dispatcher = this.#http1;
+      this.#h1 = new H1Client({ origin: config.app });
+      this.dispatcher = this.#h1;
     }
   }
 
@@ -695,6 +699,7 @@ class InboundApp implements AppClient {
   /** Every client connection is gone, so no forward is left: close without waiting on anything. */
   async close(): Promise<void> {
     await Promise.all([
+      this.#h1?.close().catch(() => this.#h1?.destroy()),
       this.#http1?.close().catch(() => this.#http1?.destroy()),
       this.#h2?.close().catch(() => this.#h2?.destroy()),
     ]);

@@ -27,6 +27,7 @@ export {
   type UpstreamDispatcher,
   wireStatus,
 } from "./forward.ts";
+export { H1Client, type H1ClientOptions } from "./h1-client.ts";
 export {
   H2Client,
   type H2ClientOptions,

@@ -1,0 +1,621 @@
+// The HTTP/1.1 client the inbound sidecar reaches the app with: a pool of keep-alive TCP connections, one request
+// at a time on each (no pipelining), reporting to the same handler API as undici and the HTTP/2 client.
+//
+// Why not undici here: on the hop to the app it cost 43% of the inbound sidecar's CPU in the benchmark's profile
+// (its WebAssembly llhttp alone 18%), for requests that are a head, maybe a body, and an answer. This client
+// writes a request as one string and reads the answer with ResponseParser (h1-response.ts), as strict as
+// llhttp's strict mode. Upgrades still go through undici (forwardUpgrade), where its upgrade API serves best.
+import net from "node:net";
+import type { Readable } from "node:stream";
+import type { Dispatcher } from "undici";
+import { ResponseParser } from "./h1-response.ts";
+import type { StreamHandler } from "./h2-client.ts";
+import type { ResponseHeaders } from "./headers.ts";
+
+export interface H1ClientOptions {
+  /** The app's origin, `http://host:port`. */
+  origin: string;
+  /** No TCP connection within this long: UND_ERR_CONNECT_TIMEOUT. */
+  connectTimeoutMs?: number;
+  /** An idle connection is closed after this long, or sooner if the app's Keep-Alive header asks for less. */
+  keepAliveTimeoutMs?: number;
+  /** Most bytes a response head may take. */
+  maxHeaderSize?: number;
+}
+
+/** An error with the code classifyForwardError maps to a reason, as undici's errors carry. */
+class ClientError extends Error {
+  readonly code: string;
+
+  constructor(code: string, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+/** undici's default: under Node's own server keepAliveTimeout (5 s), so the client gives up first. */
+const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 4_000;
+/** The margin kept under the idle time an app announces (`Keep-Alive: timeout=N`), as undici keeps one. */
+const KEEP_ALIVE_MARGIN_MS = 2_000;
+const DEFAULT_MAX_HEADER_SIZE = 16 * 1024;
+/** Methods whose request is expected to carry a body: without one, they say `content-length: 0`. */
+const BODY_METHODS = new Set(["POST", "PUT", "PATCH", "QUERY"]);
+/** A name or value that could end a line early or smuggle a second request. */
+const UNSAFE = /[\r\n\0]/;
+const LAST_CHUNK = "0\r\n\r\n";
+
+export class H1Client {
+  readonly #host: string;
+  readonly #port: number;
+  readonly #authority: string;
+  readonly #connectTimeoutMs: number;
+  readonly #keepAliveTimeoutMs: number;
+  readonly #maxHeaderSize: number;
+  /** Connections with no request, newest last: the warmest is reused first. */
+  readonly #idle: Connection[] = [];
+  readonly #busy = new Set<Connection>();
+  #closed = false;
+  /** Each close() waiting for the requests in flight. */
+  readonly #whenIdle: Array<() => void> = [];
+
+  constructor(options: H1ClientOptions) {
+    const url = new URL(options.origin);
+    this.#host = url.hostname.replace(/^\[(.*)\]$/, "$1");
+    this.#port = Number(url.port || 80);
+    this.#authority = url.host;
+    this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
+    this.#keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULT_KEEP_ALIVE_TIMEOUT_MS;
+    this.#maxHeaderSize = options.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE;
+  }
+
+  /** Open connections, and requests in flight: the shape of undici's Pool stats (nothing ever waits here). */
+  get stats(): { connected: number; pending: number; running: number } {
+    return { connected: this.#idle.length + this.#busy.size, pending: 0, running: this.#busy.size };
+  }
+
+  dispatch(options: Dispatcher.DispatchOptions, handler: StreamHandler): boolean {
+    const exchange = new Exchange(options, handler);
+    if (this.#closed) {
+      exchange.start();
+      exchange.fail(new ClientError("UND_ERR_CLOSED", "the client is closed"));
+      return true;
+    }
+    let head: string;
+    try {
+      head = requestHead(options, this.#authority);
+    } catch (error) {
+      exchange.start();
+      exchange.fail(error as Error);
+      return true;
+    }
+    exchange.head = head;
+    // The handler may abort at once (its client is already gone): then no connection is taken, or opened.
+    exchange.start();
+    if (exchange.ended) return true;
+    if (this.#closed) {
+      exchange.fail(new ClientError("UND_ERR_CLOSED", "the client is closed"));
+      return true;
+    }
+    let connection = this.#idle.pop();
+    while (connection && !connection.usable) {
+      connection.destroy();
+      connection = this.#idle.pop();
+    }
+    connection ??= new Connection(this, this.#host, this.#port, this.#connectTimeoutMs, this.#maxHeaderSize);
+    this.#busy.add(connection);
+    connection.run(exchange);
+    return true;
+  }
+
+  /** Waits for the requests in flight, then closes every connection; later requests fail. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const connection of this.#idle.splice(0)) connection.destroy();
+    if (this.#busy.size > 0) await new Promise<void>((resolve) => this.#whenIdle.push(resolve));
+  }
+
+  /** Ends every connection now; requests in flight fail. */
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    for (const connection of this.#idle.splice(0)) connection.destroy();
+    for (const connection of [...this.#busy]) {
+      connection.destroy(new ClientError("UND_ERR_DESTROYED", "the client was destroyed"));
+    }
+  }
+
+  /** A connection finished its request: kept for the next one if it can be, else closed. */
+  release(connection: Connection, reusable: boolean, idleMs: number | undefined): void {
+    this.#busy.delete(connection);
+    if (reusable && !this.#closed) {
+      connection.idle(Math.min(this.#keepAliveTimeoutMs, idleMs ?? Number.POSITIVE_INFINITY));
+      this.#idle.push(connection);
+    } else connection.destroy();
+    if (this.#busy.size === 0) for (const resolve of this.#whenIdle.splice(0)) resolve();
+  }
+
+  /** A connection closed: forgotten wherever it was. */
+  forget(connection: Connection): void {
+    this.#busy.delete(connection);
+    const at = this.#idle.indexOf(connection);
+    if (at !== -1) this.#idle.splice(at, 1);
+    if (this.#busy.size === 0) for (const resolve of this.#whenIdle.splice(0)) resolve();
+  }
+}
+
+/**
+ * The request line and fields as one latin1 string. Host is added when the request has none (the Host of the
+ * origin); a body without Content-Length goes chunked; a POST, PUT or PATCH without a body says Content-Length: 0.
+ */
+function requestHead(options: Dispatcher.DispatchOptions, authority: string): string {
+  const method = options.method;
+  const path = options.path;
+  if (UNSAFE.test(method) || UNSAFE.test(path) || path.includes(" ")) {
+    throw new ClientError("UND_ERR_INVALID_ARG", "invalid request line");
+  }
+  let head = `${method} ${path} HTTP/1.1\r\n`;
+  let host = false;
+  let length = false;
+  const headers = options.headers as string[] | null | undefined;
+  if (headers) {
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i]!;
+      const value = headers[i + 1]!;
+      if (UNSAFE.test(name) || UNSAFE.test(value) || name.includes(":")) {
+        throw new ClientError("UND_ERR_INVALID_ARG", `invalid header ${JSON.stringify(name.slice(0, 100))}`);
+      }
+      const lower = name.length === 4 || name.length === 14 ? name.toLowerCase() : "";
+      if (lower === "host") host = true;
+      else if (lower === "content-length") length = true;
+      head += `${name}: ${value}\r\n`;
+    }
+  }
+  if (!host) head += `host: ${authority}\r\n`;
+  if (options.body) {
+    if (!length) head += "transfer-encoding: chunked\r\n";
+  } else if (!length && BODY_METHODS.has(method)) head += "content-length: 0\r\n";
+  return `${head}\r\n`;
+}
+
+/** The declared Content-Length of a request's fields, when they carry one. */
+function declaredLength(headers: string[] | null | undefined): number | undefined {
+  if (!headers) return undefined;
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = headers[i]!;
+    if (name.length === 14 && name.toLowerCase() === "content-length") return Number(headers[i + 1]);
+  }
+  return undefined;
+}
+
+/** One request and its answer, as the handler sees them; also the controller the handler pauses and aborts with. */
+class Exchange implements Dispatcher.DispatchController {
+  readonly options: Dispatcher.DispatchOptions;
+  readonly handler: StreamHandler;
+  head = "";
+  connection: Connection | undefined;
+  #aborted = false;
+  #paused = false;
+  #reason: Error | null = null;
+  #ended = false;
+
+  constructor(options: Dispatcher.DispatchOptions, handler: StreamHandler) {
+    this.options = options;
+    this.handler = handler;
+  }
+
+  get aborted(): boolean {
+    return this.#aborted;
+  }
+
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  get reason(): Error | null {
+    return this.#reason;
+  }
+
+  get ended(): boolean {
+    return this.#ended;
+  }
+
+  start(): void {
+    this.handler.onRequestStart?.(this, {});
+  }
+
+  abort(reason: Error): void {
+    if (this.#aborted || this.#ended) return;
+    this.#aborted = true;
+    this.#reason = reason;
+    if (this.connection) this.connection.destroy(reason);
+    else this.fail(reason);
+  }
+
+  pause(): void {
+    this.#paused = true;
+    // Once the response is over, the connection is no longer this exchange's to pause (it may carry the next).
+    if (!this.#ended) this.connection?.pause();
+  }
+
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    if (!this.#ended) this.connection?.resume();
+  }
+
+  /** Reported once: the exchange is over. */
+  fail(error: Error): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.handler.onResponseError?.(this, error);
+  }
+
+  end(trailers: ResponseHeaders | undefined): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    this.handler.onResponseEnd?.(this, (trailers ?? {}) as Record<string, string | string[]>);
+  }
+}
+
+/** One TCP connection to the app, carrying one exchange at a time. */
+class Connection {
+  readonly #client: H1Client;
+  readonly #socket: net.Socket;
+  readonly #parser: ResponseParser;
+  #exchange: Exchange | undefined;
+  #connected = false;
+  #closed = false;
+  /** The error the connection was ended with, reported to the exchange in flight. */
+  #error: Error | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  /** Bytes read while the exchange was paused, to parse on resume. */
+  #held: Buffer | undefined;
+  /** The request body is still being sent: the connection cannot be reused until it is all out. */
+  #sending = false;
+  /** The response is complete: only the request body may still be going out. */
+  #answered = false;
+  /** What the app's Keep-Alive header allows for idling, in ms. */
+  #idleMs: number | undefined;
+  #body: Readable | undefined;
+  /** Body bytes still owed by the request's Content-Length, when it has one. */
+  #bodyDue: number | undefined;
+  #headersTimeout = 0;
+  #bodyTimeout = 0;
+  /** The request head waits for the body's first bytes. */
+  #headPending = false;
+  /** The final head of the exchange in flight has arrived: the body timer runs, not the head's. */
+  #headReceived = false;
+
+  constructor(client: H1Client, host: string, port: number, connectTimeoutMs: number, maxHeaderSize: number) {
+    this.#client = client;
+    this.#parser = new ResponseParser(this, { maxHeaderSize });
+    this.#socket = net.connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+    this.#timer = setTimeout(this.#onConnectTimeout, connectTimeoutMs);
+    this.#socket.once("connect", this.#onConnect);
+    this.#socket.on("data", this.#onData);
+    this.#socket.on("end", this.#onEnd);
+    this.#socket.on("error", this.#onError);
+    this.#socket.on("close", this.#onClose);
+  }
+
+  /** Whether an idle connection can take a request: still open, nothing unasked arrived. */
+  get usable(): boolean {
+    return !this.#closed && !this.#socket.destroyed && this.#socket.readable;
+  }
+
+  run(exchange: Exchange): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#exchange = exchange;
+    this.#answered = false;
+    this.#headPending = false;
+    this.#headReceived = false;
+    this.#idleMs = undefined;
+    exchange.connection = this;
+    if (this.#connected) this.#send();
+  }
+
+  idle(ms: number): void {
+    this.#exchange = undefined;
+    // A pause the last handler made, in its last callbacks, ended with its response: an idle connection reads,
+    // to see the app close it, and a paused one would leave the next request's answer unread.
+    this.#socket.resume();
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.destroy(), ms);
+    this.#timer.unref();
+  }
+
+  /** The handler cannot take more: stop reading. A stalled client is not a stalled app: the body timer stops too. */
+  pause(): void {
+    this.#socket.pause();
+    this.#parser.pause();
+    if (this.#headReceived) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  resume(): void {
+    if (this.#headReceived && this.#exchange && !this.#answered) {
+      this.#arm(this.#bodyTimeout, "UND_ERR_BODY_TIMEOUT", "the response body stalled");
+    }
+    // Resumed from the callback that paused: the parser goes on with the bytes it is in the middle of.
+    this.#parser.resume();
+    const held = this.#held;
+    this.#held = undefined;
+    if (held) this.#onData(held);
+    if (!this.#exchange?.paused) this.#socket.resume();
+  }
+
+  destroy(error?: Error): void {
+    if (error && !this.#error) this.#error = error;
+    this.#socket.destroy();
+    this.#finishClose();
+  }
+
+  readonly #onConnect = (): void => {
+    this.#connected = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    if (this.#exchange && !this.#exchange.ended) this.#send();
+  };
+
+  readonly #onConnectTimeout = (): void => {
+    this.destroy(new ClientError("UND_ERR_CONNECT_TIMEOUT", "connecting to the app timed out"));
+  };
+
+  #send(): void {
+    const exchange = this.#exchange!;
+    const { options } = exchange;
+    this.#headersTimeout = options.headersTimeout ?? 300_000;
+    this.#bodyTimeout = options.bodyTimeout ?? 300_000;
+    this.#parser.expect(options.method === "HEAD");
+    this.#armHeaders();
+    const body = options.body as Readable | null | undefined;
+    if (!body) {
+      this.#socket.write(exchange.head, "latin1");
+      return;
+    }
+    // The head goes out with the body's first bytes (or its end): a request whose body fails before any of it
+    // arrives (a client's framing refused by its own parser) never reaches the app at all.
+    this.#headPending = true;
+    this.#body = body;
+    this.#sending = true;
+    this.#bodyDue = declaredLength(options.headers as string[] | null | undefined);
+    body.on("data", this.#onBodyData);
+    body.once("end", this.#onBodyEnd);
+    body.once("error", this.#onBodyError);
+    this.#socket.on("drain", this.#onDrain);
+  }
+
+  /** Writes the request head if it has not gone out yet. */
+  #writeHead(): void {
+    if (!this.#headPending) return;
+    this.#headPending = false;
+    this.#socket.write(this.#exchange!.head, "latin1");
+  }
+
+  readonly #onBodyData = (chunk: Buffer): void => {
+    if (this.#bodyDue !== undefined) {
+      this.#bodyDue -= chunk.length;
+      if (this.#bodyDue < 0) {
+        this.destroy(
+          new ClientError(
+            "UND_ERR_REQ_CONTENT_LENGTH_MISMATCH",
+            "request body longer than its Content-Length",
+          ),
+        );
+        return;
+      }
+    }
+    if (chunk.length === 0) return;
+    this.#socket.cork();
+    this.#writeHead();
+    let flowing: boolean;
+    if (this.#bodyDue === undefined) {
+      this.#socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+      this.#socket.write(chunk);
+      flowing = this.#socket.write("\r\n", "latin1");
+    } else flowing = this.#socket.write(chunk);
+    this.#socket.uncork();
+    if (!flowing) {
+      // Answered, and no longer reading what is left of the upload: the connection is not worth waiting for.
+      if (this.#answered) {
+        this.destroy();
+        return;
+      }
+      this.#body?.pause();
+      if (!this.#headReceived) this.#timer?.refresh();
+    }
+  };
+
+  readonly #onDrain = (): void => {
+    this.#body?.resume();
+  };
+
+  readonly #onBodyEnd = (): void => {
+    if (this.#bodyDue !== undefined && this.#bodyDue > 0) {
+      this.destroy(
+        new ClientError(
+          "UND_ERR_REQ_CONTENT_LENGTH_MISMATCH",
+          "request body shorter than its Content-Length",
+        ),
+      );
+      return;
+    }
+    this.#socket.cork();
+    this.#writeHead();
+    if (this.#bodyDue === undefined) this.#socket.write(LAST_CHUNK, "latin1");
+    this.#socket.uncork();
+    this.#stopSending();
+    if (!this.#headReceived) this.#timer?.refresh();
+    if (this.#answered) this.#done();
+  };
+
+  readonly #onBodyError = (error: Error): void => {
+    this.destroy(error);
+  };
+
+  #stopSending(): void {
+    const body = this.#body;
+    if (!body) return;
+    this.#body = undefined;
+    this.#sending = false;
+    body.off("data", this.#onBodyData);
+    body.off("end", this.#onBodyEnd);
+    body.off("error", this.#onBodyError);
+    this.#socket.off("drain", this.#onDrain);
+  }
+
+  /**
+   * The head's timer. While the request body is still going out and the app takes it, the wait for the answer has
+   * not begun: it counts from the body's end, or from the app's last refusal to take more (as undici counts it).
+   */
+  #armHeaders(): void {
+    clearTimeout(this.#timer);
+    this.#timer =
+      this.#headersTimeout > 0 ? setTimeout(this.#onHeadersTimeout, this.#headersTimeout) : undefined;
+  }
+
+  readonly #onHeadersTimeout = (): void => {
+    if (this.#sending && !this.#socket.writableNeedDrain) {
+      this.#timer?.refresh();
+      return;
+    }
+    this.destroy(new ClientError("UND_ERR_HEADERS_TIMEOUT", "no response head in time"));
+  };
+
+  /** A timer for the exchange in flight: the head within headersTimeout, then each body gap within bodyTimeout. */
+  #arm(ms: number, code: string, message: string): void {
+    clearTimeout(this.#timer);
+    this.#timer = ms > 0 ? setTimeout(() => this.destroy(new ClientError(code, message)), ms) : undefined;
+  }
+
+  readonly #onData = (data: Buffer): void => {
+    const exchange = this.#exchange;
+    if (!exchange || exchange.ended) {
+      // Nothing was asked: an idle connection that speaks unasked is not reused.
+      this.destroy();
+      return;
+    }
+    if (exchange.paused) {
+      this.#held = this.#held ? Buffer.concat([this.#held, data]) : data;
+      this.#socket.pause();
+      return;
+    }
+    let used: number;
+    try {
+      used = this.#parser.execute(data);
+    } catch (error) {
+      this.destroy(error as Error);
+      return;
+    }
+    if (used < data.length && !this.#closed) {
+      if (this.#exchange === exchange && !exchange.ended) {
+        // Paused from a callback: the rest waits for resume.
+        this.#held = data.subarray(used);
+        this.#socket.pause();
+      } else this.destroy();
+    }
+  };
+
+  // ResponseEvents: the parser reports to the connection, which reports to the exchange's handler.
+
+  onInterim(): void {
+    this.#armHeaders();
+  }
+
+  onHead(statusCode: number, statusMessage: string, headers: ResponseHeaders, bodyless: boolean): void {
+    const exchange = this.#exchange;
+    // The handler aborted from an earlier callback of this same read: the connection is closed, stop parsing.
+    if (!exchange) {
+      this.#parser.pause();
+      return;
+    }
+    this.#headReceived = true;
+    this.#arm(this.#bodyTimeout, "UND_ERR_BODY_TIMEOUT", "the response body stalled");
+    this.#idleMs = keepAliveHint(headers["keep-alive"]);
+    exchange.handler.onResponseStart?.(exchange, statusCode, headers, statusMessage, bodyless);
+    if (exchange.paused) this.#parser.pause();
+  }
+
+  onBody(chunk: Buffer): void {
+    const exchange = this.#exchange;
+    // The handler aborted from an earlier callback of this same read: the connection is closed, stop parsing.
+    if (!exchange) {
+      this.#parser.pause();
+      return;
+    }
+    this.#timer?.refresh();
+    exchange.handler.onResponseData?.(exchange, chunk);
+    if (exchange.paused) this.#parser.pause();
+  }
+
+  onEnd(trailers: ResponseHeaders | undefined): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#answered = true;
+    const exchange = this.#exchange;
+    // The handler aborted from an earlier callback of this same read: the connection is closed, stop parsing.
+    if (!exchange) {
+      this.#parser.pause();
+      return;
+    }
+    // Reported before the connection is released: the handler may dispatch its next request at once.
+    exchange.end(trailers);
+    this.#parser.pause();
+    if (!this.#sending) this.#done();
+    // Answered while the upload is stuck behind an app that no longer reads it (undici closes at once here).
+    else if (this.#socket.writableNeedDrain) this.destroy();
+  }
+
+  /** The exchange is over on both sides: the connection goes back to the pool, or closes. */
+  #done(): void {
+    if (this.#closed) return;
+    const reusable = this.#parser.keepAlive && this.#held === undefined && this.usable;
+    this.#exchange = undefined;
+    this.#client.release(this, reusable, this.#idleMs);
+  }
+
+  readonly #onEnd = (): void => {
+    // The app ended its side: that completes a body read until close, and breaks anything else.
+    const exchange = this.#exchange;
+    if (exchange && !exchange.ended) {
+      try {
+        this.#parser.finish();
+      } catch {
+        this.#error ??= new ClientError("UND_ERR_SOCKET", "other side closed");
+      }
+    }
+    this.destroy();
+  };
+
+  readonly #onError = (error: Error): void => {
+    this.#error ??= error;
+  };
+
+  readonly #onClose = (): void => {
+    this.#finishClose();
+  };
+
+  #finishClose(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#stopSending();
+    const exchange = this.#exchange;
+    this.#exchange = undefined;
+    this.#client.forget(this);
+    if (exchange && !exchange.ended) {
+      exchange.fail(this.#error ?? new ClientError("UND_ERR_SOCKET", "other side closed"));
+    }
+  }
+}
+
+/** `Keep-Alive: timeout=N` from the app: how long it keeps an idle connection, less a margin; undefined if unsaid. */
+function keepAliveHint(value: string | string[] | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const match = /(?:^|[,\s])timeout\s*=\s*(\d+)/i.exec(Array.isArray(value) ? value.join(",") : value);
+  if (!match) return undefined;
+  return Math.max(Number(match[1]) * 1000 - KEEP_ALIVE_MARGIN_MS, 0);
+}
