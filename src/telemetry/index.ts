@@ -11,7 +11,7 @@ export {
   type StatusSources,
   type UpstreamReport,
 } from "./admin.ts";
-export { createLogger, type Logger, type LoggerOptions, logsWritten } from "./logger.ts";
+export { createLogger, type Logger, type LoggerOptions, logDestination, logsWritten } from "./logger.ts";
 export { type MetricSources, Metrics, TrafficFanout, type UpstreamMetricSource } from "./metrics.ts";
 export { Readiness, type ReadinessCheck, type ReadinessSources, TcpProbe } from "./readiness.ts";
 export {
