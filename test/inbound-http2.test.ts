@@ -4,7 +4,7 @@ import http2 from "node:http2";
 import t from "tap";
 import { startApp } from "./helpers/app.ts";
 import { curlRequest, openssl } from "./helpers/clients.ts";
-import { type HeaderList, RawH2 } from "./helpers/h2-raw.ts";
+import { FLAG, FRAME, type HeaderList, RawH2 } from "./helpers/h2-raw.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import { startWiretap } from "./helpers/raw-http.ts";
 import { startSidecar, waitForLog } from "./helpers/sidecar.ts";
@@ -339,5 +339,50 @@ t.test(
       args: ["--http1.1"],
     });
     t.equal(http11.response?.status, 200, "an HTTP/1.1 peer gets the head as the app sent it");
+  },
+);
+
+t.test(
+  "an app body framed by Content-Length ends its HTTP/2 stream with the data; a chunked one may carry trailers",
+  async (t) => {
+    const { createServer } = await import("node:http");
+    const framed = createServer((req, res) => {
+      if (req.url === "/v1/length") {
+        res.writeHead(200, { "content-type": "text/plain", "content-length": "5" });
+        res.end("hello");
+        return;
+      }
+      res.writeHead(200, { "content-type": "text/plain", trailer: "x-checksum" });
+      res.write("hel");
+      res.addTrailers({ "x-checksum": "abc" });
+      res.end("lo");
+    });
+    await new Promise<void>((resolve) => framed.listen(0, "127.0.0.1", resolve));
+    t.teardown(() => new Promise<void>((resolve) => framed.close(() => resolve())));
+    const address = framed.address() as { port: number };
+    const front = await startSidecar(pki, orders, {
+      inbound: { listen: "127.0.0.1:0", app: `http://127.0.0.1:${address.port}`, policy },
+    });
+    t.teardown(() => front.stop());
+    const raw = await RawH2.connect({ port: front.inboundPort, tls: tlsClient });
+    t.teardown(() => raw.close());
+    raw.request(1, [...GOOD, [":path", "/v1/length"]]);
+    const length = await raw.result(1);
+    t.equal(length.data.toString(), "hello");
+    t.equal(length.headers.length, 1, "one header block: no trailing HEADERS frame");
+    const frames = raw.frames.filter((f) => f.stream === 1 && f.type !== FRAME.WINDOW_UPDATE);
+    t.same(
+      frames.map((f) => [f.type, f.payload.length, f.flags & FLAG.END_STREAM]),
+      [
+        [FRAME.HEADERS, frames[0]!.payload.length, 0],
+        [FRAME.DATA, 5, FLAG.END_STREAM],
+      ],
+      "HEADERS, then one DATA frame that ends the stream (no empty frame to end it)",
+    );
+    raw.request(3, [...GOOD, [":path", "/v1/chunked"]]);
+    const chunked = await raw.result(3);
+    t.equal(chunked.data.toString(), "hello");
+    t.equal(chunked.headers.length, 2, "a chunked body's trailers follow in a header block of their own");
+    t.same(chunked.headers[1], [["x-checksum", "abc"]]);
   },
 );

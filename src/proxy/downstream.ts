@@ -66,8 +66,18 @@ export interface Downstream {
   body(): Readable;
   /** A 100 Continue, for a client that sent `Expect: 100-continue` and waits for it. */
   writeContinue(): void;
-  /** The response head. `endStream`: the head is the whole response (HTTP/2 Trailers-Only, a HEAD answer). */
-  writeHead(status: number, headers: readonly string[], statusMessage?: string, endStream?: boolean): void;
+  /**
+   * The response head. `endStream`: the head is the whole response (HTTP/2 Trailers-Only, a HEAD answer).
+   * `trailers: false`: none can follow (the upstream's framing rules them out), so HTTP/2 ends the stream with
+   * the last DATA frame instead of an empty trailing HEADERS frame.
+   */
+  writeHead(
+    status: number,
+    headers: readonly string[],
+    statusMessage?: string,
+    endStream?: boolean,
+    trailers?: boolean,
+  ): void;
   /** False when the client is not keeping up: wait for `onDrain`. */
   write(chunk: Buffer): boolean;
   onDrain(listener: () => void): void;
@@ -275,13 +285,20 @@ export class H2Downstream implements Downstream {
       this.stream.additionalHeaders({ [HTTP2_HEADER_STATUS]: 100 });
   }
 
-  writeHead(status: number, headers: readonly string[], _statusMessage?: string, endStream = false): void {
+  writeHead(
+    status: number,
+    headers: readonly string[],
+    _statusMessage?: string,
+    endStream = false,
+    trailers = true,
+  ): void {
     if (this.stream.destroyed) return;
     const fields = fieldsObject(headers);
     fields[HTTP2_HEADER_STATUS] = status;
     // Node ends the stream with the head by itself for HEAD requests and 204/205/304 responses.
-    this.#waitingForTrailers = !endStream;
-    this.stream.respond(fields, { endStream, waitForTrailers: !endStream });
+    const waitForTrailers = !endStream && trailers;
+    this.#waitingForTrailers = waitForTrailers;
+    this.stream.respond(fields, { endStream, waitForTrailers });
   }
 
   write(chunk: Buffer): boolean {

@@ -153,6 +153,7 @@ class Forwarding implements StreamHandler {
     headers: ResponseHeaders,
     statusMessage?: string,
     endStream?: boolean,
+    trailers?: boolean,
   ): void {
     // 1xx heads are informational: a 100 Continue was the sidecar's to send. After `fail`, whatever the
     // upstream still sends is dropped.
@@ -170,7 +171,13 @@ class Forwarding implements StreamHandler {
     if (this.#down.method === "HEAD" || statusCode === 204 || statusCode === 304) this.#bodyDue = 0;
     else if (typeof length === "string" && /^\d+$/.test(length)) this.#bodyDue = Number(length);
     try {
-      this.#down.writeHead(statusCode, forwardableResponseHeaders(headers), statusMessage, endStream);
+      this.#down.writeHead(
+        statusCode,
+        forwardableResponseHeaders(headers),
+        statusMessage,
+        endStream,
+        trailers,
+      );
     } catch (error) {
       // A head HTTP/1.1 allowed that HTTP/2 does not (two Content-Type fields, say): the app was reachable,
       // its answer cannot be passed on as it is.

@@ -535,7 +535,9 @@ class Connection {
     this.#headReceived = true;
     this.#arm(this.#bodyTimeout, "UND_ERR_BODY_TIMEOUT", "the response body stalled");
     this.#idleMs = keepAliveHint(headers["keep-alive"]);
-    exchange.handler.onResponseStart?.(exchange, statusCode, headers, statusMessage, bodyless);
+    // Only a chunked body can end with trailers; the parser has refused any Transfer-Encoding but chunked.
+    const trailers = !bodyless && headers["transfer-encoding"] !== undefined;
+    exchange.handler.onResponseStart?.(exchange, statusCode, headers, statusMessage, bodyless, trailers);
     if (exchange.paused) this.#parser.pause();
   }
 

@@ -73,7 +73,10 @@ export interface H2ClientOptions {
   onNegotiated?: () => void;
 }
 
-/** The handler API of undici, plus what only HTTP/2 can say: that the head ends the response. */
+/**
+ * The handler API of undici, plus what only the protocol's framing can say: that the head ends the response, and
+ * (`trailers: false`) that no trailers can follow it (an HTTP/1.1 body framed by Content-Length or by the close).
+ */
 export interface StreamHandler extends Dispatcher.DispatchHandler {
   onResponseStart?(
     controller: Dispatcher.DispatchController,
@@ -81,6 +84,7 @@ export interface StreamHandler extends Dispatcher.DispatchHandler {
     headers: ResponseHeaders,
     statusMessage?: string,
     endStream?: boolean,
+    trailers?: boolean,
   ): void;
 }
 
