@@ -240,13 +240,10 @@ export class ResponseParser {
     // Checked in interim heads too: llhttp refuses a bad or contradicted Content-Length in any head.
     const framing = this.#framing(statusCode, headers);
     if (statusCode < 200) {
-      // llhttp reads nothing after a head that ends the connection, and no final response could follow it.
-      if (!keepsAlive(minor, headers.connection)) {
-        throw new HttpResponseError(
-          "HPE_CLOSED_CONNECTION",
-          "an interim response that ends the connection (HTTP/1.0, or Connection: close)",
-        );
-      }
+      // Passed over whatever its version or Connection field say: the final response decides whether the
+      // connection persists. llhttp would read nothing after an HTTP/1.0 or `Connection: close` interim head; some
+      // apps send an unasked `HTTP/1.0 100 Continue` and then their answer, which the client is owed (as before,
+      // when such heads were dropped ahead of undici's llhttp).
       this.#events.onInterim(statusCode);
       this.#state = State.Head;
       return;
