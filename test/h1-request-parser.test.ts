@@ -127,9 +127,13 @@ const SPECIAL = new Set([
   "upgrade",
   "expect",
   "http2-settings",
+  "te",
 ]);
 const fieldName = fc
-  .oneof(token, fc.constantFrom("Accept", "Cookie", "X-Forwarded-For", "TE", "constructor", "__proto__"))
+  .oneof(
+    token,
+    fc.constantFrom("Accept", "Cookie", "X-Forwarded-For", "Accept-Language", "constructor", "__proto__"),
+  )
   .filter((name) => !SPECIAL.has(name.toLowerCase()));
 const field = fc
   .tuple(fieldName, ows, fieldValue, ows)
@@ -411,6 +415,7 @@ const NEVER_PLAIN: Record<string, string> = {
   "a space before a colon": "GET / HTTP/1.1\r\nHost : o\r\n\r\n",
   "obs-text in a value": "GET / HTTP/1.1\r\nHost: o\r\nX-A: caf\xe9\r\n\r\n",
   "an empty line before the request": "\r\nGET / HTTP/1.1\r\nHost: o\r\n\r\n",
+  "an HTTP/1.0 request with TE": "GET / HTTP/1.0\r\nTE: chunked\r\n\r\n",
   "Proxy-Connection": "GET / HTTP/1.1\r\nHost: o\r\nProxy-Connection: close\r\n\r\n",
 };
 

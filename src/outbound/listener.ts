@@ -14,10 +14,14 @@ import {
   type Deadline,
   type Downstream,
   type DrainResult,
+  describeClientError,
+  failForward,
   feed,
   filterRequestHeaders,
   forward,
   forwardUpgrade,
+  H1Connection,
+  type H1ConnectionOptions,
   H1Downstream,
   H2Downstream,
   H2Sessions,
@@ -341,8 +345,31 @@ export class OutboundListener {
       socket.on("error", noop);
       socket.once("close", () => this.#sockets.delete(socket));
     }
-    sniffHttp2Preface(socket, (isHttp2) => feed(isHttp2 ? this.#h2 : this.#http, socket));
+    sniffHttp2Preface(socket, (isHttp2) => {
+      if (isHttp2) feed(this.#h2, socket);
+      else this.#drain.adopt(new H1Connection(socket, this.#fastPath));
+    });
   }
+
+  /**
+   * HTTP/1.1 connections start on the fast path (src/proxy/h1-server.ts): plain requests are read and answered
+   * there, and go through the same pipeline as node:http's (#handle). At the first request it does not take,
+   * the connection is node:http's for good, and everything about it is decided as before.
+   */
+  readonly #fastPath: H1ConnectionOptions = {
+    limits: () => this.#options.limits,
+    draining: () => this.#drain.draining,
+    request: (down) => this.#handle(down, (down.socket as AppSocket)[kRoute], false),
+    handOver: (socket) => feed(this.#http, socket),
+    // As node:http's requestTimeout reaches a request whose body is late (see settleClientError).
+    requestTimedOut: (down) => {
+      const answer = describeClientError(
+        Object.assign(new Error("request timeout"), { code: "ERR_HTTP_REQUEST_TIMEOUT" }),
+      );
+      if (!failForward(down, answer)) down.abort();
+    },
+    released: (connection) => this.#drain.release(connection),
+  };
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     this.#drain.request(req, res);

@@ -1,6 +1,7 @@
 // Graceful drain of HTTP/1.1 servers: which requests are in flight, `Connection: close` once draining, a deadline.
 import type http from "node:http";
 import net from "node:net";
+import type { Downstream } from "./downstream.ts";
 import type { ForwardFailure } from "./errors.ts";
 import { cutForward } from "./forward.ts";
 
@@ -68,6 +69,15 @@ export class Deadline {
   }
 }
 
+/** A connection served outside node:http (the HTTP/1.1 fast path), drained as node:http's are. */
+export interface DrainedConnection {
+  readonly socket: net.Socket;
+  /** The request being answered on it, if any. */
+  readonly current: Downstream | undefined;
+  /** The drain began: close if idle, else answer the request in flight with `Connection: close`, then close. */
+  drain(): void;
+}
+
 export interface DrainResult {
   /** Requests in flight when the drain began. */
   inFlight: number;
@@ -89,6 +99,8 @@ export class HttpDrain {
   readonly #inFlight = new Map<net.Socket, http.ServerResponse>();
   /** The last response on each connection, in flight or done: a parse error may concern its request's body. */
   readonly #last = new WeakMap<net.Socket, http.ServerResponse>();
+  /** Fast-path connections, until they close or are handed to node:http. */
+  readonly #adopted = new Set<DrainedConnection>();
   #draining = false;
 
   /** Starts following `server`'s connections (for a server fed by hand, the ones emitted to it). */
@@ -99,6 +111,15 @@ export class HttpDrain {
 
   get draining(): boolean {
     return this.#draining;
+  }
+
+  /** Follows a connection served outside node:http until `release`. */
+  adopt(connection: DrainedConnection): void {
+    this.#adopted.add(connection);
+  }
+
+  release(connection: DrainedConnection): void {
+    this.#adopted.delete(connection);
   }
 
   /** Open HTTP connections. */
@@ -139,7 +160,11 @@ export class HttpDrain {
    */
   async drain(deadline: Deadline, open: () => number = () => this.#sockets.size): Promise<DrainResult> {
     this.#draining = true;
-    const inFlight = this.#inFlight.size;
+    let inFlight = this.#inFlight.size;
+    for (const connection of [...this.#adopted]) {
+      if (connection.current) inFlight++;
+      connection.drain();
+    }
     for (const [socket, res] of this.#inFlight) {
       if (!res.headersSent) res.setHeader("connection", "close");
       else {
@@ -159,6 +184,10 @@ export class HttpDrain {
     const cut = open();
     for (const res of this.#inFlight.values()) cutForward(res, DRAIN_CUT);
     for (const socket of this.#sockets) socket.destroy();
+    for (const connection of [...this.#adopted]) {
+      if (connection.current) cutForward(connection.current, DRAIN_CUT);
+      connection.socket.destroy();
+    }
     return { inFlight, cut };
   }
 

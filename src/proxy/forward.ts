@@ -68,14 +68,17 @@ const { NGHTTP2_CANCEL } = http2.constants;
 const kForwarding = Symbol("mtlsd.forwarding");
 /** How long a response whose body the client already has may wait for the upstream's end of stream. */
 const END_OF_STREAM_GRACE_MS = 1000;
-/** What a forward in progress is found by: the HTTP/1.1 response, or the HTTP/2 stream. */
-type ForwardTarget = ServerResponse | http2.ServerHttp2Stream;
+/**
+ * What a forward in progress is found by: node:http's response, the HTTP/2 stream, or the downstream itself
+ * (the HTTP/1.1 fast path, which has no other object per request).
+ */
+type ForwardTarget = ServerResponse | http2.ServerHttp2Stream | Downstream;
 type Forwarded = ForwardTarget & { [kForwarding]?: Forwarding };
 
-function targetOf(down: Downstream): Forwarded | undefined {
+function targetOf(down: Downstream): Forwarded {
   if (down instanceof H1Downstream) return down.res;
   if (down instanceof H2Downstream) return down.stream;
-  return undefined;
+  return down;
 }
 
 /**
@@ -110,8 +113,7 @@ class Forwarding implements StreamHandler {
     this.#failures = failures;
     this.#done = done;
     down.onClose(this.#onClientClose);
-    const target = targetOf(down);
-    if (target) target[kForwarding] = this;
+    targetOf(down)[kForwarding] = this;
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -277,8 +279,7 @@ class Forwarding implements StreamHandler {
     this.#finished = true;
     clearTimeout(this.#lingering);
     this.#down.offClose(this.#onClientClose);
-    const target = targetOf(this.#down);
-    if (target) target[kForwarding] = undefined;
+    targetOf(this.#down)[kForwarding] = undefined;
     this.#done(outcome);
   }
 }

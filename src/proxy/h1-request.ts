@@ -114,6 +114,10 @@ export function parseRequestHead(buffer: Buffer, limits: RequestHeadLimits): Req
           else if (token === "keep-alive") keepAliveToken = true;
         }
         break;
+      case "te":
+        // node:http answers an HTTP/1.0 request that accepts chunked with a chunked response: not ours to mimic.
+        if (minor === 0) return "other";
+        break;
       // Framing, upgrades and expectations are node:http's; llhttp reads Proxy-Connection as Connection.
       case "transfer-encoding":
       case "upgrade":

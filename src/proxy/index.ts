@@ -11,7 +11,7 @@ export {
   type Protocol,
   resetStream,
 } from "./downstream.ts";
-export { Deadline, type DrainResult, HttpDrain, stopAccepting } from "./drain.ts";
+export { Deadline, type DrainedConnection, type DrainResult, HttpDrain, stopAccepting } from "./drain.ts";
 export {
   classifyForwardError,
   type ForwardFailure,
@@ -28,6 +28,13 @@ export {
   wireStatus,
 } from "./forward.ts";
 export { H1Client, type H1ClientOptions } from "./h1-client.ts";
+export { type PlainRequest, parseRequestHead, type RequestHead } from "./h1-request.ts";
+export {
+  H1Connection,
+  type H1ConnectionOptions,
+  H1ServerDownstream,
+  type H1ServerLimits,
+} from "./h1-server.ts";
 export {
   H2Client,
   type H2ClientOptions,
@@ -72,6 +79,7 @@ export {
   type UnderscoreAction,
 } from "./request-headers.ts";
 export {
+  describeClientError,
   encodeGrpcMessage,
   grpcStatusFor,
   REFUSAL_MARK,
