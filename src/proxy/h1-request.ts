@@ -129,6 +129,8 @@ export function parseRequestHead(buffer: Buffer, limits: RequestHeadLimits): Req
     rawHeaders.push(name, value);
   }
   if (minor === 1 ? hosts !== 1 : hosts > 1) return "other";
+  // llhttp keeps an HTTP/1.0 connection that says both; RFC 9112 §9.6 closes it. Either reading is node:http's.
+  if (close && keepAliveToken) return "other";
   const length = contentLength === undefined ? 0 : Number(contentLength);
   if (bodyless && length !== 0) return "other";
   return {

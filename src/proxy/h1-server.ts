@@ -400,7 +400,9 @@ export class H1ServerDownstream implements Downstream {
       this.#socket.write(last + CRLF, "latin1");
     }
     const keepAlive = this.#keepAlive && this.#framing !== Framing.Close;
-    this.#emitClose();
+    // After the caller is done with `end`, as node:http emits a response's close: a forward that ends with its
+    // own error response must log that, not the close it caused.
+    process.nextTick(() => this.#emitClose());
     if (keepAlive && this.#remaining > 0) {
       // The answer came before the whole body: it is read and dropped, as node:http does, before the next request.
       this.#discarding = true;
