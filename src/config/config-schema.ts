@@ -451,7 +451,7 @@ export const configSchema = s.object({
                 .enum("auto", "http1", "h2")
                 .default("auto")
                 .describe(
-                  "Between the sidecars: auto offers ALPN h2 and http/1.1 and uses what the upstream chose; http1 or h2 insist. Upgrades (WebSocket) always use HTTP/1.1.",
+                  "Between the sidecars: auto keeps each request in the app's protocol (HTTP/1.1 requests on HTTP/1.1 connections, h2 and gRPC on HTTP/2 when the upstream offers it, each falling back to the other when the upstream speaks only that); http1 or h2 insist. Upgrades (WebSocket) always use HTTP/1.1.",
                 ),
               pool: s
                 .object({

@@ -54,7 +54,12 @@ interface Generation {
   http1: Pool | undefined;
   /** Sockets that negotiated HTTP/1.1 while an `auto` endpoint was finding out: the HTTP/1.1 pool's first. */
   handedOver: Duplex[];
+  /** What the HTTP/2 client learned (or the setting fixed): `http/1.1` when the endpoint does not speak h2. */
   protocol: UpstreamProtocol;
+  /** An HTTP/1.1 connection has been opened: the endpoint speaks HTTP/1.1, whatever it says to h2. */
+  spokeHttp1: boolean;
+  /** Under `auto`, the endpoint refused a connection offering only http/1.1: its HTTP/1.1 requests ride h2. */
+  refusesHttp1: boolean;
 }
 
 /**
@@ -62,9 +67,15 @@ interface Generation {
  * a connector bound to the new SecureContext; the old ones close once their in-flight requests finish.
  * A request always runs whole on one pool, so it never sees half of a rotation.
  *
- * `protocol: auto` offers ALPN h2 and http/1.1 on the first connection of each generation and keeps to what the
- * endpoint chose: an h2 session carries every request from then on, or the socket and the requests waiting for
- * it move to an HTTP/1.1 pool. Upgrades (WebSocket) always ride HTTP/1.1 connections of their own.
+ * `protocol: auto` keeps each request in the protocol the app spoke, as Istio's sidecars do by default
+ * (h2UpgradePolicy DO_NOT_UPGRADE): in Node an HTTP/2 hop costs more CPU per request than an HTTP/1.1 one, and
+ * multiplexing buys little on a pool of kept-alive connections (docs/outbound.md, "Protocols between sidecars").
+ * HTTP/1.1 requests ride HTTP/1.1 connections, which offer ALPN http/1.1 only (a server that prefers h2 would
+ * pick it from a longer list); an endpoint that refuses that offer (an h2-only server's "no application
+ * protocol" alert) is not counted as failing, and its HTTP/1.1 requests ride h2 from then on, the first one
+ * included. h2 requests (gRPC, h2c apps) offer ALPN h2 and http/1.1 on the first connection of each generation
+ * and keep to what the endpoint chose: an h2 session carries them from then on, or the socket and the requests
+ * waiting for it move to the HTTP/1.1 pool. Upgrades (WebSocket) always ride HTTP/1.1 connections of their own.
  */
 export class Endpoint {
   readonly address: string;
@@ -87,11 +98,25 @@ export class Endpoint {
     };
   }
 
-  /** Where requests to this endpoint go now. */
-  get dispatcher(): UpstreamDispatcher {
+  /** Where a request to this endpoint goes now: `h2` for one the app sent over HTTP/2, else HTTP/1.1. */
+  dispatcherFor(appProtocol: "h2" | "http/1.1"): UpstreamDispatcher {
     const current = this.#current;
     if (current.protocol === "http/1.1" || !current.h2) return this.#http1;
-    return current.h2;
+    if (appProtocol === "h2" || this.#options.config.protocol !== "auto" || current.refusesHttp1)
+      return current.h2;
+    return this.#http1;
+  }
+
+  /**
+   * Whether an HTTP/1.1 request that failed with `error` goes again to this endpoint, over h2: under `auto`, the
+   * endpoint refused a connection that offered only http/1.1 (an h2-only server). The request never left; this
+   * endpoint's HTTP/1.1 requests ride h2 from now on.
+   */
+  switchToH2(error: Error): boolean {
+    const current = this.#current;
+    if (this.#options.config.protocol !== "auto" || !current.h2 || !refusesProtocol(error)) return false;
+    current.refusesHttp1 = true;
+    return true;
   }
 
   /** An HTTP/1.1 pool, for upgrades: those never ride an HTTP/2 session. */
@@ -99,8 +124,10 @@ export class Endpoint {
     return this.#http1;
   }
 
+  /** `h2` once an HTTP/2 session was negotiated, else `http/1.1` once an HTTP/1.1 connection was. */
   get protocol(): UpstreamProtocol {
-    return this.#current.protocol;
+    const { protocol, spokeHttp1 } = this.#current;
+    return protocol === "unknown" && spokeHttp1 ? "http/1.1" : protocol;
   }
 
   /** Installs pools built on the new credentials; the old ones drain in the background. */
@@ -160,6 +187,8 @@ export class Endpoint {
       http1: undefined,
       handedOver: [],
       protocol: protocol === "http1" ? "http/1.1" : protocol === "h2" ? "h2" : "unknown",
+      spokeHttp1: false,
+      refusesHttp1: false,
     };
     generation.h2 = protocol === "http1" ? undefined : this.#h2Client(context, generation);
     return generation;
@@ -200,7 +229,11 @@ export class Endpoint {
     if (generation.http1) return generation.http1;
     const { config, idleTimeoutMs, address, host, port, servername } = this.#options;
     // An upstream that is not mtlsd may answer `100 Continue` unasked (RFC 9110 §15.2): the app gets its final answer.
-    const connector = toleratingContinue(this.#connector(generation.context, ["http/1.1"]));
+    const connector = toleratingContinue(
+      this.#connector(generation.context, ["http/1.1"], () => {
+        generation.spokeHttp1 = true;
+      }),
+    );
     generation.http1 = new Pool(`https://${address}`, {
       connections: config.pool.connections,
       pipelining: 1,
@@ -224,8 +257,14 @@ export class Endpoint {
     return generation.http1;
   }
 
-  #connector(context: tls.SecureContext, alpn: readonly string[]): buildConnector.connector {
+  #connector(
+    context: tls.SecureContext,
+    alpn: readonly string[],
+    onConnected?: () => void,
+  ): buildConnector.connector {
     const options = this.#options;
+    // Under auto, an HTTP/1.1-only offer the server refuses is a protocol to switch, not an endpoint failing.
+    const switching = options.config.protocol === "auto" && alpn.length === 1 && alpn[0] === "http/1.1";
     const connect = mtlsConnector({
       upstream: options.upstream,
       identity: options.config.identity,
@@ -238,15 +277,29 @@ export class Endpoint {
         if (resumed) options.handshakes.resumed++;
         else options.handshakes.full++;
       },
-      onFailure: options.onHandshakeFailure,
+      onFailure: (failure) => {
+        if (!(switching && failure.detail.includes(NO_APPLICATION_PROTOCOL)))
+          options.onHandshakeFailure(failure);
+      },
       onRefused: options.onConnectFailure,
     });
     return (connectOptions, callback) =>
       connect(connectOptions, (error, socket) => {
-        if (error) options.onConnectFailure(error);
+        if (error) {
+          if (!(switching && refusesProtocol(error))) options.onConnectFailure(error);
+        } else onConnected?.();
         (callback as (error: Error | null, socket: net.Socket | tls.TLSSocket | null) => void)(error, socket);
       });
   }
+}
+
+/** The words of the TLS alert a server sends when it speaks none of the protocols offered (RFC 7301 §3.2). */
+const NO_APPLICATION_PROTOCOL = "no application protocol";
+
+/** A connection failed because the server speaks none of the protocols we offered. */
+function refusesProtocol(error: Error & { cause?: unknown }): boolean {
+  const cause = error.cause as { code?: string } | undefined;
+  return cause?.code === "ERR_SSL_TLSV1_ALERT_NO_APPLICATION_PROTOCOL";
 }
 
 async function closeGeneration(generation: Generation): Promise<void> {

@@ -19,6 +19,8 @@ export type RetryReason = "not_sent" | "idempotent";
 /** Where an exchange notes the endpoint it sent the request to last: the request's log record. */
 export interface EndpointRecord {
   endpoint?: string;
+  /** The protocol the app's request came in: under `protocol: auto`, the one it rides to the upstream. */
+  protocol?: string;
 }
 
 /** What an exchange needs of its upstream. */
@@ -62,6 +64,8 @@ export class BalancedExchange implements Dispatcher.DispatchController {
   reason: Error | null = null;
   paused = false;
   #notSentRetried = false;
+  /** Sent again over h2 because the endpoint refused HTTP/1.1 (see Endpoint.switchToH2). */
+  #switched = false;
   #retriesLeft: number;
 
   constructor(
@@ -105,7 +109,9 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     this.#tried.push(endpoint);
     this.#record.endpoint = endpoint.address;
     endpoint.health.active++;
-    const dispatcher = this.#upgrade ? endpoint.http1 : endpoint.dispatcher;
+    const dispatcher = this.#upgrade
+      ? endpoint.http1
+      : endpoint.dispatcherFor(this.#record.protocol === "h2" ? "h2" : "http/1.1");
     dispatcher.dispatch(this.#options, attempt);
   }
 
@@ -160,6 +166,12 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     if (this.aborted) {
       // Whatever the try ended with, the request ended because it was aborted (the client went away, or failed).
       this.#handler.onResponseError?.(this, this.reason ?? error);
+      return;
+    }
+    if (!attempt.responded && !this.#upgrade && !this.#switched && attempt.endpoint.switchToH2(error)) {
+      // The endpoint speaks only h2: the request, which never left, goes to it again that way (once).
+      this.#switched = true;
+      this.#sendAgain(attempt.endpoint, error);
       return;
     }
     if (attempt.responded) {
