@@ -6,7 +6,6 @@ import type { AddressInfo } from "node:net";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import tls from "node:tls";
-import { buildConnector, Pool } from "undici";
 import type { InboundConfig, LimitsConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import { type CredentialStore, type Credentials, crlOption } from "../credentials/index.ts";
@@ -31,6 +30,7 @@ import {
   h2ServerOptions,
   headerCountProblem,
   httpLimits,
+  LazyPool,
   limitHeaderCount,
   malformedH2Request,
   NGHTTP2_PROTOCOL_ERROR,
@@ -665,8 +665,8 @@ class InboundApp implements AppClient {
   readonly #origin: string;
   /** Requests over HTTP/1.1: mtlsd's own client (src/proxy/h1-client.ts). */
   readonly #h1: H1Client | undefined;
-  /** Upgrades: undici, whose upgrade API serves them. */
-  #http1: Pool | undefined;
+  /** Upgrades: undici, whose upgrade API serves them (loaded by the first one). */
+  #http1: LazyPool | undefined;
   readonly #h2: H2Client | undefined;
 
   constructor(config: InboundConfig, limits: LimitsConfig) {
@@ -706,14 +706,17 @@ class InboundApp implements AppClient {
   }
 }
 
-function http1Pool(origin: string): Pool {
-  return new Pool(origin, {
-    connections: null,
-    pipelining: 1,
-    allowH2: false,
-    // An app may answer `100 Continue` unasked (RFC 9110 §15.2): its final response is what the client gets.
-    connect: toleratingContinue(buildConnector({ allowH2: false })),
-  });
+function http1Pool(origin: string): LazyPool {
+  return new LazyPool(
+    (undici) =>
+      new undici.Pool(origin, {
+        connections: null,
+        pipelining: 1,
+        allowH2: false,
+        // An app may answer `100 Continue` unasked (RFC 9110 §15.2): its final response is what the client gets.
+        connect: toleratingContinue(undici.buildConnector({ allowH2: false })),
+      }),
+  );
 }
 
 /** What is known about an accepted TCP connection until its peer is verified. */

@@ -62,6 +62,7 @@ export {
 } from "./headers.ts";
 export { authorityKey, hostProblem } from "./host.ts";
 export { tolerateContinue, toleratingContinue } from "./interim.ts";
+export { LazyPool, loadUndici, type Undici } from "./lazy-pool.ts";
 export {
   type CapacityLog,
   connectionsCheckingInterval,
