@@ -20,9 +20,14 @@ import type { Policy } from "../policy/index.ts";
 import {
   type Deadline,
   type DrainResult,
+  describeClientError,
+  failForward,
   feed,
   H1Client,
+  H1Connection,
+  type H1ConnectionOptions,
   H1Downstream,
+  type H1ServerDownstream,
   H2Client,
   H2Downstream,
   H2Sessions,
@@ -63,10 +68,14 @@ const REFUSAL_LINGER_MS = 2000;
 /** Permissive mode: a plaintext connection has no peer, so the policy sees it as unauthenticated. */
 const PLAINTEXT_CONNECTION: InboundConnection = Object.freeze({ peer: null, xfcc: null, plaintext: true });
 
-/** TLS connections whose handshake completed (refused peers included), and how many resumed a session. */
+/**
+ * TLS connections whose handshake completed (refused peers included), how many resumed a session, and how many
+ * HTTP/1.1 requests the fast path (src/proxy/h1-server.ts) served rather than node:http.
+ */
 export interface InboundStats {
   connections: number;
   resumed: number;
+  fastPathRequests: number;
 }
 
 export interface InboundOptions {
@@ -111,7 +120,7 @@ export class InboundListener {
   readonly #sockets = new Set<net.Socket>();
   /** Verified mTLS connections, so a changed `identity.deny` can close those of a peer it now lists. */
   readonly #verified = new Set<tls.TLSSocket>();
-  readonly #stats: InboundStats = { connections: 0, resumed: 0 };
+  readonly #stats: InboundStats = { connections: 0, resumed: 0, fastPathRequests: 0 };
   #peers: PeerIdentityCache;
   #bundleSha256: string;
   #crlPem: string | undefined;
@@ -430,19 +439,48 @@ export class InboundListener {
     (socket as InboundSocket)[kConnection] = connection;
     this.#verified.add(socket);
     socket.once("close", () => this.#verified.delete(socket));
-    (socket.alpnProtocol === "h2" ? this.#h2 : this.#http).emit("connection", socket);
+    if (socket.alpnProtocol === "h2") this.#h2.emit("connection", socket);
+    else this.#drain.adopt(new H1Connection(socket, this.#fastPath));
+  };
+
+  /**
+   * HTTP/1.1 connections (ALPN http/1.1, or none) start on the fast path (src/proxy/h1-server.ts): plain requests
+   * are read and answered on the TLS socket and go through the same pipeline as node:http's (#serve: the peer
+   * found at handshake, path normalization, policy, XFCC, headers, logs, metrics). At the first head it does not
+   * call plain, the connection is node:http's for good, and everything about it is decided as before.
+   */
+  readonly #fastPath: H1ConnectionOptions = {
+    limits: () => this.#options.limits,
+    draining: () => this.#drain.draining,
+    request: (down) => {
+      this.#stats.fastPathRequests++;
+      this.#serve(down, false);
+    },
+    handOver: (socket) => feed(this.#http, socket),
+    // As node:http's requestTimeout reaches a request whose body is late (see settleClientError).
+    requestTimedOut: (down) => {
+      if (!failForward(down, describeClientError(requestTimeout()))) down.abort();
+    },
+    released: (connection) => this.#drain.release(connection),
+    // As node:http's headersTimeout reaches a connection that never sends its first request.
+    headersTimedOut: (socket) => this.#onClientError(requestTimeout(), socket),
   };
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     this.#drain.request(req, res);
-    const down = new H1Downstream(req, res);
-    const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
+    this.#serve(new H1Downstream(req, res), expectsContinue);
+  }
+
+  /** An HTTP/1.1 request, from node:http or the fast path: one pipeline for both. */
+  #serve(down: H1Downstream | H1ServerDownstream, expectsContinue: boolean): void {
+    const socket = down instanceof H1Downstream ? down.req.socket : down.socket;
+    const tooMany = headerCountProblem(down.rawHeaders, this.#options.limits);
     if (tooMany) {
       sendError(down, 431, "bad_request", tooMany, true);
       this.#handler.refused(
-        req.method!,
-        req.url!,
-        connectionOf(req.socket),
+        down.method,
+        down.target,
+        connectionOf(socket),
         "http/1.1",
         431,
         "bad_request",
@@ -450,7 +488,7 @@ export class InboundListener {
       );
       return;
     }
-    this.#handler.handle(down, connectionOf(req.socket), expectsContinue);
+    this.#handler.handle(down, connectionOf(socket), expectsContinue);
   }
 
   readonly #onStream = (
@@ -642,6 +680,11 @@ const RENEGOTIATION_REFUSED = "ERR_TLS_RENEGOTIATION_DISABLED";
 const RENEGOTIATION_DETAIL = "the client asked for a TLS renegotiation, which this listener refuses";
 const CONNECT_REFUSED = "CONNECT is not served on the inbound listener: no tunnel bypasses the policy";
 const NO_CONNECTION: InboundConnection = { peer: null, xfcc: null, plaintext: true };
+
+/** The error node:http reports when headersTimeout or requestTimeout runs out. */
+function requestTimeout(): Error & { code: string } {
+  return Object.assign(new Error("request timeout"), { code: "ERR_HTTP_REQUEST_TIMEOUT" });
+}
 
 /** What the handshake learnt about the connection a request arrived on. */
 function connectionOf(socket: net.Socket | undefined): InboundConnection {

@@ -19,6 +19,8 @@ export interface H1ServerLimits extends RequestHeadLimits {
   keepAliveTimeout: number;
   /** How long a request's head and body may take to arrive, ms. */
   requestTimeout: number;
+  /** How long a connection's first head may take to arrive, ms (read only with `headersTimedOut`). */
+  headersTimeout: number;
 }
 
 export interface H1ConnectionOptions {
@@ -33,6 +35,12 @@ export interface H1ConnectionOptions {
   requestTimedOut(down: H1ServerDownstream): void;
   /** The connection has ended its fast part (closed, or handed over): forget it. */
   released(connection: H1Connection): void;
+  /**
+   * When given, a new connection waits for its first request as node:http's would: a connection that sends
+   * nothing within limits.headersTimeout is released and passed here, to be answered as node:http's clientError
+   * (ERR_HTTP_REQUEST_TIMEOUT) is. Without it (the outbound), a new connection waits until its client speaks.
+   */
+  headersTimedOut?(socket: net.Socket): void;
 }
 
 /** How long a closing connection still reads (and drops) a request body nobody will use, at most (as H1Downstream). */
@@ -70,6 +78,8 @@ export class H1Connection {
   /** The request being served, until its response is done and its body read. */
   #current: H1ServerDownstream | undefined;
   #released = false;
+  /** Nothing has been read yet: a timeout now is the first head's (see headersTimedOut). */
+  #fresh = true;
 
   constructor(socket: net.Socket, options: H1ConnectionOptions) {
     this.socket = socket;
@@ -77,6 +87,11 @@ export class H1Connection {
     socket.on("data", this.#onData);
     socket.on("close", this.#onClose);
     socket.on("timeout", this.#onIdleTimeout);
+    if (options.headersTimedOut) {
+      // Nothing is written before the first request, so this idle timer runs from the start, as node:http's does.
+      const { headersTimeout } = options.limits();
+      if (headersTimeout > 0) socket.setTimeout(headersTimeout);
+    }
     socket.resume();
   }
 
@@ -92,6 +107,7 @@ export class H1Connection {
   }
 
   readonly #onData = (chunk: Buffer): void => {
+    this.#fresh = false;
     const current = this.#current;
     if (current) {
       const rest = current.take(chunk);
@@ -178,7 +194,15 @@ export class H1Connection {
   }
 
   readonly #onIdleTimeout = (): void => {
-    if (!this.#current) this.socket.destroy();
+    if (this.#current) return;
+    const headersTimedOut = this.#options.headersTimedOut;
+    if (this.#fresh && headersTimedOut) {
+      this.#release();
+      this.socket.setTimeout(0);
+      headersTimedOut(this.socket);
+      return;
+    }
+    this.socket.destroy();
   };
 
   readonly #onClose = (): void => {
