@@ -440,3 +440,41 @@ t.test(
     });
   },
 );
+
+t.test(
+  "a first head that starts late and trickles is cut at headersTimeout from the connect, as node:http cut it",
+  async (t) => {
+    const logsBefore = sidecar.logs.length;
+    const wireBefore = wire.requests();
+    const connection = await RawConnection.open(sidecar.inboundPort, client);
+    t.teardown(() => connection.close());
+    const started = Date.now();
+    // Silent for most of the deadline, then a head that is not whole: the fast path hands it to node:http,
+    // whose own clock would start only now.
+    const silentMs = HEADERS_TIMEOUT_MS - 200;
+    await new Promise((resolve) => setTimeout(resolve, silentMs));
+    const request = rawGet("/public/trickled");
+    let sent = 0;
+    const trickle = setInterval(() => {
+      if (sent < request.length - 1 && !connection.ended) connection.write(request[sent++]!);
+    }, 50);
+    t.teardown(() => clearInterval(trickle));
+    const { responses } = await connection.read(1, HEADERS_TIMEOUT_MS + SLACK_MS + 1000);
+    const after = Date.now() - started;
+    clearInterval(trickle);
+    t.equal(responses[0]?.status, 408);
+    t.equal(responses[0]?.header("x-mtlsd-reason"), "request_timeout");
+    // From the handover it would have been silentMs + HEADERS_TIMEOUT_MS at least.
+    t.ok(
+      after < silentMs + HEADERS_TIMEOUT_MS,
+      `cut after ${after} ms, not a whole headersTimeout after the first byte`,
+    );
+    // The rest of the head, after the 408: node:http's parser may still complete it, and it must go nowhere.
+    connection.write(request.slice(sent));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    t.same(sentSince(wireBefore), [], "the app never saw the late request");
+    const lines = sidecar.logs.slice(logsBefore).filter((line) => line.msg === "request");
+    t.equal(lines.length, 1, "one request log line, the 408");
+    t.match(lines[0], { status: 408, reason: "request_timeout", source_identity: frontend.spiffeId });
+  },
+);

@@ -8,6 +8,7 @@
 // decide everything about that connection, as they did before the fast path existed.
 import http from "node:http";
 import type net from "node:net";
+import { performance } from "node:perf_hooks";
 import { Readable } from "node:stream";
 import { type Downstream, isGrpcContentType } from "./downstream.ts";
 import { type PlainRequest, parseRequestHead, type RequestHeadLimits } from "./h1-request.ts";
@@ -36,11 +37,14 @@ export interface H1ConnectionOptions {
   /** The connection has ended its fast part (closed, or handed over): forget it. */
   released(connection: H1Connection): void;
   /**
-   * When given, a new connection waits for its first request as node:http's would: a connection that sends
-   * nothing within limits.headersTimeout is released and passed here, to be answered as node:http's clientError
-   * (ERR_HTTP_REQUEST_TIMEOUT) is. Without it (the outbound), a new connection waits until its client speaks.
+   * When given, a connection's first head is bound by limits.headersTimeout from the start, as node:http binds
+   * it: a connection that sends nothing within it is released and passed here, to be answered as node:http's
+   * clientError (ERR_HTTP_REQUEST_TIMEOUT) is. A first head handed to node:http (incomplete, or not plain) keeps
+   * that deadline rather than a new one from the handover: at the deadline the socket is passed here again,
+   * `handedOver`, and the listener answers it only if node:http has not read a whole head on it meanwhile.
+   * Without it (the outbound), a new connection waits until its client speaks.
    */
-  headersTimedOut?(socket: net.Socket): void;
+  headersTimedOut?(socket: net.Socket, handedOver: boolean): void;
 }
 
 /** How long a closing connection still reads (and drops) a request body nobody will use, at most (as H1Downstream). */
@@ -80,6 +84,10 @@ export class H1Connection {
   #released = false;
   /** Nothing has been read yet: a timeout now is the first head's (see headersTimedOut). */
   #fresh = true;
+  /** No request has been served yet: a handover now hands over the first head, and its deadline. */
+  #first = true;
+  /** When the first head is due (performance.now()), with headersTimedOut. */
+  #headDeadline: number | undefined;
 
   constructor(socket: net.Socket, options: H1ConnectionOptions) {
     this.socket = socket;
@@ -90,7 +98,10 @@ export class H1Connection {
     if (options.headersTimedOut) {
       // Nothing is written before the first request, so this idle timer runs from the start, as node:http's does.
       const { headersTimeout } = options.limits();
-      if (headersTimeout > 0) socket.setTimeout(headersTimeout);
+      if (headersTimeout > 0) {
+        socket.setTimeout(headersTimeout);
+        this.#headDeadline = performance.now() + headersTimeout;
+      }
     }
     socket.resume();
   }
@@ -137,6 +148,7 @@ export class H1Connection {
     this.#buffer = undefined;
     const down = new H1ServerDownstream(this, head);
     this.#current = down;
+    this.#first = false;
     if (rest) {
       const after = down.take(rest);
       if (after !== undefined) {
@@ -155,6 +167,15 @@ export class H1Connection {
     if (this.#buffer) socket.unshift(this.#buffer);
     this.#buffer = undefined;
     this.#options.handOver(socket);
+    const headersTimedOut = this.#options.headersTimedOut;
+    if (this.#first && headersTimedOut && this.#headDeadline !== undefined) {
+      const timer = setTimeout(
+        () => headersTimedOut(socket, true),
+        Math.max(0, this.#headDeadline - performance.now()),
+      );
+      timer.unref();
+      socket.once("close", () => clearTimeout(timer));
+    }
   }
 
   /** The response to `down` is done and its body read (or dropped): on to the next request, or closed. */
@@ -199,7 +220,7 @@ export class H1Connection {
     if (this.#fresh && headersTimedOut) {
       this.#release();
       this.socket.setTimeout(0);
-      headersTimedOut(this.socket);
+      headersTimedOut(this.socket, false);
       return;
     }
     this.socket.destroy();
