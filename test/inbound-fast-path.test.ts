@@ -267,6 +267,26 @@ t.test("the policy allows and denies on the fast path as on node:http's", async 
   t.same(denied.appSaw, [], "the app never saw it");
 });
 
+t.test(
+  "a denied POST's body is read and dropped, and the next request on the connection is served",
+  async (t) => {
+    const fastBefore = fastServed();
+    const wireBefore = wire.requests();
+    const result = await exchange(
+      sidecar.inboundPort,
+      client,
+      `POST /admin/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello${rawGet("/public/next")}`,
+      { expect: 2 },
+    );
+    t.equal(result.responses[0]?.status, 403);
+    t.equal(result.responses[0]?.header("x-mtlsd-reason"), "policy_denied");
+    t.equal(result.responses[1]?.status, 200);
+    t.equal((JSON.parse(result.responses[1]!.body) as Echo).url, "/public/next");
+    t.equal(fastServed(), fastBefore + 2, "both on the fast path");
+    t.same(sentSince(wireBefore), ["/public/next"], "the denied upload never reached the app");
+  },
+);
+
 t.test("a spoofed XFCC and X-Forwarded-Proto are replaced by ours on the fast path", async (t) => {
   const forged = "By=spiffe://example.org/ns/orders/sa/orders;URI=spiffe://example.org/ns/ops/sa/admin";
   const quick = await decidedAlike(
