@@ -1,21 +1,36 @@
-// The HTTP/1.1 client the inbound sidecar reaches the app with: a pool of keep-alive TCP connections, one request
-// at a time on each (no pipelining), reporting to the same handler API as undici and the HTTP/2 client.
+// mtlsd's HTTP/1.1 client: a pool of keep-alive connections, one request at a time on each (no pipelining),
+// reporting to the same handler API as undici and the HTTP/2 client. The inbound reaches its app with it over TCP;
+// the outbound reaches its peers with it over the mTLS connections its connector opens (the `connect` option).
 //
 // Why not undici here: on the hop to the app it cost 43% of the inbound sidecar's CPU in the benchmark's profile
 // (its WebAssembly llhttp alone 18%), for requests that are a head, maybe a body, and an answer. This client
 // writes a request as one string and reads the answer with ResponseParser (h1-response.ts), as strict as
 // llhttp's strict mode. Upgrades still go through undici (forwardUpgrade), where its upgrade API serves best.
 import net from "node:net";
-import type { Readable } from "node:stream";
+import type { Duplex, Readable } from "node:stream";
 import type { Dispatcher } from "undici";
 import { ResponseParser } from "./h1-response.ts";
 import type { StreamHandler } from "./h2-client.ts";
 import type { ResponseHeaders } from "./headers.ts";
 
+/**
+ * Opens one connection for the client, in place of its own TCP dial: the socket given is ready for the request
+ * (connected, its TLS handshake done), and the connector keeps its own deadline. Its errors reach the request as
+ * they are, so their codes classify as the connector meant them to.
+ */
+export type H1Connector = (callback: (error: Error | null, socket: Duplex | null) => void) => void;
+
 export interface H1ClientOptions {
-  /** The app's origin, `http://host:port`. */
+  /** The origin, `http://host:port` (`https://` with a connector): the Host of a request that has none. */
   origin: string;
-  /** No TCP connection within this long: UND_ERR_CONNECT_TIMEOUT. */
+  /** How connections are opened; without it, a TCP connection to the origin's host and port. */
+  connect?: H1Connector;
+  /**
+   * Connections at most, idle or busy; a request that finds none free waits for one, first come first served.
+   * Without it there is no limit and no request ever waits.
+   */
+  connections?: number;
+  /** No TCP connection within this long: UND_ERR_CONNECT_TIMEOUT (not with `connect`: the connector's own). */
   connectTimeoutMs?: number;
   /** An idle connection is closed after this long, or sooner if the app's Keep-Alive header asks for less. */
   keepAliveTimeoutMs?: number;
@@ -45,6 +60,18 @@ const BODY_METHODS = new Set(["POST", "PUT", "PATCH", "QUERY"]);
 const UNSAFE = /[\r\n\0]/;
 const LAST_CHUNK = "0\r\n\r\n";
 
+/** Errors an exchange failed with before any byte of its request was written to a connection. */
+const UNSENT = new WeakSet<Error>();
+
+/**
+ * Whether `error` ended a request before any of it was written: its connection could not be opened, or closed
+ * while the request was waiting for it or for its body's first bytes; the request may be sent elsewhere whole.
+ * An error that is not H1Client's own keeps its code and message: this is told beside them, not in them.
+ */
+export function requestUnsent(error: Error): boolean {
+  return UNSENT.has(error);
+}
+
 export class H1Client {
   readonly #host: string;
   readonly #port: number;
@@ -52,9 +79,15 @@ export class H1Client {
   readonly #connectTimeoutMs: number;
   readonly #keepAliveTimeoutMs: number;
   readonly #maxHeaderSize: number;
+  readonly #connect: H1Connector | undefined;
+  readonly #connections: number;
   /** Connections with no request, newest last: the warmest is reused first. */
   readonly #idle: Connection[] = [];
+  /** Connections with a request, or opening for one. */
   readonly #busy = new Set<Connection>();
+  /** Requests waiting for a connection (only with `connections`), first in line first. */
+  readonly #queue: Exchange[] = [];
+  #pumping = false;
   #closed = false;
   /** Each close() waiting for the requests in flight. */
   readonly #whenIdle: Array<() => void> = [];
@@ -67,11 +100,21 @@ export class H1Client {
     this.#connectTimeoutMs = options.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS;
     this.#keepAliveTimeoutMs = options.keepAliveTimeoutMs ?? DEFAULT_KEEP_ALIVE_TIMEOUT_MS;
     this.#maxHeaderSize = options.maxHeaderSize ?? DEFAULT_MAX_HEADER_SIZE;
+    this.#connect = options.connect;
+    this.#connections = options.connections ?? Number.POSITIVE_INFINITY;
+    if (!(this.#connections >= 1)) throw new RangeError("connections must be at least 1");
   }
 
-  /** Open connections, and requests in flight: the shape of undici's Pool stats (nothing ever waits here). */
+  /**
+   * Open connections (opening ones too), requests waiting for a connection, requests on one: the shape of
+   * undici's Pool stats.
+   */
   get stats(): { connected: number; pending: number; running: number } {
-    return { connected: this.#idle.length + this.#busy.size, pending: 0, running: this.#busy.size };
+    return {
+      connected: this.#idle.length + this.#busy.size,
+      pending: this.#queue.length,
+      running: this.#busy.size,
+    };
   }
 
   dispatch(options: Dispatcher.DispatchOptions, handler: StreamHandler): boolean {
@@ -97,50 +140,132 @@ export class H1Client {
       exchange.fail(new ClientError("UND_ERR_CLOSED", "the client is closed"));
       return true;
     }
+    if (this.#queue.length > 0 || !this.#take(exchange)) this.#wait(exchange);
+    return true;
+  }
+
+  /**
+   * Waits for the requests in flight and those waiting, then closes every connection; later requests fail.
+   */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const connection of this.#idle.splice(0)) connection.destroy();
+    if (this.#busy.size > 0 || this.#queue.length > 0) {
+      await new Promise<void>((resolve) => this.#whenIdle.push(resolve));
+    }
+  }
+
+  /** Ends every connection now; requests in flight and those waiting fail. */
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    const waiting = this.#queue.splice(0);
+    if (waiting.length > 0) {
+      const error = unsent(new ClientError("UND_ERR_DESTROYED", "the client was destroyed"));
+      for (const exchange of waiting) exchange.fail(error);
+    }
+    for (const connection of this.#idle.splice(0)) connection.destroy();
+    for (const connection of [...this.#busy]) {
+      connection.destroy(new ClientError("UND_ERR_DESTROYED", "the client was destroyed"));
+    }
+    this.#settle();
+  }
+
+  /** Runs `exchange` on an idle connection, or a new one if the limit allows; false when there is none. */
+  #take(exchange: Exchange): boolean {
     let connection = this.#idle.pop();
     while (connection && !connection.usable) {
       connection.destroy();
       connection = this.#idle.pop();
     }
-    connection ??= new Connection(this, this.#host, this.#port, this.#connectTimeoutMs, this.#maxHeaderSize);
+    if (connection) {
+      this.#busy.add(connection);
+      connection.run(exchange);
+      return true;
+    }
+    if (this.#busy.size + this.#idle.length >= this.#connections) return false;
+    connection = new Connection(this, this.#maxHeaderSize);
     this.#busy.add(connection);
     connection.run(exchange);
+    if (this.#connect) connection.attach(this.#connect);
+    else connection.dial(this.#host, this.#port, this.#connectTimeoutMs);
     return true;
   }
 
-  /** Waits for the requests in flight, then closes every connection; later requests fail. */
-  async close(): Promise<void> {
-    this.#closed = true;
-    for (const connection of this.#idle.splice(0)) connection.destroy();
-    if (this.#busy.size > 0) await new Promise<void>((resolve) => this.#whenIdle.push(resolve));
+  /** Every connection is taken: `exchange` waits in line (at its front: it was first already); an abort takes it out. */
+  #wait(exchange: Exchange, front = false): void {
+    if (front) this.#queue.unshift(exchange);
+    else this.#queue.push(exchange);
+    exchange.dequeue = () => {
+      const at = this.#queue.indexOf(exchange);
+      if (at !== -1) this.#queue.splice(at, 1);
+      this.#settle();
+    };
   }
 
-  /** Ends every connection now; requests in flight fail. */
-  async destroy(): Promise<void> {
-    this.#closed = true;
-    for (const connection of this.#idle.splice(0)) connection.destroy();
-    for (const connection of [...this.#busy]) {
-      connection.destroy(new ClientError("UND_ERR_DESTROYED", "the client was destroyed"));
+  /** The next waiting request, taken out of line. */
+  #next(): Exchange | undefined {
+    const exchange = this.#queue.shift();
+    if (exchange) exchange.dequeue = undefined;
+    return exchange;
+  }
+
+  /**
+   * Requests waiting get the connections there is room for now (one closed). Not re-entered: a connection that
+   * fails as it is taken (a connector that answers at once) calls forget() from within, and this loop goes on.
+   */
+  #pump(): void {
+    if (this.#pumping) return;
+    this.#pumping = true;
+    try {
+      while (this.#queue.length > 0) {
+        const exchange = this.#next()!;
+        if (!this.#take(exchange)) {
+          this.#wait(exchange, true);
+          return;
+        }
+      }
+    } finally {
+      this.#pumping = false;
     }
   }
 
-  /** A connection finished its request: kept for the next one if it can be, else closed. */
+  /** close() calls resolve once nothing is in flight or waiting. */
+  #settle(): void {
+    if (this.#busy.size === 0 && this.#queue.length === 0) {
+      for (const resolve of this.#whenIdle.splice(0)) resolve();
+    }
+  }
+
+  /** A connection finished its request: it takes the next one waiting, or is kept if it can be, else closed. */
   release(connection: Connection, reusable: boolean, idleMs: number | undefined): void {
     this.#busy.delete(connection);
+    const next = reusable ? this.#next() : undefined;
+    if (next) {
+      this.#busy.add(connection);
+      connection.run(next);
+      return;
+    }
     if (reusable && !this.#closed) {
       connection.idle(Math.min(this.#keepAliveTimeoutMs, idleMs ?? Number.POSITIVE_INFINITY));
       this.#idle.push(connection);
     } else connection.destroy();
-    if (this.#busy.size === 0) for (const resolve of this.#whenIdle.splice(0)) resolve();
+    this.#settle();
   }
 
-  /** A connection closed: forgotten wherever it was. */
+  /** A connection closed: forgotten wherever it was, and its place goes to a request waiting. */
   forget(connection: Connection): void {
     this.#busy.delete(connection);
     const at = this.#idle.indexOf(connection);
     if (at !== -1) this.#idle.splice(at, 1);
-    if (this.#busy.size === 0) for (const resolve of this.#whenIdle.splice(0)) resolve();
+    this.#pump();
+    this.#settle();
   }
+}
+
+/** `error`, marked as having ended a request none of which was written. */
+function unsent(error: Error): Error {
+  UNSENT.add(error);
+  return error;
 }
 
 /**
@@ -193,6 +318,10 @@ class Exchange implements Dispatcher.DispatchController {
   readonly handler: StreamHandler;
   head = "";
   connection: Connection | undefined;
+  /** Takes the exchange out of the client's line while it waits there. */
+  dequeue: (() => void) | undefined;
+  /** Some of the request was written to a connection: it may have reached the server. */
+  written = false;
   #aborted = false;
   #paused = false;
   #reason: Error | null = null;
@@ -228,7 +357,11 @@ class Exchange implements Dispatcher.DispatchController {
     this.#aborted = true;
     this.#reason = reason;
     if (this.connection) this.connection.destroy(reason);
-    else this.fail(reason);
+    else {
+      this.dequeue?.();
+      this.dequeue = undefined;
+      this.fail(reason);
+    }
   }
 
   pause(): void {
@@ -247,6 +380,7 @@ class Exchange implements Dispatcher.DispatchController {
   fail(error: Error): void {
     if (this.#ended) return;
     this.#ended = true;
+    if (!this.written) unsent(error);
     this.handler.onResponseError?.(this, error);
   }
 
@@ -257,10 +391,11 @@ class Exchange implements Dispatcher.DispatchController {
   }
 }
 
-/** One TCP connection to the app, carrying one exchange at a time. */
+/** One connection to the server, carrying one exchange at a time. */
 class Connection {
   readonly #client: H1Client;
-  readonly #socket: net.Socket;
+  /** Undefined while a connector is still opening it. */
+  #socket: Duplex | undefined;
   readonly #parser: ResponseParser;
   #exchange: Exchange | undefined;
   #connected = false;
@@ -286,21 +421,48 @@ class Connection {
   /** The final head of the exchange in flight has arrived: the body timer runs, not the head's. */
   #headReceived = false;
 
-  constructor(client: H1Client, host: string, port: number, connectTimeoutMs: number, maxHeaderSize: number) {
+  constructor(client: H1Client, maxHeaderSize: number) {
     this.#client = client;
     this.#parser = new ResponseParser(this, { maxHeaderSize });
-    this.#socket = net.connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+  }
+
+  /** Opens a TCP connection of its own. */
+  dial(host: string, port: number, connectTimeoutMs: number): void {
+    const socket = net.connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+    this.#socket = socket;
     this.#timer = setTimeout(this.#onConnectTimeout, connectTimeoutMs);
-    this.#socket.once("connect", this.#onConnect);
-    this.#socket.on("data", this.#onData);
-    this.#socket.on("end", this.#onEnd);
-    this.#socket.on("error", this.#onError);
-    this.#socket.on("close", this.#onClose);
+    socket.once("connect", this.#onConnect);
+    this.#listen(socket);
+  }
+
+  /** Takes the socket the connector opens (or the error it fails with), maybe before this returns. */
+  attach(connect: H1Connector): void {
+    connect((error, socket) => {
+      if (this.#closed || error || !socket || socket.destroyed) {
+        socket?.destroy();
+        if (!this.#closed) {
+          this.#error ??= error ?? new ClientError("UND_ERR_SOCKET", "the connection closed as it opened");
+          this.#finishClose();
+        }
+        return;
+      }
+      this.#socket = socket;
+      this.#listen(socket);
+      this.#onConnect();
+    });
+  }
+
+  #listen(socket: Duplex): void {
+    socket.on("data", this.#onData);
+    socket.on("end", this.#onEnd);
+    socket.on("error", this.#onError);
+    socket.on("close", this.#onClose);
   }
 
   /** Whether an idle connection can take a request: still open, nothing unasked arrived. */
   get usable(): boolean {
-    return !this.#closed && !this.#socket.destroyed && this.#socket.readable;
+    const socket = this.#socket;
+    return !this.#closed && socket !== undefined && !socket.destroyed && socket.readable;
   }
 
   run(exchange: Exchange): void {
@@ -319,7 +481,7 @@ class Connection {
     this.#exchange = undefined;
     // A pause the last handler made, in its last callbacks, ended with its response: an idle connection reads,
     // to see the app close it, and a paused one would leave the next request's answer unread.
-    this.#socket.resume();
+    this.#socket!.resume();
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => this.destroy(), ms);
     this.#timer.unref();
@@ -327,7 +489,7 @@ class Connection {
 
   /** The handler cannot take more: stop reading. A stalled client is not a stalled app: the body timer stops too. */
   pause(): void {
-    this.#socket.pause();
+    this.#socket?.pause();
     this.#parser.pause();
     if (this.#headReceived) {
       clearTimeout(this.#timer);
@@ -344,12 +506,12 @@ class Connection {
     const held = this.#held;
     this.#held = undefined;
     if (held) this.#onData(held);
-    if (!this.#exchange?.paused) this.#socket.resume();
+    if (!this.#exchange?.paused) this.#socket?.resume();
   }
 
   destroy(error?: Error): void {
     if (error && !this.#error) this.#error = error;
-    this.#socket.destroy();
+    this.#socket?.destroy();
     this.#finishClose();
   }
 
@@ -373,7 +535,8 @@ class Connection {
     this.#armHeaders();
     const body = options.body as Readable | null | undefined;
     if (!body) {
-      this.#socket.write(exchange.head, "latin1");
+      exchange.written = true;
+      this.#socket!.write(exchange.head, "latin1");
       return;
     }
     // The head goes out with the body's first bytes (or its end): a request whose body fails before any of it
@@ -385,14 +548,18 @@ class Connection {
     body.on("data", this.#onBodyData);
     body.once("end", this.#onBodyEnd);
     body.once("error", this.#onBodyError);
-    this.#socket.on("drain", this.#onDrain);
+    // A body let go unread by an earlier try, elsewhere, was paused there (see #finishClose).
+    body.resume();
+    this.#socket!.on("drain", this.#onDrain);
   }
 
   /** Writes the request head if it has not gone out yet. */
   #writeHead(): void {
     if (!this.#headPending) return;
     this.#headPending = false;
-    this.#socket.write(this.#exchange!.head, "latin1");
+    const exchange = this.#exchange!;
+    exchange.written = true;
+    this.#socket!.write(exchange.head, "latin1");
   }
 
   readonly #onBodyData = (chunk: Buffer): void => {
@@ -409,15 +576,15 @@ class Connection {
       }
     }
     if (chunk.length === 0) return;
-    this.#socket.cork();
+    this.#socket!.cork();
     this.#writeHead();
     let flowing: boolean;
     if (this.#bodyDue === undefined) {
-      this.#socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
-      this.#socket.write(chunk);
-      flowing = this.#socket.write("\r\n", "latin1");
-    } else flowing = this.#socket.write(chunk);
-    this.#socket.uncork();
+      this.#socket!.write(`${chunk.length.toString(16)}\r\n`, "latin1");
+      this.#socket!.write(chunk);
+      flowing = this.#socket!.write("\r\n", "latin1");
+    } else flowing = this.#socket!.write(chunk);
+    this.#socket!.uncork();
     if (!flowing) {
       // Answered, and no longer reading what is left of the upload: the connection is not worth waiting for.
       if (this.#answered) {
@@ -443,10 +610,10 @@ class Connection {
       );
       return;
     }
-    this.#socket.cork();
+    this.#socket!.cork();
     this.#writeHead();
-    if (this.#bodyDue === undefined) this.#socket.write(LAST_CHUNK, "latin1");
-    this.#socket.uncork();
+    if (this.#bodyDue === undefined) this.#socket!.write(LAST_CHUNK, "latin1");
+    this.#socket!.uncork();
     this.#stopSending();
     if (!this.#headReceived) this.#timer?.refresh();
     if (this.#answered) this.#done();
@@ -464,7 +631,7 @@ class Connection {
     body.off("data", this.#onBodyData);
     body.off("end", this.#onBodyEnd);
     body.off("error", this.#onBodyError);
-    this.#socket.off("drain", this.#onDrain);
+    this.#socket?.off("drain", this.#onDrain);
   }
 
   /**
@@ -478,7 +645,7 @@ class Connection {
   }
 
   readonly #onHeadersTimeout = (): void => {
-    if (this.#sending && !this.#socket.writableNeedDrain) {
+    if (this.#sending && !this.#socket!.writableNeedDrain) {
       this.#timer?.refresh();
       return;
     }
@@ -500,7 +667,7 @@ class Connection {
     }
     if (exchange.paused) {
       this.#held = this.#held ? Buffer.concat([this.#held, data]) : data;
-      this.#socket.pause();
+      this.#socket!.pause();
       return;
     }
     let used: number;
@@ -514,7 +681,7 @@ class Connection {
       if (this.#exchange === exchange && !exchange.ended) {
         // Paused from a callback: the rest waits for resume.
         this.#held = data.subarray(used);
-        this.#socket.pause();
+        this.#socket!.pause();
       } else this.destroy();
     }
   };
@@ -568,7 +735,7 @@ class Connection {
     this.#parser.pause();
     if (!this.#sending) this.#done();
     // Answered while the upload is stuck behind an app that no longer reads it (undici closes at once here).
-    else if (this.#socket.writableNeedDrain) this.destroy();
+    else if (this.#socket!.writableNeedDrain) this.destroy();
   }
 
   /** The exchange is over on both sides: the connection goes back to the pool, or closes. */
@@ -604,8 +771,11 @@ class Connection {
     if (this.#closed) return;
     this.#closed = true;
     clearTimeout(this.#timer);
+    const body = this.#body;
     this.#stopSending();
     const exchange = this.#exchange;
+    // None of the request went out: its body, unread, may be sent elsewhere; flowing with no reader, it would be lost.
+    if (body && exchange && !exchange.written) body.pause();
     this.#exchange = undefined;
     this.#client.forget(this);
     if (exchange && !exchange.ended) {

@@ -27,7 +27,7 @@ export {
   type UpstreamDispatcher,
   wireStatus,
 } from "./forward.ts";
-export { H1Client, type H1ClientOptions } from "./h1-client.ts";
+export { H1Client, type H1ClientOptions, type H1Connector, requestUnsent } from "./h1-client.ts";
 export { type PlainRequest, parseRequestHead, type RequestHead } from "./h1-request.ts";
 export {
   H1Connection,
