@@ -1,4 +1,5 @@
 // One address of an upstream: its pools of mTLS connections (HTTP/1.1, HTTP/2 sessions), swapped whole when credentials change.
+// Plain HTTP/1.1 requests ride mtlsd's own client (H1Client, src/proxy/h1-client.ts); upgrades ride undici's Pool.
 import type net from "node:net";
 import type { Duplex } from "node:stream";
 import type tls from "node:tls";
@@ -6,6 +7,7 @@ import { type buildConnector, type Dispatcher, Pool } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
 import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
 import {
+  H1Client,
   H2Client,
   type QueuedRequest,
   tolerateContinue,
@@ -47,12 +49,15 @@ export interface EndpointOptions {
   onConnectFailure(error: Error & { code?: string }): void;
 }
 
-/** The connections of one credential version: an HTTP/2 client, an HTTP/1.1 pool, or both. */
+/** The connections of one credential version: an HTTP/2 client, HTTP/1.1 pools, or both. */
 interface Generation {
   context: tls.SecureContext;
   h2: H2Client | undefined;
-  http1: Pool | undefined;
-  /** Sockets that negotiated HTTP/1.1 while an `auto` endpoint was finding out: the HTTP/1.1 pool's first. */
+  /** Plain HTTP/1.1 requests. */
+  http1: H1Client | undefined;
+  /** Upgrades (WebSocket), each on an HTTP/1.1 connection of its own: undici's upgrade API serves them. */
+  upgrades: Pool | undefined;
+  /** Sockets that negotiated HTTP/1.1 while an `auto` endpoint was finding out: the HTTP/1.1 client's first. */
   handedOver: Duplex[];
   /** What the HTTP/2 client learned (or the setting fixed): `http/1.1` when the endpoint does not speak h2. */
   protocol: UpstreamProtocol;
@@ -63,8 +68,9 @@ interface Generation {
 }
 
 /**
- * undici has no way to change a dispatcher's TLS options, so a credential rotation builds new pools with
- * a connector bound to the new SecureContext; the old ones close once their in-flight requests finish.
+ * A pool's connector is bound to one SecureContext (undici has no way to change a dispatcher's TLS options), so
+ * a credential rotation builds new pools with a connector bound to the new one; the old ones close once their
+ * in-flight requests finish.
  * A request always runs whole on one pool, so it never sees half of a rotation.
  *
  * `protocol: auto` keeps each request in the protocol the app spoke, as Istio's sidecars do by default
@@ -85,16 +91,21 @@ export class Endpoint {
   /** Generations of earlier credential versions, closing as their in-flight requests finish. */
   readonly #retiring = new Set<Generation>();
   readonly #options: EndpointOptions;
-  /** Dispatches the HTTP/1.1 pool with one servername, whatever Host the app sent (see #pooled). */
+  /** Plain requests over HTTP/1.1, on the current generation's client. */
   readonly #http1: UpstreamDispatcher;
+  /** Dispatches the upgrades' pool with one servername, whatever Host the app sent (see #pooled). */
+  readonly #upgrades: UpstreamDispatcher;
 
   constructor(options: EndpointOptions) {
     this.#options = options;
     this.address = options.address;
     this.#current = this.#generation(options.context);
     this.#http1 = {
+      dispatch: (dispatch, handler) => this.#http1Client(this.#current).dispatch(dispatch, handler),
+    };
+    this.#upgrades = {
       dispatch: (dispatch, handler) =>
-        this.#http1Pool(this.#current).dispatch(this.#pooled(dispatch), handler),
+        this.#upgradePool(this.#current).dispatch(this.#pooled(dispatch), handler),
     };
   }
 
@@ -119,9 +130,14 @@ export class Endpoint {
     return true;
   }
 
-  /** An HTTP/1.1 pool, for upgrades: those never ride an HTTP/2 session. */
+  /** Plain requests over HTTP/1.1, whatever the endpoint's protocol. */
   get http1(): UpstreamDispatcher {
     return this.#http1;
+  }
+
+  /** An HTTP/1.1 pool for upgrades: those never ride an HTTP/2 session. */
+  get upgrades(): UpstreamDispatcher {
+    return this.#upgrades;
   }
 
   /** `h2` once an HTTP/2 session was negotiated, else `http/1.1` once an HTTP/1.1 connection was. */
@@ -145,7 +161,7 @@ export class Endpoint {
     let connections = 0;
     let pending = 0;
     for (const generation of [this.#current, ...this.#retiring]) {
-      for (const pool of [generation.http1, generation.h2]) {
+      for (const pool of [generation.http1, generation.upgrades, generation.h2]) {
         if (!pool) continue;
         connections += pool.stats.connected;
         pending += pool.stats.running + (generation === this.#current ? pool.stats.pending : 0);
@@ -164,6 +180,7 @@ export class Endpoint {
     await Promise.all(
       [this.#current, ...this.#retiring].flatMap((generation) => [
         generation.http1?.destroy(),
+        generation.upgrades?.destroy(),
         generation.h2?.destroy(),
       ]),
     );
@@ -172,7 +189,7 @@ export class Endpoint {
   /**
    * undici opens a new connection whenever a request's servername differs from its connection's, and takes it
    * from the Host header when none is given: one fixed value keeps the pool whatever Host the app sends. The
-   * connector ignores it and sends the endpoint's own SNI.
+   * connector ignores it and sends the endpoint's own SNI (as it does for H1Client, which never looks at Host).
    */
   #pooled(options: Dispatcher.DispatchOptions): Dispatcher.DispatchOptions {
     // A DispatchOptions that undici takes, though its type does not say so.
@@ -185,6 +202,7 @@ export class Endpoint {
       context,
       h2: undefined,
       http1: undefined,
+      upgrades: undefined,
       handedOver: [],
       protocol: protocol === "http1" ? "http/1.1" : protocol === "h2" ? "h2" : "unknown",
       spokeHttp1: false,
@@ -217,24 +235,47 @@ export class Endpoint {
             fallback: (socket: Duplex, waiting: QueuedRequest[]) => {
               generation.protocol = "http/1.1";
               generation.handedOver.push(socket);
-              const pool = this.#http1Pool(generation);
-              for (const request of waiting) pool.dispatch(this.#pooled(request.options), request.handler);
+              const client = this.#http1Client(generation);
+              for (const request of waiting) client.dispatch(request.options, request.handler);
             },
           }
         : {}),
     });
   }
 
-  #http1Pool(generation: Generation): Pool {
+  #http1Client(generation: Generation): H1Client {
     if (generation.http1) return generation.http1;
     const { config, idleTimeoutMs, address, host, port, servername } = this.#options;
+    const connector = this.#connector(generation.context, ["http/1.1"], () => {
+      generation.spokeHttp1 = true;
+    });
+    generation.http1 = new H1Client({
+      origin: `https://${address}`,
+      // Requests beyond this wait for a connection, first come first served, as in undici's Pool.
+      connections: config.pool.connections,
+      // Idle connections outlive a client's Connection: close; the upstream's Keep-Alive hint, less a 2 s margin,
+      // shortens it, so a connection the upstream is about to close is not reused. An unasked `100 Continue`
+      // from an upstream that is not mtlsd (RFC 9110 §15.2) is passed over by the client's parser.
+      keepAliveTimeoutMs: idleTimeoutMs,
+      connect: (callback) => {
+        const socket = generation.handedOver.pop();
+        if (socket && !socket.destroyed) callback(null, socket);
+        else
+          connector(
+            { hostname: host, host, port: String(port), servername: servername ?? "", protocol: "https:" },
+            callback as Parameters<buildConnector.connector>[1],
+          );
+      },
+    });
+    return generation.http1;
+  }
+
+  #upgradePool(generation: Generation): Pool {
+    if (generation.upgrades) return generation.upgrades;
+    const { config, idleTimeoutMs, address, host, port, servername } = this.#options;
     // An upstream that is not mtlsd may answer `100 Continue` unasked (RFC 9110 §15.2): the app gets its final answer.
-    const connector = toleratingContinue(
-      this.#connector(generation.context, ["http/1.1"], () => {
-        generation.spokeHttp1 = true;
-      }),
-    );
-    generation.http1 = new Pool(`https://${address}`, {
+    const connector = toleratingContinue(this.#connector(generation.context, ["http/1.1"]));
+    generation.upgrades = new Pool(`https://${address}`, {
       connections: config.pool.connections,
       pipelining: 1,
       allowH2: false,
@@ -254,7 +295,7 @@ export class Endpoint {
           );
       },
     });
-    return generation.http1;
+    return generation.upgrades;
   }
 
   #connector(
@@ -304,5 +345,5 @@ function refusesProtocol(error: Error & { cause?: unknown }): boolean {
 
 async function closeGeneration(generation: Generation): Promise<void> {
   for (const socket of generation.handedOver.splice(0)) socket.destroy();
-  await Promise.all([generation.http1?.close(), generation.h2?.close()]);
+  await Promise.all([generation.http1?.close(), generation.upgrades?.close(), generation.h2?.close()]);
 }

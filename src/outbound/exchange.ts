@@ -4,7 +4,7 @@ import http2 from "node:http2";
 import type { Duplex, Readable } from "node:stream";
 import type { Dispatcher } from "undici";
 import type { HandshakeFailureReason } from "../identity/index.ts";
-import type { ResponseHeaders, StreamHandler } from "../proxy/index.ts";
+import { type ResponseHeaders, requestUnsent, type StreamHandler } from "../proxy/index.ts";
 import type { Endpoint } from "./endpoint.ts";
 import { peerRefusal, refusesOurCertificate } from "./refusal.ts";
 
@@ -43,7 +43,7 @@ export interface ExchangeHost {
  * `onRequestStart` once, with this exchange as its controller for every try, and only the last try's answer.
  *
  * Tried again, once, on another endpoint: a request that never reached the upstream — its connection failed before
- * it was written (HTTP/1.1: undici starts a request only on an open connection), an HTTP/2 stream the server
+ * any of it was written (HTTP/1.1: H1Client says so of its error, see requestUnsent), an HTTP/2 stream the server
  * refused unprocessed (REFUSED_STREAM, or beyond a GOAWAY's last stream), or a server that refused our certificate
  * (a TLS alert on the first read, or an mtlsd inbound's 403 saying so) — when its body, if any, is still unread.
  * A request that may have reached it is tried again only if its method is idempotent, it has no body and `retries`
@@ -110,7 +110,7 @@ export class BalancedExchange implements Dispatcher.DispatchController {
     this.#record.endpoint = endpoint.address;
     endpoint.health.active++;
     const dispatcher = this.#upgrade
-      ? endpoint.http1
+      ? endpoint.upgrades
       : endpoint.dispatcherFor(this.#record.protocol === "h2" ? "h2" : "http/1.1");
     dispatcher.dispatch(this.#options, attempt);
   }
@@ -253,7 +253,7 @@ class Try implements StreamHandler {
   readonly #exchange: BalancedExchange;
   readonly endpoint: Endpoint;
   controller: Dispatcher.DispatchController | undefined;
-  /** A connection took the request: from here on, some of it may have reached the upstream. */
+  /** A connection took the request: from here on, some of it may have reached the upstream (unless told otherwise). */
   started = false;
   /** The final response head arrived: the client is about to see it, so there is no going back. */
   responded = false;
@@ -307,6 +307,8 @@ class Try implements StreamHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController | null, error: Error): void {
     if (this.#over) return;
+    // HTTP/1.1 starts a request as it takes it, waiting for a connection or not: it says when none of it went out.
+    if (this.started && !this.responded && requestUnsent(error)) this.started = false;
     this.#finish();
     this.#exchange.tryFailed(this, error);
   }
