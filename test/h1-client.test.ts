@@ -1,4 +1,5 @@
-// H1Client, the inbound's own HTTP/1.1 client to the app, driven directly against real servers on 127.0.0.1:
+// H1Client, mtlsd's own HTTP/1.1 client (the inbound's to the app, the outbound's to its peers), driven directly
+// against real servers on 127.0.0.1:
 // node:http apps, and raw TCP apps that write exact bytes, so every framing, pooling and timing rule is seen on the wire.
 import http from "node:http";
 import net from "node:net";
@@ -6,7 +7,7 @@ import { PassThrough, Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import t, { type Test } from "tap";
 import type { Dispatcher } from "undici";
-import { H1Client, type H1ClientOptions } from "../src/proxy/h1-client.ts";
+import { H1Client, type H1ClientOptions, type H1Connector, requestUnsent } from "../src/proxy/h1-client.ts";
 
 type CodedError = Error & { code?: string };
 type Fields = Record<string, string | string[]>;
@@ -1100,3 +1101,247 @@ t.test(
     t.pass("no connection is left busy");
   },
 );
+
+// Connections given by a connector, a limit on them, and the requests that wait for one.
+
+/** A connector that dials the app over TCP itself, counting its calls, as the outbound's mTLS one does. */
+function tcpConnector(port: number): H1Connector & { calls: number } {
+  const connect = ((callback) => {
+    connect.calls++;
+    const socket = net.connect({ host: "127.0.0.1", port });
+    socket.once("connect", () => callback(null, socket));
+    socket.once("error", (error) => callback(error, null));
+  }) as H1Connector & { calls: number };
+  connect.calls = 0;
+  return connect;
+}
+
+/** A node:http app that holds every response until released, in arrival order. */
+async function heldApp(t: Test): Promise<Listening & { held: http.ServerResponse[]; paths: string[] }> {
+  const held: http.ServerResponse[] = [];
+  const paths: string[] = [];
+  const app = await httpApp(t, (req, res) => {
+    paths.push(req.url ?? "");
+    held.push(res);
+  });
+  return { ...app, held, paths };
+}
+
+t.test("a client given a connector sends its requests on the sockets it gives, reused", async (t) => {
+  const app = await scriptedApp(t, [OK, OK]);
+  const connect = tcpConnector(app.port);
+  // The origin only names the Host: nothing listens at it.
+  const client = h1(t, "https://peer.example:8443", { connect });
+  for (let i = 0; i < 2; i++) t.equal((await send(client, { path: `/${i}` })).body(), "ok");
+  t.equal(connect.calls, 1, "one connection, opened by the connector, carried both");
+  t.equal(app.sockets.length, 1);
+  t.match(app.heads[0], /^GET \/0 HTTP\/1\.1\r\nhost: peer\.example:8443\r\n\r\n$/);
+  t.match(app.heads[1], /^GET \/1 HTTP\/1\.1\r\n/);
+});
+
+t.test("a connector that answers before it returns is taken at its word", async (t) => {
+  const app = await scriptedApp(t, [OK]);
+  const socket = net.connect({ host: "127.0.0.1", port: app.port });
+  await new Promise((resolve) => socket.once("connect", resolve));
+  const client = h1(t, app.origin, { connect: (callback) => callback(null, socket) });
+  t.equal((await send(client)).body(), "ok");
+});
+
+t.test("a connector's error reaches the request as it is, told as never written", async (t) => {
+  const refused = Object.assign(new Error("TLS with peer failed: unknown_ca"), {
+    code: "MTLSD_UPSTREAM_TLS",
+  });
+  const client = h1(t, "https://peer.example:8443", {
+    connect: (callback) => setImmediate(callback, refused, null),
+  });
+  const answer = await send(client);
+  t.equal(answer.error, refused, "the same error, code and message");
+  t.same(answer.events, ["start", "error"]);
+  t.equal(requestUnsent(answer.error!), true);
+  t.same(client.stats, { connected: 0, pending: 0, running: 0 });
+});
+
+t.test("a refused TCP connection is told as never written too", async (t) => {
+  const client = h1(t, `http://127.0.0.1:${await closedPort()}`);
+  const answer = await send(client);
+  t.equal(answer.error?.code, "ECONNREFUSED");
+  t.equal(requestUnsent(answer.error!), true);
+});
+
+t.test("a connection that closes after the request went out is not told as never written", async (t) => {
+  const app = await rawApp(t, (socket) => socket.once("data", () => socket.destroy()));
+  const client = h1(t, app.origin, { connect: tcpConnector(app.port) });
+  const answer = await send(client);
+  t.equal(answer.error?.code, "UND_ERR_SOCKET");
+  t.equal(answer.error?.message, "other side closed");
+  t.equal(requestUnsent(answer.error!), false);
+});
+
+t.test(
+  "a connection that closes while the request waits for its body leaves the body unread and paused",
+  async (t) => {
+    const app = await rawApp(t, (socket) => setTimeout(() => socket.end(), 50));
+    const client = h1(t, app.origin, { connect: tcpConnector(app.port) });
+    const body = new PassThrough();
+    const answer = await send(client, { method: "POST", body });
+    t.equal(answer.error?.code, "UND_ERR_SOCKET");
+    t.equal(requestUnsent(answer.error!), true, "nothing of it was written");
+    t.equal(body.readableDidRead, false);
+    t.equal(body.isPaused(), true, "its bytes wait for whoever sends it next");
+    body.write("late");
+    await sleep(20);
+    t.equal(body.readableLength, 4, "kept, not emitted to no one");
+  },
+);
+
+t.test("a body let go unread by one client is sent whole by the next", async (t) => {
+  const dead = await rawApp(t, (socket) => setTimeout(() => socket.end(), 50));
+  const first = h1(t, dead.origin, { connect: tcpConnector(dead.port) });
+  const body = new PassThrough();
+  const failed = await send(first, { method: "POST", body });
+  t.equal(requestUnsent(failed.error!), true);
+  body.end("the whole body");
+  const seen: string[] = [];
+  const app = await httpApp(t, (req, res) => {
+    let text = "";
+    req.on("data", (chunk: Buffer) => (text += chunk));
+    req.on("end", () => {
+      seen.push(text);
+      res.end("ok");
+    });
+  });
+  const second = h1(t, app.origin);
+  t.equal((await send(second, { method: "POST", body })).body(), "ok");
+  t.same(seen, ["the whole body"]);
+});
+
+t.test("with connections: 2, further requests wait, and are served first come first served", async (t) => {
+  const app = await heldApp(t);
+  const client = h1(t, app.origin, { connections: 2 });
+  const answers = [1, 2, 3, 4].map((n) => start(client, { path: `/${n}` }));
+  await until(() => app.held.length === 2, "two requests at the app");
+  await sleep(50);
+  t.same(app.paths, ["/1", "/2"], "only as many as there are connections");
+  t.same(client.stats, { connected: 2, pending: 2, running: 2 });
+  app.held[1]!.end("two");
+  await answers[1]!.settled;
+  await until(() => app.held.length === 3, "the third at the app");
+  t.same(app.paths, ["/1", "/2", "/3"], "the first waiting goes first");
+  t.equal(client.stats.pending, 1);
+  app.held[0]!.end("one");
+  app.held[2]!.end("three");
+  await until(() => app.held.length === 4, "the fourth at the app");
+  app.held[3]!.end("four");
+  t.same(
+    (await Promise.all(answers.map((answer) => answer.settled))).map((answer) => answer.body()),
+    ["one", "two", "three", "four"],
+  );
+  t.equal(app.sockets.length, 2, "the waiting ones took the connections freed, no more were opened");
+  t.same(client.stats, { connected: 2, pending: 0, running: 0 });
+});
+
+t.test(
+  "a request aborted while it waits leaves the line at once, reported once with its reason",
+  async (t) => {
+    const app = await heldApp(t);
+    const client = h1(t, app.origin, { connections: 1 });
+    const first = start(client, { path: "/1" });
+    const second = start(client, { path: "/2" });
+    const third = start(client, { path: "/3" });
+    await until(() => app.held.length === 1, "the first at the app");
+    t.equal(client.stats.pending, 2);
+    const reason = Object.assign(new Error("client went away"), { code: "MTLSD_CLIENT_CLOSED" });
+    second.controller!.abort(reason);
+    await second.settled;
+    t.equal(second.error, reason);
+    t.same(second.events, ["start", "error"]);
+    t.equal(client.stats.pending, 1, "out of the line before any connection is free");
+    app.held[0]!.end("one");
+    await until(() => app.held.length === 2, "the next at the app");
+    app.held[1]!.end("three");
+    t.equal((await third.settled).body(), "three");
+    t.equal((await first.settled).body(), "one");
+    t.same(app.paths, ["/1", "/3"], "the aborted request never reached the app");
+    t.same(second.events, ["start", "error"], "and was reported once");
+  },
+);
+
+t.test("a connection that closes gives its place to a request waiting", async (t) => {
+  let count = 0;
+  const app = await rawApp(t, (socket, index) => {
+    socket.once("data", () => {
+      count++;
+      if (index === 0) socket.destroy();
+      else socket.write(OK);
+    });
+  });
+  const client = h1(t, app.origin, { connections: 1 });
+  const first = start(client, { path: "/1" });
+  const second = start(client, { path: "/2" });
+  t.equal((await first.settled).error?.code, "UND_ERR_SOCKET");
+  t.equal((await second.settled).body(), "ok");
+  t.equal(count, 2);
+  t.equal(app.sockets.length, 2);
+});
+
+t.test("a connector that fails at once fails every request waiting, each in turn", async (t) => {
+  let calls = 0;
+  const client = h1(t, "https://peer.example:8443", {
+    connections: 1,
+    connect: (callback) => {
+      calls++;
+      callback(Object.assign(new Error("refused"), { code: "ECONNREFUSED" }), null);
+    },
+  });
+  const answers = [1, 2, 3].map(() => start(client, {}));
+  const settled = await Promise.all(answers.map((answer) => answer.settled));
+  t.same(
+    settled.map((answer) => answer.error?.code),
+    ["ECONNREFUSED", "ECONNREFUSED", "ECONNREFUSED"],
+  );
+  t.equal(calls, 3, "each tried a connection of its own");
+  t.same(client.stats, { connected: 0, pending: 0, running: 0 });
+});
+
+t.test("destroy fails the requests waiting with UND_ERR_DESTROYED, none of them written", async (t) => {
+  const app = await heldApp(t);
+  const client = h1(t, app.origin, { connections: 1 });
+  const first = start(client, { path: "/1" });
+  const waiting = [start(client, { path: "/2" }), start(client, { path: "/3" })];
+  await until(() => app.held.length === 1, "the first at the app");
+  await client.destroy();
+  t.equal((await first.settled).error?.code, "UND_ERR_DESTROYED");
+  t.equal(requestUnsent(first.error!), false, "the first was written");
+  for (const answer of waiting) {
+    await answer.settled;
+    t.equal(answer.error?.code, "UND_ERR_DESTROYED");
+    t.same(answer.events, ["start", "error"]);
+    t.equal(requestUnsent(answer.error!), true);
+  }
+  t.same(client.stats, { connected: 0, pending: 0, running: 0 });
+  t.same(app.paths, ["/1"]);
+});
+
+t.test("close waits for the requests waiting as well, serves them, then closes", async (t) => {
+  const app = await heldApp(t);
+  const client = h1(t, app.origin, { connections: 1 });
+  const first = start(client, { path: "/1" });
+  const second = start(client, { path: "/2" });
+  await until(() => app.held.length === 1, "the first at the app");
+  let done = false;
+  const closing = client.close().then(() => {
+    done = true;
+  });
+  t.equal((await send(client, { path: "/3" })).error?.code, "UND_ERR_CLOSED", "new requests are refused");
+  app.held[0]!.end("one");
+  await first.settled;
+  await until(() => app.held.length === 2, "the waiting one at the app");
+  await sleep(50);
+  t.equal(done, false, "still waiting for the one that waited");
+  app.held[1]!.end("two");
+  t.equal((await second.settled).body(), "two");
+  await closing;
+  t.same(client.stats, { connected: 0, pending: 0, running: 0 });
+  t.same(app.paths, ["/1", "/2"]);
+  await closed(app.sockets[0]!);
+});
