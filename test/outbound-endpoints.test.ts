@@ -634,6 +634,30 @@ t.test("a WebSocket upgrade whose endpoint refuses the connection is opened on a
   );
 });
 
+t.test("over HTTP/1.1, a POST whose endpoint refuses the connection is sent whole to another", async (t) => {
+  const closed = net.createServer();
+  await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+  const refusing = `127.0.0.1:${(closed.address() as net.AddressInfo).port}`;
+  await new Promise<void>((resolve) => closed.close(() => resolve()));
+  const via = await caller(t, {
+    endpoints: [refusing, addresses[0]],
+    balance: "round_robin",
+    protocol: "http1",
+  });
+  for (let i = 0; i < 4; i++) {
+    const response = await send(via, `/refused-post/${i}`, { method: "POST", body: "order=42" });
+    t.equal(response.status, 200, `POST ${i} answered`);
+    t.match(JSON.parse(response.text), { method: "POST", bodyBytes: 8 }, "with its body whole");
+  }
+  const stats = via.sidecar.upstreamStats().orders!;
+  t.ok(
+    stats.retries.not_sent >= 1,
+    "the POSTs that met the refusal went to the other endpoint, never written",
+  );
+  t.equal(stats.retries.idempotent, 0);
+  t.equal(served(instances[0]!, "/refused-post/"), 4, "each reached the app once");
+});
+
 t.test("a large answer through the balancer reaches a slow reader whole", async (t) => {
   const via = await caller(t, { endpoints: addresses });
   // More than the kernel buffers between here and the caller hold (Linux lets TCP grow them to 32 MiB).
