@@ -85,6 +85,34 @@ t.test("concurrent requests open at most pool.connections upstream connections",
   t.equal(accepted(upstream).connections, 2, "the upstream accepted exactly pool.connections");
 });
 
+t.test("requests waiting for an HTTP/1.1 connection count as pending in the upstream's stats", async (t) => {
+  const upstream = await startUpstream(pki, orders, app, [frontend.spiffeId]);
+  t.teardown(() => upstream.stop());
+  const caller = await startCaller(pki, frontend, {
+    orders: {
+      address: inboundAddress(upstream),
+      identity: orders.spiffeId,
+      pool: { connections: 2 },
+      protocol: "http1",
+    },
+  });
+  t.teardown(() => caller.stop());
+  const stats = () => caller.sidecar.upstreamStats().orders!;
+  const requests = Array.from({ length: 6 }, () =>
+    appRequest(`${caller.proxyUrl}/slow?ms=1500`, { headers: ["Host: orders"] }),
+  );
+  const deadline = Date.now() + 5000;
+  while (stats().pending < 6 && Date.now() < deadline)
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  t.match(stats(), { connections: 2, pending: 6 }, "two on the connections, four waiting for them");
+  const results = await Promise.all(requests);
+  t.same(
+    results.map((result) => result.response?.status),
+    [200, 200, 200, 200, 200, 200],
+  );
+  t.match(stats(), { connections: 2, pending: 0 }, "nothing waits once they are done; the connections stay");
+});
+
 t.test("when pooled connections churn, new ones resume the TLS session", async (t) => {
   const caller = await startCaller(pki, frontend, {
     orders: { address: inboundAddress(churning), identity: orders.spiffeId, protocol: "http1" },
