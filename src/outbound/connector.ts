@@ -55,9 +55,10 @@ class UpstreamError extends Error {
 }
 
 /**
- * A connector for undici that keeps the newest TLS session ticket (a strong reference: undici's own cache
- * holds sessions weakly, so a GC can cost a full handshake) and checks the server's identity by URI SAN,
- * never by hostname: `checkServerIdentity` is replaced, the chain is still verified against our bundle.
+ * A connector, in undici's shape (the HTTP/1.1 and HTTP/2 clients and the upgrades' undici Pool all open their
+ * connections with it), that keeps the newest TLS session ticket (a strong reference: undici's own cache holds
+ * sessions weakly, so a GC can cost a full handshake) and checks the server's identity by URI SAN, never by
+ * hostname: `checkServerIdentity` is replaced, the chain is still verified against our bundle.
  */
 export function mtlsConnector(options: ConnectorOptions): buildConnector.connector {
   let session: Buffer | undefined;
@@ -157,8 +158,8 @@ export function mtlsConnector(options: ConnectorOptions): buildConnector.connect
         options.onRefused?.(new UpstreamError(UPSTREAM_TLS_CODE, failure.message, error));
       }
       // In TLS 1.3 the server judges our certificate after our side of the handshake is done, so its alert
-      // arrives once undici owns the socket. A fatal alert ends the connection: destroy it now, or the 'end'
-      // that follows makes undici fail the request as "other side closed" and the cause is lost.
+      // arrives once an HTTP client owns the socket. A fatal alert ends the connection: destroy it now, or the 'end'
+      // that follows makes the client fail the request as "other side closed" and the cause is lost.
       socket.destroy();
     });
   };

@@ -342,7 +342,7 @@ export class LostRequestError extends Error {
   }
 }
 
-/** A request undici refused to build (a bad header, say): it would fail the same way anywhere. */
+/** A request the client refused to build (a bad header, say; H1Client's codes are undici's): it fails anywhere. */
 function isInvalidRequest(error: Error & { code?: string }): boolean {
   return error.code === "UND_ERR_INVALID_ARG" || error.code === "UND_ERR_NOT_SUPPORTED";
 }
