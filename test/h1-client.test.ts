@@ -1284,6 +1284,33 @@ t.test("a connection that closes gives its place to a request waiting", async (t
   t.equal(app.sockets.length, 2);
 });
 
+t.test("bytes after a response cost the request waiting for its connection nothing", async (t) => {
+  const app = await scriptedApp(t, [`${OK}HTTP/1.1 200 OK\r\n\r\n`, OK]);
+  const client = h1(t, app.origin, { connections: 1 });
+  const first = start(client, { path: "/1" });
+  const second = start(client, { path: "/2" });
+  t.equal((await first.settled).body(), "ok");
+  const answer = await second.settled;
+  t.equal(answer.error, undefined);
+  t.equal(answer.body(), "ok", "answered on a new connection");
+  t.equal(app.sockets.length, 2);
+});
+
+t.test(
+  "a handler that pauses in its last callback does not stall the request waiting for its connection",
+  async (t) => {
+    const app = await scriptedApp(t, [OK, OK]);
+    const client = h1(t, app.origin, { connections: 1 });
+    const first = start(client, { path: "/1" }, { onResponseData: (controller) => controller.pause() });
+    const second = start(client, { path: "/2", headersTimeout: 1000 });
+    t.equal((await first.settled).body(), "ok");
+    const answer = await second.settled;
+    t.equal(answer.error, undefined);
+    t.equal(answer.body(), "ok");
+    t.equal(app.sockets.length, 1, "on the connection the first one left");
+  },
+);
+
 t.test("a connector that fails at once fails every request waiting, each in turn", async (t) => {
   let calls = 0;
   const client = h1(t, "https://peer.example:8443", {

@@ -210,7 +210,7 @@ export class H1Client {
   }
 
   /**
-   * Requests waiting get the connections there is room for now (one closed). Not re-entered: a connection that
+   * Requests waiting get the connections there are now (one idle, or room for one). Not re-entered: a connection that
    * fails as it is taken (a connector that answers at once) calls forget() from within, and this loop goes on.
    */
   #pump(): void {
@@ -236,21 +236,29 @@ export class H1Client {
     }
   }
 
-  /** A connection finished its request: it takes the next one waiting, or is kept if it can be, else closed. */
+  /**
+   * A connection finished its request: kept if it can be (for a request waiting, closed or not), else closed.
+   * A request waiting takes it once the read that ended the response is over: bytes after the response, in that
+   * same read, close it, and must not cost the next request anything.
+   */
   release(connection: Connection, reusable: boolean, idleMs: number | undefined): void {
     this.#busy.delete(connection);
-    const next = reusable ? this.#next() : undefined;
-    if (next) {
-      this.#busy.add(connection);
-      connection.run(next);
-      return;
-    }
-    if (reusable && !this.#closed) {
+    const waiting = this.#queue.length > 0;
+    if (reusable && (waiting || !this.#closed)) {
       connection.idle(Math.min(this.#keepAliveTimeoutMs, idleMs ?? Number.POSITIVE_INFINITY));
       this.#idle.push(connection);
+      if (waiting) queueMicrotask(this.#pumpLater);
     } else connection.destroy();
     this.#settle();
   }
+
+  readonly #pumpLater = (): void => {
+    this.#pump();
+    // Kept for requests waiting after close(): none is left to take them.
+    if (this.#closed && this.#queue.length === 0) {
+      for (const connection of this.#idle.splice(0)) connection.destroy();
+    }
+  };
 
   /** A connection closed: forgotten wherever it was, and its place goes to a request waiting. */
   forget(connection: Connection): void {
