@@ -138,6 +138,24 @@ t.test(
   },
 );
 
+t.test("auto's HTTP/1.1 fallback sends its requests on the connection that found out", async (t) => {
+  let connections = 0;
+  const count = () => connections++;
+  ledgerServer.on("secureConnection", count);
+  t.teardown(() => ledgerServer.off("secureConnection", count));
+  const fresh = await startCaller(pki, frontend, {
+    ledger: { address: ledgerAddress, identity: ledger.spiffeId },
+  });
+  t.teardown(() => fresh.stop());
+  for (const path of ["/v1/first", "/v1/second"]) {
+    const result = await appRequest(`${fresh.proxyUrl}${path}`, { headers: ["Host: ledger"] });
+    t.equal(result.response?.status, 200);
+    t.match(JSON.parse(result.response!.body), { httpVersion: "1.1", url: path });
+  }
+  t.equal(connections, 1, "one TLS connection: offered h2, it chose http/1.1, and carried both requests");
+  t.same(fresh.sidecar.upstreamStats().ledger!.handshakes, { full: 1, resumed: 0 });
+});
+
 t.test(
   "an HTTP/2 upstream presenting another SPIFFE ID is refused as upstream_identity_mismatch",
   async (t) => {
