@@ -2,12 +2,14 @@
 // against real servers on 127.0.0.1:
 // node:http apps, and raw TCP apps that write exact bytes, so every framing, pooling and timing rule is seen on the wire.
 import http from "node:http";
+import http2 from "node:http2";
 import net from "node:net";
 import { PassThrough, Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import t, { type Test } from "tap";
 import type { Dispatcher } from "undici";
 import { H1Client, type H1ClientOptions, type H1Connector, requestUnsent } from "../src/proxy/h1-client.ts";
+import { H2Client, tcpConnector as h2cConnector } from "../src/proxy/h2-client.ts";
 
 type CodedError = Error & { code?: string };
 type Fields = Record<string, string | string[]>;
@@ -40,7 +42,7 @@ interface Hooks {
 type Request = Partial<Dispatcher.DispatchOptions>;
 
 /** Dispatches one request with a handler that records every callback. */
-function start(client: H1Client, request: Request, hooks: Hooks = {}): Recorded {
+function start(client: Pick<H1Client, "dispatch">, request: Request, hooks: Hooks = {}): Recorded {
   let settle!: (recorded: Recorded) => void;
   const recorded: Recorded = {
     events: [],
@@ -82,7 +84,11 @@ function start(client: H1Client, request: Request, hooks: Hooks = {}): Recorded 
 }
 
 /** One request, awaited to its end or error. */
-function send(client: H1Client, request: Request = {}, hooks: Hooks = {}): Promise<Recorded> {
+function send(
+  client: Pick<H1Client, "dispatch">,
+  request: Request = {},
+  hooks: Hooks = {},
+): Promise<Recorded> {
   return start(client, request, hooks).settled;
 }
 
@@ -1212,6 +1218,37 @@ t.test("a body let go unread by one client is sent whole by the next", async (t)
   });
   const second = h1(t, app.origin);
   t.equal((await send(second, { method: "POST", body })).body(), "ok");
+  t.same(seen, ["the whole body"]);
+});
+
+t.test("a body let go unread is sent whole by the HTTP/2 client too", async (t) => {
+  const dead = await rawApp(t, (socket) => setTimeout(() => socket.end(), 50));
+  const first = h1(t, dead.origin, { connect: tcpConnector(dead.port) });
+  const body = new PassThrough();
+  t.equal(requestUnsent((await send(first, { method: "POST", body })).error!), true);
+  body.end("the whole body");
+  const seen: string[] = [];
+  const server = http2.createServer((req, res) => {
+    let text = "";
+    req.on("data", (chunk: Buffer) => (text += chunk));
+    req.on("end", () => {
+      seen.push(text);
+      res.end("ok");
+    });
+  });
+  const app = await listen(t, server as unknown as net.Server);
+  const h2 = new H2Client({
+    scheme: "http",
+    authority: `127.0.0.1:${app.port}`,
+    connect: h2cConnector("127.0.0.1", app.port, 1000),
+    maxSessions: 1,
+    idleTimeoutMs: 1000,
+    settingsTimeoutMs: 1000,
+  });
+  t.teardown(() => h2.destroy());
+  const answer = await send(h2, { method: "POST", body, headersTimeout: 2000 });
+  t.equal(answer.error, undefined);
+  t.equal(answer.body(), "ok");
   t.same(seen, ["the whole body"]);
 });
 

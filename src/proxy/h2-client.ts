@@ -484,6 +484,8 @@ class StreamExchange implements Dispatcher.DispatchController {
     body.once("close", onClose);
     stream.on("drain", onDrain);
     stream.once("close", cleanup);
+    // A body an HTTP/1.1 try elsewhere let go unread was paused there, to keep its bytes (h1-client.ts): it flows here.
+    body.resume();
   }
 
   #onResponse(fields: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, flags: number): void {
