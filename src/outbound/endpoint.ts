@@ -3,12 +3,13 @@
 import type net from "node:net";
 import type { Duplex } from "node:stream";
 import type tls from "node:tls";
-import { type buildConnector, type Dispatcher, Pool } from "undici";
+import type { buildConnector, Dispatcher } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
 import type { DenyList, PeerIdentityCache } from "../identity/index.ts";
 import {
   H1Client,
   H2Client,
+  LazyPool,
   type QueuedRequest,
   tolerateContinue,
   toleratingContinue,
@@ -56,7 +57,7 @@ interface Generation {
   /** Plain HTTP/1.1 requests. */
   http1: H1Client | undefined;
   /** Upgrades (WebSocket), each on an HTTP/1.1 connection of its own: undici's upgrade API serves them. */
-  upgrades: Pool | undefined;
+  upgrades: LazyPool | undefined;
   /** Sockets that negotiated HTTP/1.1 while an `auto` endpoint was finding out: the HTTP/1.1 client's first. */
   handedOver: Duplex[];
   /** What the HTTP/2 client learned (or the setting fixed): `http/1.1` when the endpoint does not speak h2. */
@@ -270,31 +271,35 @@ export class Endpoint {
     return generation.http1;
   }
 
-  #upgradePool(generation: Generation): Pool {
+  #upgradePool(generation: Generation): LazyPool {
     if (generation.upgrades) return generation.upgrades;
     const { config, idleTimeoutMs, address, host, port, servername } = this.#options;
     // An upstream that is not mtlsd may answer `100 Continue` unasked (RFC 9110 §15.2): the app gets its final answer.
     const connector = toleratingContinue(this.#connector(generation.context, ["http/1.1"]));
-    generation.upgrades = new Pool(`https://${address}`, {
-      connections: config.pool.connections,
-      pipelining: 1,
-      allowH2: false,
-      // Idle pooled connections outlive a client's Connection: close; undici also honours the server's
-      // Keep-Alive hint so it never reuses a connection the upstream is about to close.
-      keepAliveTimeout: idleTimeoutMs,
-      keepAliveMaxTimeout: idleTimeoutMs,
-      connect: (options, callback) => {
-        const socket = generation.handedOver.pop();
-        // undici loses the request when its connector answers before returning: answer on the next tick.
-        if (socket && !socket.destroyed)
-          process.nextTick(callback, null, tolerateContinue(socket as net.Socket));
-        else
-          connector(
-            { ...options, hostname: host, host, port: String(port), servername: servername ?? "" },
-            callback,
-          );
-      },
-    });
+    // undici is loaded by the first upgrade (LazyPool): plain requests never need it.
+    generation.upgrades = new LazyPool(
+      (undici) =>
+        new undici.Pool(`https://${address}`, {
+          connections: config.pool.connections,
+          pipelining: 1,
+          allowH2: false,
+          // Idle pooled connections outlive a client's Connection: close; undici also honours the server's
+          // Keep-Alive hint so it never reuses a connection the upstream is about to close.
+          keepAliveTimeout: idleTimeoutMs,
+          keepAliveMaxTimeout: idleTimeoutMs,
+          connect: (options, callback) => {
+            const socket = generation.handedOver.pop();
+            // undici loses the request when its connector answers before returning: answer on the next tick.
+            if (socket && !socket.destroyed)
+              process.nextTick(callback, null, tolerateContinue(socket as net.Socket));
+            else
+              connector(
+                { ...options, hostname: host, host, port: String(port), servername: servername ?? "" },
+                callback,
+              );
+          },
+        }),
+    );
     return generation.upgrades;
   }
 
