@@ -1,7 +1,7 @@
 // Reads certificates from PEM (or DER) and describes them the way `certs inspect` and `check` print them.
 import { X509Certificate as NodeX509Certificate } from "node:crypto";
 import { MtlsdError } from "../errors.ts";
-import { formatSubjectRfc2253 } from "../identity/index.ts";
+import { type CertificateFields, formatSubjectRfc2253, readCertificate } from "../identity/index.ts";
 import { x509 } from "../x509.ts";
 import { describeValidity, isoSeconds, type Style } from "./text.ts";
 
@@ -11,6 +11,8 @@ const PEM_BLOCK = /-----BEGIN ([A-Z0-9 ]+)-----([A-Za-z0-9+/=\s]*?)-----END \1--
 export interface CertFacts {
   der: Uint8Array;
   cert: x509.X509Certificate;
+  /** What the sidecar reads from the DER, for the X509-SVID rules: the same reader `mtlsd run` uses. */
+  fields: CertificateFields;
   node: NodeX509Certificate;
   subject: string;
   issuer: string;
@@ -77,9 +79,11 @@ function keyTypeOf(node: NodeX509Certificate): string {
 export function certFacts(der: Uint8Array, where: string): CertFacts {
   let cert: x509.X509Certificate;
   let node: NodeX509Certificate;
+  let fields: CertificateFields;
   try {
     cert = new x509.X509Certificate(der);
     node = new NodeX509Certificate(der);
+    fields = readCertificate(der);
   } catch (error) {
     throw new MtlsdError(
       "CERT_PARSE",
@@ -107,6 +111,7 @@ export function certFacts(der: Uint8Array, where: string): CertFacts {
   return {
     der,
     cert,
+    fields,
     node,
     subject: formatSubjectRfc2253(cert.subjectName) || "(empty subject)",
     issuer: formatSubjectRfc2253(cert.issuerName) || "(empty issuer)",

@@ -182,7 +182,7 @@ function verdict(
   if (!facts.isCA) {
     // Without --trust-domain a leaf is judged in its own trust domain: every rule but that one still applies.
     const ownDomain = /^spiffe:\/\/([^/]+)/.exec(facts.uris[0] ?? "")?.[1] ?? "";
-    const report = svidProblems(facts.cert, "own", trustDomain ?? ownDomain);
+    const report = svidProblems(facts.fields, "own", trustDomain ?? ownDomain);
     problems.push(...report.problems.map((problem) => problem.detail));
     if (problems.length === 0) {
       return { label: "X509-SVID", lines: [style.good(`valid: ${report.spiffeId}`)], ok: true };
@@ -193,7 +193,7 @@ function verdict(
       ok: false,
     };
   }
-  problems.push(...signingCertProblems(facts.cert));
+  problems.push(...signingCertProblems(facts.fields));
   if (problems.length === 0) {
     const parts = ["CA:TRUE", "key usage keyCertSign (critical)"];
     if (facts.pathLength !== undefined) parts.push(`path length ${facts.pathLength}`);

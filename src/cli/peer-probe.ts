@@ -166,7 +166,7 @@ export function probePeer(options: PeerProbeOptions): Promise<PeerProbe> {
       probe.chain = peerChain(socket);
       if (!socket.authorized) probe.verifyFailure = classifyVerifyError(String(socket.authorizationError));
       const leaf = probe.chain[0];
-      if (leaf) probe.svid = svidProblems(leaf.cert, "server", options.trustDomain);
+      if (leaf) probe.svid = svidProblems(leaf.fields, "server", options.trustDomain);
       const certificate = socket.getPeerX509Certificate();
       if (socket.authorized && options.trust && certificate && probe.svid?.problems.length === 0) {
         // OpenSSL accepted the chain against every domain's roots; the sidecar also wants the peer's own domain's.

@@ -6,8 +6,18 @@ import { readFile } from "node:fs/promises";
 import { duplexPair } from "node:stream";
 import tls from "node:tls";
 import { MtlsdError } from "../errors.ts";
-import { checkLeafSvid, classifyVerifyError } from "../identity/index.ts";
-import { x509 } from "../x509.ts";
+import {
+  type CertificateFields,
+  type CrlFields,
+  checkLeafSvid,
+  classifyVerifyError,
+  KeyUsage,
+  nameText,
+  readCertificate,
+  readCrl,
+  sameSerial,
+  verifySignature,
+} from "../identity/index.ts";
 import { bundleText } from "./der.ts";
 
 export interface CredentialFiles {
@@ -267,7 +277,17 @@ export async function validateCredentials(
       `${labels.cert} expired at ${notAfter.toISOString()} (this host's clock says ${now.toISOString()}); install a renewed certificate`,
     );
   }
-  const svid = checkLeafSvid(new x509.X509Certificate(leaf.raw), "own", options.trustDomain);
+  let leafFields: CertificateFields;
+  try {
+    leafFields = readCertificate(leaf.raw);
+  } catch (error) {
+    throw new MtlsdError(
+      "SVID_INVALID",
+      `${labels.cert} is not a usable X509-SVID: certificate does not parse: ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  const svid = checkLeafSvid(leafFields, "own", options.trustDomain);
   if (!svid.ok) {
     const code = svid.reason === "wrong_trust_domain" ? "WRONG_TRUST_DOMAIN" : "SVID_INVALID";
     throw new MtlsdError(code, `${labels.cert} is not a usable X509-SVID: ${svid.detail}`);
@@ -422,13 +442,18 @@ async function checkCrl(
   }
   const cas = [...bundle, ...chain.slice(1)]
     .filter((cert) => cert.ca)
-    .map((node) => ({ node, cert: new x509.X509Certificate(node.raw) }));
+    .map((node) => {
+      const fields = readCertificate(node.raw);
+      return { node, fields, subject: nameText(fields.subjectDer) };
+    });
   const summaries: CrlSummary[] = [];
-  const signed: { crl: x509.X509Crl; signer: X509Certificate }[] = [];
+  const signed: { crl: CrlFields; signer: X509Certificate }[] = [];
   for (const [index, block] of blocks.entries()) {
-    let crl: x509.X509Crl;
+    let crl: CrlFields;
+    let issuer: string;
     try {
-      crl = new x509.X509Crl(block);
+      crl = readCrl(pemBody(block));
+      issuer = nameText(crl.issuerDer);
     } catch (error) {
       throw new MtlsdError(
         "CRL_PARSE",
@@ -436,15 +461,11 @@ async function checkCrl(
         { cause: error },
       );
     }
-    const label = `CRL ${index + 1} (issuer ${crl.issuer})`;
-    const named = cas.filter((ca) => ca.cert.subject === crl.issuer);
-    let signer: (typeof cas)[number] | undefined;
-    for (const ca of named) {
-      if (await crl.verify({ publicKey: ca.cert }).catch(() => false)) {
-        signer = ca;
-        break;
-      }
-    }
+    const label = `CRL ${index + 1} (issuer ${issuer})`;
+    const named = cas.filter((ca) => ca.subject === issuer);
+    const signer = named.find((ca) =>
+      verifySignature(crl.tbs, crl.signatureAlgorithm, crl.signature, ca.node.publicKey),
+    );
     if (!signer) {
       throw new MtlsdError(
         "CRL_UNTRUSTED",
@@ -453,8 +474,8 @@ async function checkCrl(
           : `${where}: ${label} names a trusted CA as issuer but its signature does not verify with that CA's key; the file is corrupt or forged`,
       );
     }
-    const keyUsage = signer.cert.getExtension(x509.KeyUsagesExtension);
-    if (keyUsage && (keyUsage.usages & x509.KeyUsageFlags.cRLSign) === 0) {
+    const keyUsage = signer.fields.keyUsage;
+    if (keyUsage && (keyUsage.usages & KeyUsage.cRLSign) === 0) {
       throw new MtlsdError(
         "CRL_UNTRUSTED",
         `${where}: ${label} is signed by a CA whose key usage lacks cRLSign, so TLS libraries will not accept it`,
@@ -474,32 +495,41 @@ async function checkCrl(
     }
     signed.push({ crl, signer: signer.node });
     summaries.push({
-      issuer: crl.issuer,
+      issuer,
       thisUpdate: crl.thisUpdate,
       nextUpdate: crl.nextUpdate,
-      revoked: crl.entries.length,
+      revoked: crl.revokedSerials.length,
     });
   }
   // A self-signed root in the chain is a trust anchor: the root's own CRL covers it along with what it issued.
   for (const [index, cert] of chain.entries()) {
     if (cert.issuer === cert.subject) continue;
-    const parsed = new x509.X509Certificate(cert.raw);
+    const parsed = readCertificate(cert.raw);
+    const issuer = nameText(parsed.issuerDer);
+    const subject = nameText(parsed.subjectDer);
     const covering = signed.filter(({ signer }) => cert.checkIssued(signer) && cert.verify(signer.publicKey));
     if (covering.length === 0) {
       throw new MtlsdError(
         "CRL_INCOMPLETE",
-        `${where}: no CRL from ${parsed.issuer}, which issued ${parsed.subject}; revocation is checked for every certificate in a chain, so the file needs a CRL from each CA, the root's included (an empty CRL will do)`,
+        `${where}: no CRL from ${issuer}, which issued ${subject}; revocation is checked for every certificate in a chain, so the file needs a CRL from each CA, the root's included (an empty CRL will do)`,
       );
     }
-    if (covering.some(({ crl }) => crl.findRevoked(parsed))) {
-      const which = index === 0 ? "the certificate" : `the intermediate CA ${parsed.subject} in it`;
+    if (covering.some(({ crl }) => crl.revokedSerials.some((serial) => sameSerial(serial, parsed.serial)))) {
+      const which = index === 0 ? "the certificate" : `the intermediate CA ${subject} in it`;
       throw new MtlsdError(
         "CERT_REVOKED",
-        `${labels.cert} is revoked by a CRL in ${where}: ${which} (serial ${parsed.serialNumber}) is listed by ${parsed.issuer}; peers that load this CRL refuse it, so install a new certificate`,
+        `${labels.cert} is revoked by a CRL in ${where}: ${which} (serial ${parsed.serialHex}) is listed by ${issuer}; peers that load this CRL refuse it, so install a new certificate`,
       );
     }
   }
   return { blocks, summaries };
+}
+
+/** The DER inside one PEM block (the regular expressions above found its BEGIN and END lines). */
+function pemBody(block: string): Uint8Array {
+  const base64 = block.replace(/-----(BEGIN|END) [A-Z0-9 ]+-----/g, "").replace(/\s+/g, "");
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(base64)) throw new Error("the PEM block is not base64");
+  return Buffer.from(base64, "base64");
 }
 
 function parseKey(label: string, pem: string): KeyObject {

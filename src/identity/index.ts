@@ -1,4 +1,14 @@
 // The identity module's public face: SPIFFE IDs, X509-SVID checks, peer identities, refusal reasons.
+export {
+  type CertificateFields,
+  type CrlFields,
+  KeyUsage,
+  nameText,
+  readCertificate,
+  readCrl,
+  sameSerial,
+  verifySignature,
+} from "./certificate-der.ts";
 export { DenyList, type DenyListConfig, type DenyVerdict, normalizeSerial } from "./deny-list.ts";
 export {
   classifyTlsError,

@@ -1,6 +1,5 @@
 // Formats an X.509 Name as Envoy's XFCC Subject: OpenSSL's X509_NAME_print_ex(..., XN_FLAG_RFC2253).
 import { MtlsdError } from "../errors.ts";
-import type { x509 } from "../x509.ts";
 
 // XN_FLAG_RFC2253 = ASN1_STRFLGS_RFC2253 | XN_FLAG_SEP_COMMA_PLUS | XN_FLAG_DN_REV | XN_FLAG_FN_SN |
 // XN_FLAG_DUMP_UNKNOWN_FIELDS (openssl/x509.h). What each flag means here:
@@ -331,12 +330,14 @@ function printAttribute(der: Uint8Array, atv: Element): string {
 /**
  * The subject (or issuer) string Envoy puts in XFCC `Subject`: RFC 2253 order and escaping, exactly as
  * `openssl x509 -noout -subject -nameopt RFC2253` prints it. Pass the DER of the Name (a Uint8Array view
- * such as `subjectDerOfCertificate(peerCert.raw)` is read in place) or an `x509.Name`, which is re-encoded
- * first and so is slower. A name OpenSSL itself refuses to load (a value that is not valid UTF-8 or not of
+ * such as `subjectDerOfCertificate(peerCert.raw)` is read in place) or a parsed name that can re-encode
+ * itself (the CLI's `x509.Name`), which is slower. A name OpenSSL itself refuses to load (a value that is not valid UTF-8 or not of
  * a string-like type) is refused too, so it cannot happen on a TLS connection.
  * Throws MtlsdError NAME_MALFORMED when the DER is not a Name.
  */
-export function formatSubjectRfc2253(name: x509.Name | ArrayBuffer | Uint8Array): string {
+export function formatSubjectRfc2253(
+  name: { toArrayBuffer(): ArrayBuffer } | ArrayBuffer | Uint8Array,
+): string {
   const der =
     name instanceof Uint8Array
       ? name

@@ -1,5 +1,5 @@
 // The X509-SVID rules (spiffe/spiffe standards/X509-SVID.md) applied to a leaf certificate, ours or a peer's.
-import { x509 } from "../x509.ts";
+import { type CertificateFields, KeyUsage } from "./certificate-der.ts";
 import { parseSpiffeId } from "./spiffe-id.ts";
 
 /** What the certificate is used as: our own (server and client), a peer client, a peer server. */
@@ -27,24 +27,20 @@ export interface SvidReport {
 const SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
 const CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 
-function sanNames(cert: x509.X509Certificate): { uris: string[]; dnsNames: string[] } {
-  const uris: string[] = [];
-  const dnsNames: string[] = [];
-  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
-  for (const name of san?.names.items ?? []) {
-    if (name.type === "url") uris.push(name.value);
-    else if (name.type === "dns") dnsNames.push(name.value);
-  }
-  return { uris, dnsNames };
+function sanNames(cert: CertificateFields): { uris: string[]; dnsNames: string[] } {
+  return {
+    uris: [...(cert.subjectAltName?.uris ?? [])],
+    dnsNames: [...(cert.subjectAltName?.dnsNames ?? [])],
+  };
 }
 
 /**
  * Checks a leaf against X509-SVID §4 and our trust domain (or any of the trust domains we accept: ours first,
  * then the federated ones) and lists every problem. Identities are read only from URI-type SANs parsed from
- * ASN.1, never from a rendered string (the CVE-2021-44532 class of SAN-string injection).
+ * the DER (readCertificate), never from a rendered string (the CVE-2021-44532 class of SAN-string injection).
  */
 export function svidProblems(
-  cert: x509.X509Certificate,
+  cert: CertificateFields,
   role: SvidRole,
   trustDomain: string | readonly string[],
 ): SvidReport {
@@ -67,25 +63,24 @@ export function svidProblems(
     }
   }
   // §4.1: a leaf MUST set cA to false.
-  if (cert.getExtension(x509.BasicConstraintsExtension)?.ca) {
+  if (cert.basicConstraints?.ca) {
     bad("leaf has CA:TRUE; an X509-SVID leaf is not a CA");
   }
   // §4.3: key usage MUST be present and critical, with digitalSignature and without keyCertSign or cRLSign.
-  const keyUsage = cert.getExtension(x509.KeyUsagesExtension);
+  const keyUsage = cert.keyUsage;
   if (!keyUsage) bad("leaf has no key usage extension");
   else {
     if (!keyUsage.critical) bad("leaf key usage extension is not marked critical");
-    if (!(keyUsage.usages & x509.KeyUsageFlags.digitalSignature))
-      bad("leaf key usage lacks digitalSignature");
-    if (keyUsage.usages & (x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign)) {
+    if (!(keyUsage.usages & KeyUsage.digitalSignature)) bad("leaf key usage lacks digitalSignature");
+    if (keyUsage.usages & (KeyUsage.keyCertSign | KeyUsage.cRLSign)) {
       bad("leaf key usage allows keyCertSign or cRLSign");
     }
   }
   // §4.4: when present, extended key usage must allow the role the certificate plays here (CVE-2022-21657:
   // a proxy that skipped this accepted server-only certificates as client credentials).
-  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
+  const eku = cert.extendedKeyUsage;
   if (eku) {
-    const usages = eku.usages.map(String);
+    const usages = eku.usages;
     const needed =
       role === "own" ? [SERVER_AUTH, CLIENT_AUTH] : role === "client" ? [CLIENT_AUTH] : [SERVER_AUTH];
     for (const oid of needed) {
@@ -109,7 +104,7 @@ export function svidProblems(
 
 /** Checks a leaf against X509-SVID §4 and our trust domain; the first problem decides, as a peer is refused for one. */
 export function checkLeafSvid(
-  cert: x509.X509Certificate,
+  cert: CertificateFields,
   role: SvidRole,
   trustDomain: string | readonly string[],
 ): SvidCheck {
@@ -132,18 +127,18 @@ export function checkLeafSvid(
  * The X509-SVID rules for a signing (CA) certificate (§3.2, §4.1, §4.3): cA true, key usage critical with
  * keyCertSign, and a SPIFFE ID, when present, without a path. Returns every rule broken.
  */
-export function signingCertProblems(cert: x509.X509Certificate): string[] {
+export function signingCertProblems(cert: CertificateFields): string[] {
   const problems: string[] = [];
-  const constraints = cert.getExtension(x509.BasicConstraintsExtension);
+  const constraints = cert.basicConstraints;
   if (!constraints?.ca)
     problems.push("basic constraints do not say CA:TRUE, so it may not sign certificates");
   else if (!constraints.critical)
     problems.push("basic constraints extension is not marked critical (RFC 5280 §4.2.1.9)");
-  const keyUsage = cert.getExtension(x509.KeyUsagesExtension);
+  const keyUsage = cert.keyUsage;
   if (!keyUsage) problems.push("has no key usage extension");
   else {
     if (!keyUsage.critical) problems.push("key usage extension is not marked critical");
-    if (!(keyUsage.usages & x509.KeyUsageFlags.keyCertSign)) problems.push("key usage lacks keyCertSign");
+    if (!(keyUsage.usages & KeyUsage.keyCertSign)) problems.push("key usage lacks keyCertSign");
   }
   for (const uri of sanNames(cert).uris) {
     const parsed = parseSpiffeId(uri);
