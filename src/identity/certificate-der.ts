@@ -24,7 +24,17 @@ const TAG_OCTET_STRING = 0x04;
 const TAG_OID = 0x06;
 const TAG_UTC_TIME = 0x17;
 const TAG_GENERALIZED_TIME = 0x18;
+const TAG_NULL = 0x05;
+const TAG_ENUMERATED = 0x0a;
+const TAG_UNIVERSAL_STRING = 0x1c;
+const TAG_BMP_STRING = 0x1e;
 const TAG_SEQUENCE = 0x30;
+const TAG_SET = 0x31;
+// The universal types X.509 uses: BOOLEAN, INTEGER, BIT STRING, OCTET STRING, NULL, OID, ENUMERATED,
+// SEQUENCE, SET, the times and the string types. The rest (EOC, REAL, RELATIVE-OID, TIME…) are refused.
+const UNIVERSAL_TAGS = new Set([
+  1, 2, 3, 4, 5, 6, 10, 12, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30,
+]);
 const TAG_VERSION = 0xa0; // [0] EXPLICIT Version
 const TAG_ISSUER_UID = 0x81; // [1] IMPLICIT UniqueIdentifier (a BIT STRING)
 const TAG_SUBJECT_UID = 0x82; // [2] IMPLICIT UniqueIdentifier
@@ -108,6 +118,8 @@ function readElement(der: Uint8Array, start: number, limit: number): Element {
   if (start + 2 > limit) throw malformed(`truncated element at byte ${start}`);
   const tag = der[start]!;
   if ((tag & 0x1f) === 0x1f) throw malformed(`multi-byte tag at byte ${start}`);
+  // Universal tag 0 is BER's end-of-contents marker, never an element.
+  if (tag === 0) throw malformed(`tag 0 at byte ${start}`);
   let pos = start + 1;
   let length = der[pos++]!;
   if (length & 0x80) {
@@ -266,8 +278,9 @@ function isTime(element: Element): boolean {
 function readExtensions(der: Uint8Array, wrapper: Element): Map<string, RawExtension> {
   const sequence = expect(der, wrapper.contentStart, wrapper.end, TAG_SEQUENCE, "Extensions");
   if (sequence.end !== wrapper.end) throw malformed("bytes follow the Extensions");
+  // SIZE (1..MAX), but @peculiar/x509's generator writes an empty one for a certificate without extensions
+  // and OpenSSL reads it as none; so does this.
   const items = children(der, sequence);
-  if (items.length === 0) throw malformed("empty Extensions (SIZE (1..MAX))");
   const extensions = new Map<string, RawExtension>();
   for (const item of items) {
     if (item.tag !== TAG_SEQUENCE) throw malformed(`an Extension at byte ${item.start} is not a SEQUENCE`);
@@ -292,6 +305,7 @@ function extensionValue(ext: RawExtension, tag: number, what: string): { der: Ui
   const der = ext.value;
   const element = expect(der, 0, der.length, tag, what);
   if (element.end !== der.length) throw malformed(`bytes follow the ${what}`);
+  checkTree(der, element);
   return { der, element };
 }
 
@@ -299,7 +313,15 @@ function extensionValue(ext: RawExtension, tag: number, what: string): { der: Ui
 // OCTET STRINGs or OIDs; otherName, x400Address, directoryName (a CHOICE, so EXPLICIT) and ediPartyName
 // are constructed.
 const GENERAL_NAME_TAGS = new Set([0xa0, 0x81, 0x82, 0xa3, 0xa4, 0xa5, 0x86, 0x87, 0x88]);
+const TAG_OTHER_NAME = 0xa0;
 const TAG_DNS_NAME = 0x82;
+const TAG_X400_ADDRESS = 0xa3;
+const TAG_DIRECTORY_NAME = 0xa4;
+const TAG_EDI_PARTY_NAME = 0xa5;
+// DirectoryString: TeletexString, PrintableString, UniversalString, UTF8String, BMPString.
+const DIRECTORY_STRING_TAGS = new Set([0x14, 0x13, 0x1c, 0x0c, 0x1e]);
+const TAG_IP_ADDRESS = 0x87;
+const TAG_REGISTERED_ID = 0x88;
 const TAG_URI = 0x86;
 
 function readSubjectAltName(ext: RawExtension): { critical: boolean; uris: string[]; dnsNames: string[] } {
@@ -311,6 +333,40 @@ function readSubjectAltName(ext: RawExtension): { critical: boolean; uris: strin
   for (const name of names) {
     if (!GENERAL_NAME_TAGS.has(name.tag)) {
       throw malformed(`subjectAltName entry with tag 0x${name.tag.toString(16)} is not a GeneralName`);
+    }
+    if (name.tag === TAG_X400_ADDRESS) {
+      // ORAddress is a structure of its own that no TLS peer uses; refused rather than half-read.
+      throw malformed("subjectAltName holds an x400Address, which mtlsd does not read");
+    }
+    if (name.tag === TAG_OTHER_NAME) {
+      // OtherName ::= SEQUENCE { type-id OID, value [0] EXPLICIT ANY }, its SEQUENCE tag replaced by [0].
+      const [typeId, value, ...rest] = children(der, name);
+      if (!typeId || value?.tag !== 0xa0 || rest.length > 0)
+        throw malformed("subjectAltName otherName is malformed");
+      oidText(der, typeId);
+    } else if (name.tag === TAG_DIRECTORY_NAME) {
+      const [inner, ...rest] = children(der, name);
+      if (rest.length > 0) throw malformed("subjectAltName directoryName holds more than a Name");
+      checkName(der, inner, "subjectAltName directoryName");
+    } else if (name.tag === TAG_EDI_PARTY_NAME) {
+      // EDIPartyName ::= SEQUENCE { nameAssigner [0] DirectoryString OPTIONAL, partyName [1] DirectoryString }
+      const parts = children(der, name);
+      const tags = parts.map((part) => part.tag).join(",");
+      if (tags !== "160,161" && tags !== "161") throw malformed("subjectAltName ediPartyName is malformed");
+      for (const part of parts) {
+        const [text, ...rest] = children(der, part);
+        if (!text || !DIRECTORY_STRING_TAGS.has(text.tag) || rest.length > 0) {
+          throw malformed("subjectAltName ediPartyName holds something other than a DirectoryString");
+        }
+      }
+    } else if (name.tag === TAG_REGISTERED_ID) {
+      oidText(der, { ...name, tag: TAG_OID });
+    } else if (
+      name.tag === TAG_IP_ADDRESS &&
+      name.end - name.contentStart !== 4 &&
+      name.end - name.contentStart !== 16
+    ) {
+      throw malformed("subjectAltName iPAddress is neither 4 nor 16 bytes");
     }
     if (name.tag !== TAG_URI && name.tag !== TAG_DNS_NAME) continue;
     const bytes = contents(der, name);
@@ -369,6 +425,96 @@ function readExtendedKeyUsage(ext: RawExtension): { critical: boolean; usages: s
   return { critical: ext.critical, usages };
 }
 
+/**
+ * Every element of a tree is DER, however deep, including inside parameters and extensions we do not read:
+ * constructed ones are walked, and the primitives with a fixed shape (BOOLEAN, INTEGER, BIT STRING, NULL,
+ * OBJECT IDENTIFIER) are checked. A certificate that is DER only where we look is not a certificate.
+ */
+function checkTree(der: Uint8Array, element: Element, depth = 0): void {
+  if (depth > 32) throw malformed("elements nested more than 32 deep");
+  const { tag, start } = element;
+  if ((tag & 0xc0) === 0) {
+    const number = tag & 0x1f;
+    if (!UNIVERSAL_TAGS.has(number))
+      throw malformed(`universal tag ${number} at byte ${start} has no place in X.509`);
+    // DER: SEQUENCE and SET are constructed, everything else primitive (X.690 §10.2).
+    const constructed = number === 16 || number === 17;
+    if (((tag & 0x20) !== 0) !== constructed)
+      throw malformed(`tag 0x${tag.toString(16)} at byte ${start} is not DER`);
+  }
+  if (tag & 0x20) {
+    for (const child of children(der, element)) checkTree(der, child, depth + 1);
+    return;
+  }
+  const length = element.end - element.contentStart;
+  switch (tag) {
+    case TAG_BOOLEAN:
+      booleanValue(der, element, `the BOOLEAN at byte ${start}`);
+      break;
+    case TAG_INTEGER:
+    case TAG_ENUMERATED:
+      integerContents(der, { ...element, tag: TAG_INTEGER }, `the INTEGER at byte ${start}`);
+      break;
+    case TAG_BIT_STRING:
+      checkBitString(der, element, `the BIT STRING at byte ${start}`);
+      break;
+    case TAG_NULL:
+      if (length !== 0) throw malformed(`the NULL at byte ${start} has contents`);
+      break;
+    case TAG_OID:
+      oidText(der, element);
+      break;
+    case TAG_UTC_TIME:
+    case TAG_GENERALIZED_TIME:
+      timeValue(der, element, `the time at byte ${start}`);
+      break;
+    case TAG_BMP_STRING:
+      if (length % 2 !== 0) throw malformed(`the BMPString at byte ${start} has an odd length`);
+      break;
+    case TAG_UNIVERSAL_STRING:
+      if (length % 4 !== 0) throw malformed(`the UniversalString at byte ${start} is not whole characters`);
+      break;
+  }
+}
+
+/** A BIT STRING's leading byte counts its unused bits: 0 to 7, and 0 when no bits follow. */
+function checkBitString(der: Uint8Array, element: Element | undefined, what: string): void {
+  if (element?.tag !== TAG_BIT_STRING) throw malformed(`${what} must be a BIT STRING`);
+  const length = element.end - element.contentStart;
+  const unused = der[element.contentStart];
+  if (unused === undefined || unused > 7 || (length === 1 && unused !== 0)) {
+    throw malformed(`${what} is a BIT STRING with a bad unused-bits count`);
+  }
+}
+
+/** AlgorithmIdentifier ::= SEQUENCE { algorithm OID, parameters ANY OPTIONAL }. */
+function checkAlgorithm(der: Uint8Array, element: Element | undefined, what: string): void {
+  if (element?.tag !== TAG_SEQUENCE) throw malformed(`${what} must be an AlgorithmIdentifier (a SEQUENCE)`);
+  const [oid, params, ...rest] = children(der, element);
+  if (!oid || rest.length > 0) throw malformed(`${what} is not an algorithm OID and optional parameters`);
+  oidText(der, oid);
+  if (params) readElement(der, params.start, params.end);
+}
+
+/** Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value ANY }: the shape only; the values are text for others to read. */
+function checkName(der: Uint8Array, element: Element | undefined, what: string): Element {
+  if (element?.tag !== TAG_SEQUENCE) throw malformed(`${what} must be a Name (a SEQUENCE)`);
+  for (const rdn of children(der, element)) {
+    if (rdn.tag !== TAG_SET) throw malformed(`${what} holds a RelativeDistinguishedName that is not a SET`);
+    const attributes = children(der, rdn);
+    if (attributes.length === 0) throw malformed(`${what} holds an empty RelativeDistinguishedName`);
+    for (const atv of attributes) {
+      if (atv.tag !== TAG_SEQUENCE)
+        throw malformed(`${what} holds an AttributeTypeAndValue that is not a SEQUENCE`);
+      const [type, value, ...rest] = children(der, atv);
+      if (!type || !value || rest.length > 0)
+        throw malformed(`${what} holds an attribute that is not a type and a value`);
+      oidText(der, type);
+    }
+  }
+  return element;
+}
+
 function asBytes(der: Uint8Array | ArrayBuffer): Uint8Array {
   return der instanceof Uint8Array ? der : new Uint8Array(der);
 }
@@ -383,11 +529,10 @@ export function readCertificate(input: Uint8Array | ArrayBuffer): CertificateFie
   if (certificate.end !== der.length) throw malformed("bytes follow the Certificate");
   const [tbs, signatureAlgorithm, signature, ...extra] = children(der, certificate);
   if (!tbs || tbs.tag !== TAG_SEQUENCE) throw malformed("a TBSCertificate must be a SEQUENCE");
-  if (signatureAlgorithm?.tag !== TAG_SEQUENCE)
-    throw malformed("a Certificate's signatureAlgorithm must be a SEQUENCE");
-  if (signature?.tag !== TAG_BIT_STRING)
-    throw malformed("a Certificate's signatureValue must be a BIT STRING");
+  checkAlgorithm(der, signatureAlgorithm, "a Certificate's signatureAlgorithm");
+  checkBitString(der, signature, "a Certificate's signatureValue");
   if (extra.length > 0) throw malformed("a Certificate has fields after its signature");
+  checkTree(der, certificate);
   const fields = children(der, tbs);
   let next = 0;
   let version = 0;
@@ -402,20 +547,20 @@ export function readCertificate(input: Uint8Array | ArrayBuffer): CertificateFie
   const serialField = fields[next++];
   if (!serialField) throw malformed("a TBSCertificate has no serialNumber");
   const serialBytes = integerContents(der, serialField, "serialNumber");
-  const sigAlg = fields[next++];
-  if (sigAlg?.tag !== TAG_SEQUENCE)
-    throw malformed("a TBSCertificate's signature must be an AlgorithmIdentifier");
-  const issuer = fields[next++];
-  if (issuer?.tag !== TAG_SEQUENCE) throw malformed("a certificate issuer must be a SEQUENCE");
+  checkAlgorithm(der, fields[next++], "a TBSCertificate's signature");
+  const issuer = checkName(der, fields[next++], "a certificate's issuer");
   const validity = fields[next++];
   if (validity?.tag !== TAG_SEQUENCE) throw malformed("a certificate's validity must be a SEQUENCE");
   const times = children(der, validity);
   if (times.length !== 2 || !times.every(isTime))
     throw malformed("validity must hold notBefore and notAfter");
-  const subject = fields[next++];
-  if (subject?.tag !== TAG_SEQUENCE) throw malformed("a certificate subject must be a SEQUENCE");
+  const subject = checkName(der, fields[next++], "a certificate's subject");
   const spki = fields[next++];
   if (spki?.tag !== TAG_SEQUENCE) throw malformed("a certificate's subjectPublicKeyInfo must be a SEQUENCE");
+  const [keyAlgorithm, key, ...keyRest] = children(der, spki);
+  checkAlgorithm(der, keyAlgorithm, "a subjectPublicKeyInfo's algorithm");
+  checkBitString(der, key, "a subjectPublicKeyInfo's key");
+  if (keyRest.length > 0) throw malformed("a subjectPublicKeyInfo has fields after its key");
   if (fields[next]?.tag === TAG_ISSUER_UID) next++;
   if (fields[next]?.tag === TAG_SUBJECT_UID) next++;
   let extensions = new Map<string, RawExtension>();
@@ -462,6 +607,7 @@ export function readCrl(input: Uint8Array | ArrayBuffer): CrlFields {
     throw malformed("a CRL's signatureAlgorithm must be a SEQUENCE");
   if (signature?.tag !== TAG_BIT_STRING) throw malformed("a CRL's signatureValue must be a BIT STRING");
   if (extra.length > 0) throw malformed("a CRL has fields after its signature");
+  checkTree(der, list);
   const signatureBytes = contents(der, signature);
   if (signatureBytes.length === 0 || signatureBytes[0] !== 0)
     throw malformed("a CRL's signature is not whole bytes");
@@ -484,8 +630,7 @@ export function readCrl(input: Uint8Array | ArrayBuffer): CrlFields {
   ) {
     throw malformed("a CRL's signatureAlgorithm differs from the one in its TBSCertList");
   }
-  const issuer = fields[next++];
-  if (issuer?.tag !== TAG_SEQUENCE) throw malformed("a CRL issuer must be a SEQUENCE");
+  const issuer = checkName(der, fields[next++], "a CRL's issuer");
   const thisUpdate = fields[next++];
   if (!thisUpdate || !isTime(thisUpdate)) throw malformed("a CRL has no thisUpdate time");
   let nextUpdate: Date | undefined;
@@ -635,7 +780,7 @@ const TEXT_NAMES: ReadonlyMap<string, string> = new Map([
 function textValue(der: Uint8Array, value: Element): string | undefined {
   const bytes = contents(der, value);
   switch (value.tag) {
-    case 0x05: // NULL, which @peculiar/x509 reads as no value at all
+    case TAG_NULL: // NULL, which @peculiar/x509 reads as no value at all
       return "";
     case 0x0c: // UTF8String
       return new TextDecoder().decode(bytes);
@@ -684,7 +829,7 @@ export function nameText(input: Uint8Array): string {
   if (name.end !== der.length) throw malformed("bytes follow the Name");
   const rdns: string[] = [];
   for (const rdn of children(der, name)) {
-    if (rdn.tag !== 0x31) throw malformed("a RelativeDistinguishedName must be a SET");
+    if (rdn.tag !== TAG_SET) throw malformed("a RelativeDistinguishedName must be a SET");
     const attributes: string[] = [];
     for (const atv of children(der, rdn)) {
       if (atv.tag !== TAG_SEQUENCE) throw malformed("an AttributeTypeAndValue must be a SEQUENCE");
