@@ -224,6 +224,7 @@ t.test(
       }),
       { numRuns: 150 },
     );
+    t.pass("150 generated certificates read alike");
   },
 );
 
@@ -408,6 +409,7 @@ t.test(
       }),
       { numRuns: 300 },
     );
+    t.pass("300 generated names print alike");
   },
 );
 

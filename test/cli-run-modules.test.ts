@@ -1,0 +1,125 @@
+// `mtlsd run` reads certificates without @peculiar/x509 and its dependencies: ~13 MiB of RSS per sidecar (issue 16).
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { once } from "node:events";
+import { readFile, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { promisify } from "node:util";
+import t from "tap";
+import { stringify } from "yaml";
+import { startApp } from "./helpers/app.ts";
+import { createTestPki } from "./helpers/pki.ts";
+
+const execFileAsync = promisify(execFile);
+const CLI = new URL("../src/cli/main.ts", import.meta.url).pathname;
+const RECORDER = new URL("./fixtures/record-modules.mjs", import.meta.url).pathname;
+
+// What the CLI's PKI commands load and the sidecar must not: the library, its polyfill, its DI container and
+// its ASN.1 and buffer helpers, and our one module that loads them.
+const FORBIDDEN = [
+  /\/node_modules\/@peculiar\//,
+  /\/node_modules\/reflect-metadata\//,
+  /\/node_modules\/tsyringe\//,
+  /\/node_modules\/pvtsutils\//,
+  /\/src\/x509\.ts$/,
+];
+
+const pki = await createTestPki();
+t.teardown(() => pki.cleanup());
+const app = await startApp();
+t.teardown(() => app.stop());
+const orders = await pki.identity("orders");
+const frontend = await pki.identity("frontend");
+
+/** Starts `mtlsd run` with the recorder and resolves on its `mtlsd started` line. */
+async function startRecorded(
+  configPath: string,
+  log: string,
+): Promise<{ child: ChildProcess; port: number }> {
+  const child = spawn(process.execPath, ["--import", RECORDER, CLI, "run", "-c", configPath], {
+    env: { PATH: process.env.PATH, MTLSD_MODULE_LOG: log },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  t.teardown(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  });
+  let stderr = "";
+  child.stderr!.on("data", (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const started = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`mtlsd did not start within 20s: ${stderr}`)), 20_000);
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      const entry = JSON.parse(line) as Record<string, unknown>;
+      if (entry.msg === "mtlsd started") {
+        clearTimeout(timer);
+        resolve(entry);
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`mtlsd exited with ${code} before starting: ${stderr}`));
+    });
+  });
+  const listen = (started.listeners as Record<string, string>).inbound!;
+  return { child, port: Number(listen.split(":").at(-1)) };
+}
+
+t.test("mtlsd run serves an mTLS request without loading @peculiar/x509 or its dependencies", async (t) => {
+  const configPath = path.join(pki.dir, "modules.yaml");
+  await writeFile(
+    configPath,
+    stringify({
+      identity: {
+        cert: orders.certPath,
+        key: orders.keyPath,
+        trustBundle: pki.bundlePath,
+        trustDomain: pki.trustDomain,
+      },
+      inbound: {
+        listen: "127.0.0.1:0",
+        app: app.url,
+        policy: { rules: [{ name: "frontend", action: "allow", from: [frontend.spiffeId] }] },
+      },
+      admin: { listen: "127.0.0.1:0" },
+    }),
+  );
+  const log = path.join(pki.dir, "modules.log");
+  const { child, port } = await startRecorded(configPath, log);
+  // A client certificate makes the sidecar read a peer's certificate: the code path that used the library.
+  const { stdout } = await execFileAsync(
+    "curl",
+    [
+      "-sS",
+      "--max-time",
+      "10",
+      "--cacert",
+      pki.bundlePath,
+      "--cert",
+      frontend.certPath,
+      "--key",
+      frontend.keyPath,
+      `https://localhost:${port}/v1/orders`,
+    ],
+    { encoding: "utf8", timeout: 15_000 },
+  );
+  const echoed = JSON.parse(stdout) as { headers: Record<string, string> };
+  t.match(echoed.headers["x-forwarded-client-cert"], `URI=${frontend.spiffeId}`, "the peer was identified");
+  child.kill("SIGTERM");
+  await once(child, "close");
+
+  const loaded = (await readFile(log, "utf8")).split("\n").filter((url) => url !== "");
+  t.ok(
+    loaded.some((url) => url.endsWith("/src/sidecar.ts")),
+    "the recorder saw the sidecar's own modules load",
+  );
+  t.ok(
+    loaded.some((url) => url.endsWith("/src/identity/certificate-der.ts")),
+    "and the DER reader the sidecar reads certificates with",
+  );
+  t.strictSame(
+    loaded.filter((url) => FORBIDDEN.some((pattern) => pattern.test(url))),
+    [],
+    "no module of @peculiar/x509, reflect-metadata, tsyringe or pvtsutils, nor src/x509.ts",
+  );
+});
