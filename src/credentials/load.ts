@@ -443,8 +443,16 @@ async function checkCrl(
   const cas = [...bundle, ...chain.slice(1)]
     .filter((cert) => cert.ca)
     .map((node) => {
-      const fields = readCertificate(node.raw);
-      return { node, fields, subject: nameText(fields.subjectDer) };
+      try {
+        const fields = readCertificate(node.raw);
+        return { node, fields, subject: nameText(fields.subjectDer) };
+      } catch (error) {
+        throw new MtlsdError(
+          "CRL_UNTRUSTED",
+          `${where}: the CA ${node.subject.replaceAll("\n", ", ")} that would sign CRLs does not parse: ${(error as Error).message}`,
+          { cause: error },
+        );
+      }
     });
   const summaries: CrlSummary[] = [];
   const signed: { crl: CrlFields; signer: X509Certificate }[] = [];
@@ -504,9 +512,20 @@ async function checkCrl(
   // A self-signed root in the chain is a trust anchor: the root's own CRL covers it along with what it issued.
   for (const [index, cert] of chain.entries()) {
     if (cert.issuer === cert.subject) continue;
-    const parsed = readCertificate(cert.raw);
-    const issuer = nameText(parsed.issuerDer);
-    const subject = nameText(parsed.subjectDer);
+    let parsed: CertificateFields;
+    let issuer: string;
+    let subject: string;
+    try {
+      parsed = readCertificate(cert.raw);
+      issuer = nameText(parsed.issuerDer);
+      subject = nameText(parsed.subjectDer);
+    } catch (error) {
+      throw new MtlsdError(
+        "CERT_PARSE",
+        `${labels.cert}: certificate ${index + 1} does not parse: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
     const covering = signed.filter(({ signer }) => cert.checkIssued(signer) && cert.verify(signer.publicKey));
     if (covering.length === 0) {
       throw new MtlsdError(
