@@ -222,6 +222,57 @@ t.test("headers trickled to the outbound listener are cut at headersTimeout with
   t.same(new Set(normal), new Set([200]));
 });
 
+t.test(
+  "an app connection to the outbound listener that says nothing is answered 408 at headersTimeout",
+  async (t) => {
+    const socket = net.connect(outboundPort, "127.0.0.1");
+    socket.on("error", () => {});
+    let received = "";
+    socket.setEncoding("latin1");
+    socket.on("data", (chunk: string) => {
+      received += chunk;
+    });
+    const giveUp = setTimeout(() => socket.destroy(), 15_000);
+    t.teardown(() => clearTimeout(giveUp));
+    await new Promise((resolve) => socket.once("connect", resolve));
+    const started = Date.now();
+    const closed = new Promise((resolve) => socket.once("close", resolve));
+    const normal = normalAppDuring(closed);
+    await closed;
+    assertCutOnTime(t, Date.now() - started, LIMITS.headersTimeout, "the silent connection");
+    t.match(
+      received,
+      /^HTTP\/1\.1 408 Request Timeout\r\n/,
+      "answered as node:http's headersTimeout answers it",
+    );
+    t.same(new Set(await normal), new Set([200]), "apps' other requests were answered meanwhile");
+  },
+);
+
+t.test(
+  "an app's first head that starts late on the outbound listener and trickles is cut at headersTimeout from the connect",
+  async (t) => {
+    const socket = net.connect(outboundPort, "127.0.0.1");
+    await new Promise((resolve) => socket.once("connect", resolve));
+    const started = Date.now();
+    // Silent for most of the limit, then a head too slow to finish: handed to node:http, whose own clock
+    // would start again at the handover (or at the first byte, which the listener reads to tell h2c apart).
+    const silentMs = LIMITS.headersTimeout - 300;
+    await new Promise((resolve) => setTimeout(resolve, silentMs));
+    const { received } = await trickle(
+      socket,
+      "GET /late HTTP/1.1\r\nHost: orders\r\nX-Slow: ".padEnd(200, "x"),
+    );
+    const cutAfterMs = Date.now() - started;
+    assertCutOnTime(t, cutAfterMs, LIMITS.headersTimeout, "the late, trickling connection");
+    t.ok(
+      cutAfterMs < silentMs + LIMITS.headersTimeout - 100,
+      "counted from the connect, not from the first byte",
+    );
+    t.match(received, /^HTTP\/1\.1 408 Request Timeout\r\n/);
+  },
+);
+
 t.test("a client that connects and says nothing is cut at handshakeTimeout", async (t) => {
   const before = await handshakeFailures();
   const socket = net.connect(sidecar.inboundPort, "127.0.0.1");

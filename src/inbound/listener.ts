@@ -23,6 +23,7 @@ import {
   describeClientError,
   failForward,
   feed,
+  firstHeadLate,
   H1Client,
   H1Connection,
   type H1ConnectionOptions,
@@ -33,6 +34,7 @@ import {
   H2Sessions,
   HttpDrain,
   h2ServerOptions,
+  handedHeadRead,
   headerCountProblem,
   httpLimits,
   LazyPool,
@@ -42,6 +44,7 @@ import {
   REFUSAL_MARK,
   rawErrorResponse,
   reportCapacity,
+  requestTimeoutError,
   sendError,
   settleClientError,
   sniffHttp2Preface,
@@ -459,24 +462,18 @@ export class InboundListener {
     handOver: (socket) => feed(this.#http, socket),
     // As node:http's requestTimeout reaches a request whose body is late (see settleClientError).
     requestTimedOut: (down) => {
-      if (!failForward(down, describeClientError(requestTimeout()))) down.abort();
+      if (!failForward(down, describeClientError(requestTimeoutError()))) down.abort();
     },
     released: (connection) => this.#drain.release(connection),
     // As node:http's headersTimeout reaches a connection whose first request does not come whole in time;
     // once node:http has read a head on it (or answered, or closed it), the connection is its business alone.
     headersTimedOut: (socket, handedOver) => {
-      if (handedOver) {
-        const headed = socket as HeadedSocket;
-        if (headed[kHead] === "read" || !socket.writable) return;
-        // node:http's parser still reads this socket: a head it completes after our 408 is dropped (see headRead).
-        headed[kHead] = "late";
-      }
-      this.#onClientError(requestTimeout(), socket);
+      if (firstHeadLate(socket, handedOver)) this.#onClientError(requestTimeoutError(), socket);
     },
   };
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
-    if (!headRead(req.socket)) return;
+    if (!handedHeadRead(req.socket)) return;
     this.#drain.request(req, res);
     this.#serve(new H1Downstream(req, res), expectsContinue);
   }
@@ -553,7 +550,7 @@ export class InboundListener {
   };
 
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
-    if (!headRead(req.socket)) return;
+    if (!handedHeadRead(req.socket)) return;
     const connection = connectionOf(req.socket);
     const token = upgradeToken(req.rawHeaders)!;
     const protocol = upgradeProtocol(token);
@@ -578,7 +575,7 @@ export class InboundListener {
   };
 
   readonly #onConnect = (req: http.IncomingMessage, socket: Duplex): void => {
-    if (!headRead(req.socket)) return;
+    if (!handedHeadRead(req.socket)) return;
     socket.end(rawErrorResponse(405, "Method Not Allowed", "method_not_allowed", CONNECT_REFUSED));
     this.#handler.refused(
       req.method!,
@@ -692,29 +689,6 @@ const RENEGOTIATION_REFUSED = "ERR_TLS_RENEGOTIATION_DISABLED";
 const RENEGOTIATION_DETAIL = "the client asked for a TLS renegotiation, which this listener refuses";
 const CONNECT_REFUSED = "CONNECT is not served on the inbound listener: no tunnel bypasses the policy";
 const NO_CONNECTION: InboundConnection = { peer: null, xfcc: null, plaintext: true };
-
-/**
- * Where a socket handed to node:http stands with its first head's deadline (see H1ConnectionOptions'
- * headersTimedOut): node:http read a head on it in time, or the deadline came first and was answered 408.
- */
-const kHead = Symbol("mtlsd.head");
-type HeadedSocket = net.Socket & { [kHead]?: "read" | "late" };
-
-/** node:http read a whole head on `socket`: false (and the socket cut) when its 408 was already sent. */
-function headRead(socket: net.Socket): boolean {
-  const headed = socket as HeadedSocket;
-  if (headed[kHead] === "late") {
-    socket.destroy();
-    return false;
-  }
-  headed[kHead] = "read";
-  return true;
-}
-
-/** The error node:http reports when headersTimeout or requestTimeout runs out. */
-function requestTimeout(): Error & { code: string } {
-  return Object.assign(new Error("request timeout"), { code: "ERR_HTTP_REQUEST_TIMEOUT" });
-}
 
 /** What the handshake learnt about the connection a request arrived on. */
 function connectionOf(socket: net.Socket | undefined): InboundConnection {

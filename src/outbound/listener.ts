@@ -18,6 +18,7 @@ import {
   failForward,
   feed,
   filterRequestHeaders,
+  firstHeadLate,
   forward,
   forwardUpgrade,
   H1Connection,
@@ -27,12 +28,14 @@ import {
   H2Sessions,
   HttpDrain,
   h2ServerOptions,
+  handedHeadRead,
   headerCountProblem,
   hostRequiredOf,
   httpLimits,
   limitHeaderCount,
   rawErrorResponse,
   reportCapacity,
+  requestTimeoutError,
   sendError,
   settleClientError,
   sniffHttp2Preface,
@@ -345,9 +348,21 @@ export class OutboundListener {
       socket.on("error", noop);
       socket.once("close", () => this.#sockets.delete(socket));
     }
+    // A connection that sends too little to tell its protocol within headersTimeout (nothing at all, say) is
+    // answered as node:http's headersTimeout answers a silent HTTP/1.1 connection; held open, it would count
+    // against maxConnections for good.
+    const { headersTimeout } = this.#options.limits;
+    const acceptedAt = performance.now();
+    const deadline =
+      headersTimeout > 0
+        ? setTimeout(() => this.#onClientError(requestTimeoutError(), socket), headersTimeout)
+        : undefined;
+    deadline?.unref();
+    socket.once("close", () => clearTimeout(deadline));
     sniffHttp2Preface(socket, (isHttp2) => {
+      clearTimeout(deadline);
       if (isHttp2) feed(this.#h2, socket);
-      else this.#drain.adopt(new H1Connection(socket, this.#fastPath));
+      else this.#drain.adopt(new H1Connection(socket, this.#fastPath, acceptedAt));
     });
   }
 
@@ -363,15 +378,18 @@ export class OutboundListener {
     handOver: (socket) => feed(this.#http, socket),
     // As node:http's requestTimeout reaches a request whose body is late (see settleClientError).
     requestTimedOut: (down) => {
-      const answer = describeClientError(
-        Object.assign(new Error("request timeout"), { code: "ERR_HTTP_REQUEST_TIMEOUT" }),
-      );
-      if (!failForward(down, answer)) down.abort();
+      if (!failForward(down, describeClientError(requestTimeoutError()))) down.abort();
     },
     released: (connection) => this.#drain.release(connection),
+    // A connection that sends nothing, or not a whole first head in time, is answered 408 as node:http's
+    // headersTimeout answers it; once node:http has read a head on it, the connection is its business alone.
+    headersTimedOut: (socket, handedOver) => {
+      if (firstHeadLate(socket, handedOver)) this.#onClientError(requestTimeoutError(), socket);
+    },
   };
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
+    if (!handedHeadRead(req.socket)) return;
     this.#drain.request(req, res);
     const down = new H1Downstream(req, res);
     const tooMany = headerCountProblem(req.rawHeaders, this.#options.limits);
@@ -465,6 +483,7 @@ export class OutboundListener {
   }
 
   readonly #onUpgrade = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    if (!handedHeadRead(req.socket)) return;
     const started = performance.now();
     const token = upgradeToken(req.rawHeaders)!;
     const record = this.#record(req.method!, req.url!.split("?")[0]!.slice(0, 200), upgradeProtocol(token));
@@ -539,6 +558,7 @@ export class OutboundListener {
    * forwarded, logged and counted like any other. Anything else is refused: never an open tunnel.
    */
   readonly #onConnect = (req: http.IncomingMessage, socket: Duplex, head: Buffer): void => {
+    if (!handedHeadRead(req.socket)) return;
     const authority = req.url ?? "";
     const upstream = this.#router.upstreamFor(authority);
     if (!upstream) {

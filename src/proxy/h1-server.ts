@@ -73,6 +73,42 @@ function dateLine(): string {
   return dateField;
 }
 
+/**
+ * Where a socket handed to node:http stands with its first head's deadline (see H1ConnectionOptions'
+ * headersTimedOut): node:http read a head on it in time, or the deadline came first and was answered 408.
+ */
+const kHead = Symbol("mtlsd.head");
+type HeadedSocket = net.Socket & { [kHead]?: "read" | "late" };
+
+/**
+ * For a listener's headersTimedOut: whether the first head's deadline is to be answered now. Not when node:http,
+ * given the socket, read a head on it in time (or the socket can no longer be answered); otherwise node:http's
+ * parser may still complete a head on it, and handedHeadRead drops that one.
+ */
+export function firstHeadLate(socket: net.Socket, handedOver: boolean): boolean {
+  if (!handedOver) return true;
+  const headed = socket as HeadedSocket;
+  if (headed[kHead] === "read" || !socket.writable) return false;
+  headed[kHead] = "late";
+  return true;
+}
+
+/** node:http read a whole head on `socket`: false (and the socket cut) when its 408 was already sent. */
+export function handedHeadRead(socket: net.Socket): boolean {
+  const headed = socket as HeadedSocket;
+  if (headed[kHead] === "late") {
+    socket.destroy();
+    return false;
+  }
+  headed[kHead] = "read";
+  return true;
+}
+
+/** The error node:http reports when headersTimeout or requestTimeout runs out. */
+export function requestTimeoutError(): Error & { code: string } {
+  return Object.assign(new Error("request timeout"), { code: "ERR_HTTP_REQUEST_TIMEOUT" });
+}
+
 /** One connection from a client, served request by request until it closes or is handed over. */
 export class H1Connection {
   readonly socket: net.Socket;
@@ -89,7 +125,11 @@ export class H1Connection {
   /** When the first head is due (performance.now()), with headersTimedOut. */
   #headDeadline: number | undefined;
 
-  constructor(socket: net.Socket, options: H1ConnectionOptions) {
+  /**
+   * `acceptedAt` (performance.now()) is when the connection was accepted, if something read from it before (the
+   * outbound's look at its first bytes): the first head's deadline counts from then.
+   */
+  constructor(socket: net.Socket, options: H1ConnectionOptions, acceptedAt = performance.now()) {
     this.socket = socket;
     this.#options = options;
     socket.on("data", this.#onData);
@@ -99,8 +139,8 @@ export class H1Connection {
       // Nothing is written before the first request, so this idle timer runs from the start, as node:http's does.
       const { headersTimeout } = options.limits();
       if (headersTimeout > 0) {
-        socket.setTimeout(headersTimeout);
-        this.#headDeadline = performance.now() + headersTimeout;
+        this.#headDeadline = acceptedAt + headersTimeout;
+        socket.setTimeout(Math.max(1, this.#headDeadline - performance.now()));
       }
     }
     socket.resume();
