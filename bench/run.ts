@@ -18,7 +18,7 @@
 //   GHOSTUNNEL=/usr/local/bin/ghostunnel npm run bench -- --group http
 import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { once } from "node:events";
-import { createWriteStream, existsSync } from "node:fs";
+import { closeSync, createWriteStream, existsSync, openSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
@@ -153,18 +153,42 @@ interface Running {
 
 const running = new Set<Running>();
 
-function start(name: string, command: string, args: string[], env: NodeJS.ProcessEnv = {}): Running {
-  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+/**
+ * Where mtlsd processes write their stdout (their logs), unless BENCH_LOG_DIR keeps them: a file of
+ * their own in the run's work directory, as a sidecar writing to a log file (or a container runtime's json-file
+ * driver) would. Through a pipe this harness drained, the reading would cost the harness CPU on the two cores the
+ * proxies share, a cost no deployment puts next to the sidecar, and the (b') row would measure it too.
+ */
+let stdoutDir: string | undefined;
+
+function start(
+  name: string,
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  stdoutToFile = false,
+): Running {
+  const logDir = process.env.BENCH_LOG_DIR;
+  const stdoutFile =
+    stdoutToFile && !logDir && stdoutDir
+      ? path.join(stdoutDir, `${name.replace(/\W+/g, "_")}-${Date.now()}.log`)
+      : undefined;
+  const stdoutFd = stdoutFile ? openSync(stdoutFile, "w") : undefined;
+  const child = spawn(command, args, {
+    stdio: ["ignore", stdoutFd ?? "pipe", "pipe"],
+    env: { ...process.env, ...env },
+  });
+  if (stdoutFd !== undefined) closeSync(stdoutFd);
   let stderr = "";
   child.stderr!.on("data", (chunk: Buffer) => {
     stderr = (stderr + chunk.toString()).slice(-4000);
   });
   // BENCH_LOG_DIR=DIR keeps each process's stdout (mtlsd's logs) as DIR/NAME-PID.log, to see why a row has errors.
-  const logDir = process.env.BENCH_LOG_DIR;
   if (logDir)
     child.stdout!.pipe(createWriteStream(path.join(logDir, `${name.replace(/\W+/g, "_")}-${child.pid}.log`)));
-  else child.stdout!.resume();
+  else if (!stdoutFile) child.stdout!.resume();
   child.once("exit", (code, signal) => {
+    if (stdoutFile) void rm(stdoutFile, { force: true });
     if (code && code !== 0)
       process.stderr.write(`[bench] ${name} exited with ${code ?? signal}: ${stderr}\n`);
   });
@@ -491,6 +515,8 @@ async function main(): Promise<void> {
 async function runScenarios(work: string): Promise<void> {
   const certs = path.join(work, "certs");
   await mkdir(certs);
+  stdoutDir = path.join(work, "stdout");
+  await mkdir(stdoutDir);
   if (!values["from-source"]) {
     // The sidecars under test run from dist/, compiled now, as in production.
     process.stderr.write("[bench] building dist/\n");
@@ -551,7 +577,13 @@ async function runScenarios(work: string): Promise<void> {
     const entry = values["from-source"]
       ? path.join(ROOT, "src", "cli", "main.ts")
       : path.join(ROOT, "dist", "cli", "main.js");
-    const proxy = start(`mtlsd ${name}`, process.execPath, [...mtlsdNodeFlags, entry, "run", "-c", file]);
+    const proxy = start(
+      `mtlsd ${name}`,
+      process.execPath,
+      [...mtlsdNodeFlags, entry, "run", "-c", file],
+      {},
+      true,
+    );
     await waitForPort(port, proxy);
     return proxy;
   };
