@@ -7,6 +7,17 @@ import { duplexPair } from "node:stream";
 import fc from "fast-check";
 import t from "tap";
 import { type PlainRequest, parseRequestHead } from "../src/proxy/h1-request.ts";
+import {
+  bytesOf,
+  chr,
+  field,
+  fieldName,
+  fieldValue,
+  latin1,
+  type MutationOp,
+  mutated,
+  mutations,
+} from "./helpers/http-mutations.ts";
 
 const LIMITS = { maxHeaderCount: 12, maxHeaderSize: 1024 };
 
@@ -105,20 +116,8 @@ function readOf(head: PlainRequest, bytes: Buffer): Read {
 // ---------------------------------------------------------------------------------------------------------------
 // Generators: plain requests (a model and its bytes), mutations, noise.
 
-const chr = (code: number): string => String.fromCharCode(code);
-const TCHAR = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const PCHAR = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?%";
 const visible = fc.integer({ min: 0x21, max: 0x7e }).map(chr);
-const blank = fc.constantFrom(" ", "\t");
-const token = fc.string({ unit: fc.constantFrom(...TCHAR), minLength: 1, maxLength: 12 });
-const ows = fc.constantFrom("", "", " ", "\t", "  ", " \t ");
-const fieldValue = fc.oneof(
-  fc.constant(""),
-  visible,
-  fc
-    .tuple(visible, fc.string({ unit: fc.oneof(visible, blank), maxLength: 24 }), visible)
-    .map((parts) => parts.join("")),
-);
 const SPECIAL = new Set([
   "host",
   "content-length",
@@ -130,15 +129,10 @@ const SPECIAL = new Set([
   "http2-settings",
   "te",
 ]);
-const fieldName = fc
-  .oneof(
-    token,
-    fc.constantFrom("Accept", "Cookie", "X-Forwarded-For", "Accept-Language", "constructor", "__proto__"),
-  )
-  .filter((name) => !SPECIAL.has(name.toLowerCase()));
-const field = fc
-  .tuple(fieldName, ows, fieldValue, ows)
-  .map(([name, before, value, after]) => ({ name, value, line: `${name}:${before}${value}${after}` }));
+const requestField = field(
+  fieldName(["Accept", "Cookie", "X-Forwarded-For", "Accept-Language", "constructor", "__proto__"], SPECIAL),
+  fieldValue(visible),
+);
 const path = fc.string({ unit: fc.constantFrom(...PCHAR), maxLength: 30 }).map((rest) => `/${rest}`);
 const host = fc.oneof(
   fc.constantFrom("orders", "orders:8080", "127.0.0.1:9", "[::1]:80", "a-b.example"),
@@ -154,9 +148,9 @@ const requestModel = fc.record({
   target,
   minor: fc.constantFrom(0, 1, 1, 1),
   host: fc.option(host, { nil: undefined }),
-  fields: fc.array(field, { maxLength: 6 }),
+  fields: fc.array(requestField, { maxLength: 6 }),
   connection: fc.constantFrom(undefined, "close", "keep-alive", "Keep-Alive", "close, x-trace", "Close"),
-  body: fc.uint8Array({ maxLength: 40 }).map((bytes) => Buffer.from(bytes).toString("latin1")),
+  body: fc.uint8Array({ maxLength: 40 }).map(latin1),
   length: fc.constantFrom("exact", "none", "zeros"),
   at: fc.nat(),
 });
@@ -246,43 +240,19 @@ const FRAGMENTS = [
   "*",
 ];
 
-const mutation = fc.record({
-  op: fc.constantFrom("insert", "insert", "replace", "delete", "bare-lf", "bare-cr", "repeat-line"),
-  at: fc.nat(),
-  fragment: fc.constantFrom(...FRAGMENTS),
-  length: fc.integer({ min: 1, max: 4 }),
-});
-type Mutation = typeof mutation extends fc.Arbitrary<infer T> ? T : never;
-
-function mutate(text: string, change: Mutation): string {
-  const at = change.at % (text.length + 1);
-  switch (change.op) {
-    case "insert":
-      return text.slice(0, at) + change.fragment + text.slice(at);
-    case "replace":
-      return text.slice(0, at) + change.fragment + text.slice(at + change.fragment.length);
-    case "delete":
-      return text.slice(0, at) + text.slice(at + change.length);
-    case "bare-lf":
-    case "bare-cr": {
-      const ends = [...text.matchAll(/\r\n/g)].map((match) => match.index);
-      if (ends.length === 0) return text;
-      const end = ends[change.at % ends.length]!;
-      return text.slice(0, end) + (change.op === "bare-lf" ? "\n" : "\r") + text.slice(end + 2);
-    }
-    case "repeat-line": {
-      const lines = text.split("\r\n");
-      const line = change.at % lines.length;
-      lines.splice(line, 0, lines[line]!);
-      return lines.join("\r\n");
-    }
-  }
-  throw new Error(`unknown mutation ${change.op}`);
-}
+const MUTATIONS: MutationOp[] = [
+  "insert",
+  "insert",
+  "replace",
+  "delete",
+  "bare-lf",
+  "bare-cr",
+  "repeat-line",
+];
 
 const mutatedRequest = fc
-  .tuple(plainRequest, fc.array(mutation, { minLength: 1, maxLength: 3 }))
-  .map(([request, changes]) => changes.reduce(mutate, request.text));
+  .tuple(plainRequest, mutations(MUTATIONS, FRAGMENTS))
+  .map(([request, changes]) => mutated(request.text, changes));
 
 const noise = fc
   .tuple(
@@ -291,17 +261,11 @@ const noise = fc
       "GET / HTTP/1.1\r\nHost: orders\r\n",
       "POST /x HTTP/1.1\r\nHost: o\r\nContent-Length: 2\r\n",
     ),
-    fc.array(
-      fc.oneof(
-        fc.constantFrom(...FRAGMENTS),
-        fc.uint8Array({ maxLength: 8 }).map((bytes) => Buffer.from(bytes).toString("latin1")),
-      ),
-      { maxLength: 10 },
-    ),
+    fc.array(fc.oneof(fc.constantFrom(...FRAGMENTS), fc.uint8Array({ maxLength: 8 }).map(latin1)), {
+      maxLength: 10,
+    }),
   )
   .map(([start, parts]) => `${start + parts.join("")}\r\n\r\n`);
-
-const bytesOf = (text: string): Buffer => Buffer.from(text, "latin1");
 
 /** The property: a head we call plain is one node:http reads, and reads as we do. */
 async function agreesWhenPlain(text: string): Promise<boolean> {

@@ -8,6 +8,20 @@ import fc from "fast-check";
 import t from "tap";
 import { HttpResponseError, ResponseParser } from "../src/proxy/h1-response.ts";
 import type { ResponseHeaders } from "../src/proxy/headers.ts";
+import {
+  blank,
+  bytesOf,
+  chr,
+  type Field,
+  field,
+  fieldName,
+  fieldValue,
+  latin1,
+  type MutationOp,
+  mutated,
+  mutations,
+  token,
+} from "./helpers/http-mutations.ts";
 
 const MAX_HEADER_SIZE = 16 * 1024;
 
@@ -248,37 +262,15 @@ function keepAliveOf(reference: Reference & { ok: true }, head: boolean): boolea
 // ---------------------------------------------------------------------------------------------------------------
 // Generators: valid responses (a model and its bytes), cut points, pauses and mutations.
 
-const chr = (code: number): string => String.fromCharCode(code);
-const latin1 = (bytes: Uint8Array): string => Buffer.from(bytes).toString("latin1");
 const OK = "HTTP/1.1 200 OK\r\n";
 const CHUNKED = `${OK}Transfer-Encoding: chunked\r\n\r\n`;
-const TCHAR = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 /** VCHAR and obs-text: what a field value may start and end with. */
 const visible = fc.oneof(fc.integer({ min: 0x21, max: 0x7e }), fc.integer({ min: 0x80, max: 0xff })).map(chr);
-const blank = fc.constantFrom(" ", "\t");
-const token = fc.string({ unit: fc.constantFrom(...TCHAR), minLength: 1, maxLength: 12 });
-const ows = fc.constantFrom("", "", " ", "\t", "  ", " \t ");
-const fieldValue = fc.oneof(
-  fc.constant(""),
-  visible,
-  fc
-    .tuple(visible, fc.string({ unit: fc.oneof(visible, blank), maxLength: 24 }), visible)
-    .map((parts) => parts.join("")),
-);
 const FRAMING_FIELDS = new Set(["content-length", "transfer-encoding", "connection"]);
-const fieldName = fc
-  .oneof(token, fc.constantFrom("Set-Cookie", "Vary", "Link", "Trailer", "constructor", "__proto__"))
-  .filter((name) => !FRAMING_FIELDS.has(name.toLowerCase()));
-
-interface Field {
-  name: string;
-  value: string;
-  line: string;
-}
-
-const field = fc
-  .tuple(fieldName, ows, fieldValue, ows)
-  .map(([name, before, value, after]): Field => ({ name, value, line: `${name}:${before}${value}${after}` }));
+const responseField = field(
+  fieldName(["Set-Cookie", "Vary", "Link", "Trailer", "constructor", "__proto__"], FRAMING_FIELDS),
+  fieldValue(visible),
+);
 const reason = fc.string({ unit: fc.oneof(visible, blank), maxLength: 20 });
 const body = fc.uint8Array({ maxLength: 40 }).map(latin1);
 const qdtext = fc.oneof(
@@ -306,7 +298,7 @@ const framing = fc.oneof(
     kind: fc.constant("chunked" as const),
     chunks: fc.array(chunk, { maxLength: 4 }),
     lastExt: chunkExt,
-    trailers: fc.array(field, { maxLength: 3 }),
+    trailers: fc.array(responseField, { maxLength: 3 }),
     coding: fc.constantFrom("chunked", "Chunked", "CHUNKED"),
     at: fc.nat(),
   }),
@@ -319,13 +311,13 @@ const responseModel = fc.record({
     fc.record({
       status: fc.constantFrom(100, 102, 103, 150, 199),
       reason,
-      fields: fc.array(field, { maxLength: 2 }),
+      fields: fc.array(responseField, { maxLength: 2 }),
     }),
     { maxLength: 2 },
   ),
   status: fc.oneof(fc.constantFrom(200, 204, 304), fc.integer({ min: 200, max: 599 })),
   reason: fc.option(reason, { nil: undefined }),
-  fields: fc.array(field, { maxLength: 5 }),
+  fields: fc.array(responseField, { maxLength: 5 }),
   connection: fc.constantFrom(undefined, "close", "keep-alive", "Keep-Alive"),
   framing,
 });
@@ -465,57 +457,22 @@ const FRAGMENTS = [
   "\r\nX: y",
 ];
 
-const mutation = fc.record({
-  op: fc.constantFrom(
-    "insert",
-    "insert",
-    "replace",
-    "replace",
-    "delete",
-    "line-end",
-    "bare-lf",
-    "bare-cr",
-    "repeat-line",
-  ),
-  at: fc.nat(),
-  fragment: fc.constantFrom(...FRAGMENTS),
-  length: fc.integer({ min: 1, max: 4 }),
-});
-type Mutation = typeof mutation extends fc.Arbitrary<infer T> ? T : never;
-
-function mutate(text: string, change: Mutation): string {
-  const at = change.at % (text.length + 1);
-  switch (change.op) {
-    case "insert":
-      return text.slice(0, at) + change.fragment + text.slice(at);
-    case "replace":
-      return text.slice(0, at) + change.fragment + text.slice(at + change.fragment.length);
-    case "delete":
-      return text.slice(0, at) + text.slice(at + change.length);
-    case "line-end":
-    case "bare-lf":
-    case "bare-cr": {
-      const ends = [...text.matchAll(/\r\n/g)].map((match) => match.index);
-      if (ends.length === 0) return text;
-      const end = ends[change.at % ends.length]!;
-      // Whitespace and separators at the end of a field value are where readers differ most.
-      if (change.op === "line-end") return text.slice(0, end) + change.fragment + text.slice(end);
-      return text.slice(0, end) + (change.op === "bare-lf" ? "\n" : "\r") + text.slice(end + 2);
-    }
-    case "repeat-line": {
-      const lines = text.split("\r\n");
-      const line = change.at % lines.length;
-      lines.splice(line, 0, lines[line]!);
-      return lines.join("\r\n");
-    }
-  }
-  throw new Error(`unknown mutation ${change.op}`);
-}
+const MUTATIONS: MutationOp[] = [
+  "insert",
+  "insert",
+  "replace",
+  "replace",
+  "delete",
+  "line-end",
+  "bare-lf",
+  "bare-cr",
+  "repeat-line",
+];
 
 const mutatedResponse = fc
-  .tuple(validResponse, fc.array(mutation, { minLength: 1, maxLength: 3 }))
+  .tuple(validResponse, mutations(MUTATIONS, FRAGMENTS))
   .map(([response, changes]) => ({
-    text: changes.reduce(mutate, response.text),
+    text: mutated(response.text, changes),
     head: response.head,
     changes,
   }));
@@ -532,8 +489,6 @@ const noise = fc.record({
     )
     .map(([start, parts]) => start + parts.join("")),
 });
-
-const bytesOf = (text: string): Buffer => Buffer.from(text, "latin1");
 
 // ---------------------------------------------------------------------------------------------------------------
 // Properties
