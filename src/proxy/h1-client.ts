@@ -9,6 +9,7 @@
 import net from "node:net";
 import type { Duplex, Readable } from "node:stream";
 import type { Dispatcher } from "undici";
+import { ExchangeController } from "./dispatch-controller.ts";
 import { ResponseParser } from "./h1-response.ts";
 import type { StreamHandler } from "./h2-client.ts";
 import type { ResponseHeaders } from "./headers.ts";
@@ -321,7 +322,7 @@ function declaredLength(headers: string[] | null | undefined): number | undefine
 }
 
 /** One request and its answer, as the handler sees them; also the controller the handler pauses and aborts with. */
-class Exchange implements Dispatcher.DispatchController {
+class Exchange extends ExchangeController {
   readonly options: Dispatcher.DispatchOptions;
   readonly handler: StreamHandler;
   head = "";
@@ -330,40 +331,18 @@ class Exchange implements Dispatcher.DispatchController {
   dequeue: (() => void) | undefined;
   /** Some of the request was written to a connection: it may have reached the server. */
   written = false;
-  #aborted = false;
-  #paused = false;
-  #reason: Error | null = null;
-  #ended = false;
 
   constructor(options: Dispatcher.DispatchOptions, handler: StreamHandler) {
+    super();
     this.options = options;
     this.handler = handler;
-  }
-
-  get aborted(): boolean {
-    return this.#aborted;
-  }
-
-  get paused(): boolean {
-    return this.#paused;
-  }
-
-  get reason(): Error | null {
-    return this.#reason;
-  }
-
-  get ended(): boolean {
-    return this.#ended;
   }
 
   start(): void {
     this.handler.onRequestStart?.(this, {});
   }
 
-  abort(reason: Error): void {
-    if (this.#aborted || this.#ended) return;
-    this.#aborted = true;
-    this.#reason = reason;
+  protected override onAbort(reason: Error): void {
     if (this.connection) this.connection.destroy(reason);
     else {
       this.dequeue?.();
@@ -372,29 +351,24 @@ class Exchange implements Dispatcher.DispatchController {
     }
   }
 
-  pause(): void {
-    this.#paused = true;
-    // Once the response is over, the connection is no longer this exchange's to pause (it may carry the next).
-    if (!this.#ended) this.connection?.pause();
+  // Once the response is over, the connection is no longer this exchange's to pause (it may carry the next).
+  protected override onPause(): void {
+    if (!this.ended) this.connection?.pause();
   }
 
-  resume(): void {
-    if (!this.#paused) return;
-    this.#paused = false;
-    if (!this.#ended) this.connection?.resume();
+  protected override onResume(): void {
+    if (!this.ended) this.connection?.resume();
   }
 
   /** Reported once: the exchange is over. */
   fail(error: Error): void {
-    if (this.#ended) return;
-    this.#ended = true;
+    if (!this.markEnded()) return;
     if (!this.written) unsent(error);
     this.handler.onResponseError?.(this, error);
   }
 
   end(trailers: ResponseHeaders | undefined): void {
-    if (this.#ended) return;
-    this.#ended = true;
+    if (!this.markEnded()) return;
     this.handler.onResponseEnd?.(this, (trailers ?? {}) as Record<string, string | string[]>);
   }
 }

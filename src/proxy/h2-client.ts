@@ -9,6 +9,7 @@ import http2 from "node:http2";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import type { Dispatcher } from "undici";
+import { ExchangeController } from "./dispatch-controller.ts";
 import { fieldsObject, resetStream } from "./downstream.ts";
 import type { ResponseHeaders } from "./headers.ts";
 
@@ -347,14 +348,10 @@ function idleController(): Dispatcher.DispatchController {
 }
 
 /** One request on one stream, reporting to an undici-style handler. */
-class StreamExchange implements Dispatcher.DispatchController {
+class StreamExchange extends ExchangeController {
   readonly #request: QueuedRequest;
   readonly #options: H2ClientOptions;
   #stream: http2.ClientHttp2Stream | undefined;
-  #aborted = false;
-  #paused = false;
-  #reason: Error | null = null;
-  #finished = false;
   #headTimer: NodeJS.Timeout | undefined;
   #trailers: ResponseHeaders | undefined;
   responded = false;
@@ -363,38 +360,22 @@ class StreamExchange implements Dispatcher.DispatchController {
   #onDone: ((refused: boolean) => boolean) | undefined;
 
   constructor(request: QueuedRequest, options: H2ClientOptions) {
+    super();
     this.#request = request;
     this.#options = options;
   }
 
-  get aborted(): boolean {
-    return this.#aborted;
-  }
-
-  get paused(): boolean {
-    return this.#paused;
-  }
-
-  get reason(): Error | null {
-    return this.#reason;
-  }
-
-  abort(reason: Error): void {
-    if (this.#finished) return;
-    this.#aborted = true;
-    this.#reason = reason;
+  protected override onAbort(reason: Error): void {
     // CANCEL tells the server the answer is no longer wanted (gRPC: a cancelled call reaches the app as such).
     if (this.#stream) resetStream(this.#stream, true);
     this.#fail(reason);
   }
 
-  pause(): void {
-    this.#paused = true;
+  protected override onPause(): void {
     this.#stream?.pause();
   }
 
-  resume(): void {
-    this.#paused = false;
+  protected override onResume(): void {
     this.#stream?.resume();
   }
 
@@ -403,7 +384,7 @@ class StreamExchange implements Dispatcher.DispatchController {
     this.#onDone = done;
     const { options, handler } = this.#request;
     handler.onRequestStart?.(this, {});
-    if (this.#aborted) {
+    if (this.aborted) {
       this.#settle(false);
       return;
     }
@@ -432,14 +413,13 @@ class StreamExchange implements Dispatcher.DispatchController {
     }
     stream.on("response", (fields, flags) => this.#onResponse(fields, flags));
     stream.on("data", (chunk: Buffer) => {
-      if (!this.#finished) handler.onResponseData?.(this, chunk);
+      if (!this.ended) handler.onResponseData?.(this, chunk);
     });
     stream.on("trailers", (fields) => {
       this.#trailers = responseFields(fields);
     });
     stream.on("end", () => {
-      if (this.#finished || !this.responded) return;
-      this.#finished = true;
+      if (!this.responded || !this.markEnded()) return;
       clearTimeout(this.#headTimer);
       handler.onResponseEnd?.(this, (this.#trailers ?? {}) as IncomingHttpHeaders);
     });
@@ -489,7 +469,7 @@ class StreamExchange implements Dispatcher.DispatchController {
   }
 
   #onResponse(fields: http2.IncomingHttpHeaders & http2.IncomingHttpStatusHeader, flags: number): void {
-    if (this.#finished) return;
+    if (this.ended) return;
     const status = Number(fields[HTTP2_HEADER_STATUS]);
     // 1xx heads arrive as 'headers' events, not here; this is the final one.
     this.responded = true;
@@ -501,7 +481,7 @@ class StreamExchange implements Dispatcher.DispatchController {
   #onClose(stream: http2.ClientHttp2Stream): void {
     clearTimeout(this.#headTimer);
     const code = stream.rstCode ?? NGHTTP2_NO_ERROR;
-    if (this.#finished) {
+    if (this.ended) {
       this.#settle(false);
       return;
     }
@@ -528,8 +508,7 @@ class StreamExchange implements Dispatcher.DispatchController {
   }
 
   #fail(error: Error): void {
-    if (this.#finished) return;
-    this.#finished = true;
+    if (!this.markEnded()) return;
     clearTimeout(this.#headTimer);
     this.#request.handler.onResponseError?.(this, error);
   }
