@@ -20,10 +20,7 @@ import type { Policy } from "../policy/index.ts";
 import {
   type Deadline,
   type DrainResult,
-  describeClientError,
-  failForward,
   feed,
-  firstHeadLate,
   H1Client,
   H1Connection,
   type H1ConnectionOptions,
@@ -39,12 +36,12 @@ import {
   httpLimits,
   LazyPool,
   limitHeaderCount,
+  listenerFastPath,
   malformedH2Request,
   NGHTTP2_PROTOCOL_ERROR,
   REFUSAL_MARK,
   rawErrorResponse,
   reportCapacity,
-  requestTimeoutError,
   sendError,
   settleClientError,
   sniffHttp2Preface,
@@ -452,25 +449,17 @@ export class InboundListener {
    * found at handshake, path normalization, policy, XFCC, headers, logs, metrics). At the first head it does not
    * call plain, the connection is node:http's for good, and everything about it is decided as before.
    */
-  readonly #fastPath: H1ConnectionOptions = {
+  readonly #fastPath: H1ConnectionOptions = listenerFastPath({
     limits: () => this.#options.limits,
     draining: () => this.#drain.draining,
     request: (down) => {
       this.#stats.fastPathRequests++;
       this.#serve(down, false);
     },
-    handOver: (socket) => feed(this.#http, socket),
-    // As node:http's requestTimeout reaches a request whose body is late (see settleClientError).
-    requestTimedOut: (down) => {
-      if (!failForward(down, describeClientError(requestTimeoutError()))) down.abort();
-    },
+    http: () => this.#http,
     released: (connection) => this.#drain.release(connection),
-    // As node:http's headersTimeout reaches a connection whose first request does not come whole in time;
-    // once node:http has read a head on it (or answered, or closed it), the connection is its business alone.
-    headersTimedOut: (socket, handedOver) => {
-      if (firstHeadLate(socket, handedOver)) this.#onClientError(requestTimeoutError(), socket);
-    },
-  };
+    clientError: (error, socket) => this.#onClientError(error, socket),
+  });
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     if (!handedHeadRead(req.socket)) return;

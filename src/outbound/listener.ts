@@ -14,11 +14,8 @@ import {
   type Deadline,
   type Downstream,
   type DrainResult,
-  describeClientError,
-  failForward,
   feed,
   filterRequestHeaders,
-  firstHeadLate,
   forward,
   forwardUpgrade,
   H1Connection,
@@ -33,6 +30,7 @@ import {
   hostRequiredOf,
   httpLimits,
   limitHeaderCount,
+  listenerFastPath,
   rawErrorResponse,
   reportCapacity,
   requestTimeoutError,
@@ -371,22 +369,15 @@ export class OutboundListener {
    * there, and go through the same pipeline as node:http's (#handle). At the first request it does not take,
    * the connection is node:http's for good, and everything about it is decided as before.
    */
-  readonly #fastPath: H1ConnectionOptions = {
+  readonly #fastPath: H1ConnectionOptions = listenerFastPath({
     limits: () => this.#options.limits,
     draining: () => this.#drain.draining,
     request: (down) => this.#handle(down, (down.socket as AppSocket)[kRoute], false),
-    handOver: (socket) => feed(this.#http, socket),
-    // As node:http's requestTimeout reaches a request whose body is late (see settleClientError).
-    requestTimedOut: (down) => {
-      if (!failForward(down, describeClientError(requestTimeoutError()))) down.abort();
-    },
+    http: () => this.#http,
     released: (connection) => this.#drain.release(connection),
-    // A connection that sends nothing, or not a whole first head in time, is answered 408 as node:http's
-    // headersTimeout answers it; once node:http has read a head on it, the connection is its business alone.
-    headersTimedOut: (socket, handedOver) => {
-      if (firstHeadLate(socket, handedOver)) this.#onClientError(requestTimeoutError(), socket);
-    },
-  };
+    // A connection that sends nothing, or not a whole first head, within headersTimeout is answered 408 here.
+    clientError: (error, socket) => this.#onClientError(error, socket),
+  });
 
   #onRequest(req: http.IncomingMessage, res: http.ServerResponse, expectsContinue: boolean): void {
     if (!handedHeadRead(req.socket)) return;

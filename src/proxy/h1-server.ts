@@ -11,8 +11,11 @@ import type net from "node:net";
 import { performance } from "node:perf_hooks";
 import { Readable } from "node:stream";
 import { type Downstream, isGrpcContentType } from "./downstream.ts";
+import { failForward } from "./forward.ts";
 import { type PlainRequest, parseRequestHead, type RequestHeadLimits } from "./h1-request.ts";
 import type { ResponseHeaders } from "./headers.ts";
+import { describeClientError } from "./respond.ts";
+import { feed } from "./sniff.ts";
 
 /** The bounds a fast connection keeps, read afresh at each use: a config reload may change them. */
 export interface H1ServerLimits extends RequestHeadLimits {
@@ -42,7 +45,7 @@ export interface H1ConnectionOptions {
    * clientError (ERR_HTTP_REQUEST_TIMEOUT) is. A first head handed to node:http (incomplete, or not plain) keeps
    * that deadline rather than a new one from the handover: at the deadline the socket is passed here again,
    * `handedOver`, and the listener answers it only if node:http has not read a whole head on it meanwhile.
-   * Without it (the outbound), a new connection waits until its client speaks.
+   * Without it, a new connection waits until its client speaks (both listeners give it: listenerFastPath).
    */
   headersTimedOut?(socket: net.Socket, handedOver: boolean): void;
 }
@@ -107,6 +110,37 @@ export function handedHeadRead(socket: net.Socket): boolean {
 /** The error node:http reports when headersTimeout or requestTimeout runs out. */
 export function requestTimeoutError(): Error & { code: string } {
   return Object.assign(new Error("request timeout"), { code: "ERR_HTTP_REQUEST_TIMEOUT" });
+}
+
+/** What a listener decides about its fast connections; listenerFastPath adds what both listeners do alike. */
+export interface FastPathListener
+  extends Pick<H1ConnectionOptions, "limits" | "draining" | "request" | "released"> {
+  /** The listener's node:http server: it takes a connection at the first head the fast path does not serve. */
+  http(): http.Server;
+  /** Answers a connection as the listener's node:http `clientError` handler does. */
+  clientError(error: Error & { code?: string }, socket: net.Socket): void;
+}
+
+/**
+ * A listener's fast-path options, its deadlines kept as node:http keeps them: a request whose body is late
+ * (requestTimeout) fails as settleClientError fails node:http's; a connection whose first head does not come
+ * whole within headersTimeout is answered 408 through `clientError`, unless node:http, handed it, read a head on
+ * it in time (it is then node:http's business alone).
+ */
+export function listenerFastPath(listener: FastPathListener): H1ConnectionOptions {
+  return {
+    limits: () => listener.limits(),
+    draining: () => listener.draining(),
+    request: (down) => listener.request(down),
+    handOver: (socket) => feed(listener.http(), socket),
+    requestTimedOut: (down) => {
+      if (!failForward(down, describeClientError(requestTimeoutError()))) down.abort();
+    },
+    released: (connection) => listener.released(connection),
+    headersTimedOut: (socket, handedOver) => {
+      if (firstHeadLate(socket, handedOver)) listener.clientError(requestTimeoutError(), socket);
+    },
+  };
 }
 
 /** One connection from a client, served request by request until it closes or is handed over. */

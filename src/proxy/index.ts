@@ -30,12 +30,13 @@ export {
 export { H1Client, type H1ClientOptions, type H1Connector, requestUnsent } from "./h1-client.ts";
 export { type PlainRequest, parseRequestHead, type RequestHead } from "./h1-request.ts";
 export {
-  firstHeadLate,
+  type FastPathListener,
   H1Connection,
   type H1ConnectionOptions,
   H1ServerDownstream,
   type H1ServerLimits,
   handedHeadRead,
+  listenerFastPath,
   requestTimeoutError,
 } from "./h1-server.ts";
 export {
