@@ -53,17 +53,26 @@ interface Reading {
   notAfter: number;
 }
 
-function reference(der: Uint8Array): Reading {
-  const cert = new x509.X509Certificate(der);
-  const san = cert.getExtension(x509.SubjectAlternativeNameExtension);
-  const bc = cert.getExtension(x509.BasicConstraintsExtension);
-  const ku = cert.getExtension(x509.KeyUsagesExtension);
-  const eku = cert.getExtension(x509.ExtendedKeyUsageExtension);
+/** The extensions a Reading is made of, as @peculiar/x509 reads them; undefined where the certificate has none. */
+interface ReferenceExtensions {
+  san: x509.SubjectAlternativeNameExtension | undefined;
+  bc: x509.BasicConstraintsExtension | undefined;
+  ku: x509.KeyUsagesExtension | undefined;
+  eku: x509.ExtendedKeyUsageExtension | undefined;
+}
+
+/** The reference's Reading: the same mapping from @peculiar/x509's objects, however they were obtained. */
+function referenceReading(
+  { san, bc, ku, eku }: ReferenceExtensions,
+  serialHex: string,
+  notBefore: Date,
+  notAfter: Date,
+): Reading {
   const items = san?.names.items ?? [];
   return {
     uris: items.filter((name) => name.type === "url").map((name) => name.value),
     dnsNames: items.filter((name) => name.type === "dns").map((name) => name.value),
-    san: san !== null,
+    san: san !== undefined,
     sanCritical: san?.critical,
     ca: bc?.ca,
     bcCritical: bc?.critical,
@@ -73,10 +82,21 @@ function reference(der: Uint8Array): Reading {
     kuCritical: ku?.critical,
     eku: eku ? [...eku.usages].map(String) : undefined,
     ekuCritical: eku?.critical,
-    serialHex: cert.serialNumber.toLowerCase(),
-    notBefore: cert.notBefore.getTime(),
-    notAfter: cert.notAfter.getTime(),
+    serialHex,
+    notBefore: notBefore.getTime(),
+    notAfter: notAfter.getTime(),
   };
+}
+
+function reference(der: Uint8Array): Reading {
+  const cert = new x509.X509Certificate(der);
+  const extensions = {
+    san: cert.getExtension(x509.SubjectAlternativeNameExtension) ?? undefined,
+    bc: cert.getExtension(x509.BasicConstraintsExtension) ?? undefined,
+    ku: cert.getExtension(x509.KeyUsagesExtension) ?? undefined,
+    eku: cert.getExtension(x509.ExtendedKeyUsageExtension) ?? undefined,
+  };
+  return referenceReading(extensions, cert.serialNumber.toLowerCase(), cert.notBefore, cert.notAfter);
 }
 
 /**
@@ -96,29 +116,20 @@ function referenceFields(der: Uint8Array): Reading {
   const bcRaw = first("2.5.29.19");
   const kuRaw = first("2.5.29.15");
   const ekuRaw = first("2.5.29.37");
-  const san = sanRaw ? new x509.SubjectAlternativeNameExtension(sanRaw) : undefined;
-  const bc = bcRaw ? new x509.BasicConstraintsExtension(bcRaw) : undefined;
-  const ku = kuRaw ? new x509.KeyUsagesExtension(kuRaw) : undefined;
-  const eku = ekuRaw ? new x509.ExtendedKeyUsageExtension(ekuRaw) : undefined;
-  const items = san?.names.items ?? [];
+  const extensions = {
+    san: sanRaw ? new x509.SubjectAlternativeNameExtension(sanRaw) : undefined,
+    bc: bcRaw ? new x509.BasicConstraintsExtension(bcRaw) : undefined,
+    ku: kuRaw ? new x509.KeyUsagesExtension(kuRaw) : undefined,
+    eku: ekuRaw ? new x509.ExtendedKeyUsageExtension(ekuRaw) : undefined,
+  };
   let serial = new Uint8Array(tbs.serialNumber);
   if (serial.length > 1 && serial[0] === 0 && serial[1]! > 0x7f) serial = serial.subarray(1);
-  return {
-    uris: items.filter((name) => name.type === "url").map((name) => name.value),
-    dnsNames: items.filter((name) => name.type === "dns").map((name) => name.value),
-    san: san !== undefined,
-    sanCritical: san?.critical,
-    ca: bc?.ca,
-    bcCritical: bc?.critical,
-    pathLength: bc?.pathLength,
-    keyUsage: ku ? ku.usages || 0 : undefined,
-    kuCritical: ku?.critical,
-    eku: eku ? [...eku.usages].map(String) : undefined,
-    ekuCritical: eku?.critical,
-    serialHex: Buffer.from(serial).toString("hex"),
-    notBefore: tbs.validity.notBefore.getTime().getTime(),
-    notAfter: tbs.validity.notAfter.getTime().getTime(),
-  };
+  return referenceReading(
+    extensions,
+    Buffer.from(serial).toString("hex"),
+    tbs.validity.notBefore.getTime(),
+    tbs.validity.notAfter.getTime(),
+  );
 }
 
 function ours(fields: CertificateFields): Reading {
