@@ -1,18 +1,17 @@
 // `mtlsd run` reads certificates without @peculiar/x509 and its dependencies: ~13 MiB of RSS per sidecar (issue 16).
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, execFile } from "node:child_process";
 import { once } from "node:events";
 import { readFile, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import { createInterface } from "node:readline";
 import { promisify } from "node:util";
 import t from "tap";
 import { stringify } from "yaml";
 import { startApp } from "./helpers/app.ts";
 import { createTestPki } from "./helpers/pki.ts";
+import { spawnSidecar } from "./helpers/process.ts";
 
 const execFileAsync = promisify(execFile);
-const CLI = new URL("../src/cli/main.ts", import.meta.url).pathname;
 const RECORDER = new URL("./fixtures/record-modules.mjs", import.meta.url).pathname;
 
 // What the CLI's PKI commands load and the sidecar must not: the library, its polyfill, its DI container and
@@ -34,37 +33,18 @@ t.teardown(() => app.stop());
 const orders = await pki.identity("orders");
 const frontend = await pki.identity("frontend");
 
-/** Starts `mtlsd run` with the recorder and resolves on its `mtlsd started` line. */
+/** Starts `mtlsd run` with the recorder, once it logs `mtlsd started`: its inbound and outbound ports. */
 async function startRecorded(
   configPath: string,
   log: string,
 ): Promise<{ child: ChildProcess; port: number; outboundPort: number }> {
-  const child = spawn(process.execPath, ["--import", RECORDER, CLI, "run", "-c", configPath], {
+  const { child, listeners } = await spawnSidecar(configPath, 20_000, {
+    execArgv: ["--import", RECORDER],
     env: { PATH: process.env.PATH, MTLSD_MODULE_LOG: log },
-    stdio: ["ignore", "pipe", "pipe"],
   });
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
-  let stderr = "";
-  child.stderr!.on("data", (chunk: Buffer) => {
-    stderr += chunk.toString();
-  });
-  const started = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`mtlsd did not start within 20s: ${stderr}`)), 20_000);
-    createInterface({ input: child.stdout! }).on("line", (line) => {
-      const entry = JSON.parse(line) as Record<string, unknown>;
-      if (entry.msg === "mtlsd started") {
-        clearTimeout(timer);
-        resolve(entry);
-      }
-    });
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`mtlsd exited with ${code} before starting: ${stderr}`));
-    });
-  });
-  const listeners = started.listeners as Record<string, string>;
   const portOf = (address: string | undefined) => Number(address?.split(":").at(-1));
   return { child, port: portOf(listeners.inbound), outboundPort: portOf(listeners.outbound) };
 }

@@ -15,8 +15,20 @@ export interface SidecarProcess {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-export async function spawnSidecar(configPath: string, timeoutMs = 10_000): Promise<SidecarProcess> {
-  const child = spawn(process.execPath, [CLI, "run", "-c", configPath], {
+/** How the child is launched, beyond its config: Node's own options (`--import` a hook) and its environment. */
+export interface SidecarLaunch {
+  execArgv?: string[];
+  /** The child's whole environment; without it, this process's. */
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function spawnSidecar(
+  configPath: string,
+  timeoutMs = 10_000,
+  launch: SidecarLaunch = {},
+): Promise<SidecarProcess> {
+  const child = spawn(process.execPath, [...(launch.execArgv ?? []), CLI, "run", "-c", configPath], {
+    env: launch.env,
     stdio: ["ignore", "pipe", "pipe"],
   });
   const logs: Record<string, unknown>[] = [];
