@@ -6,7 +6,12 @@ import type { Dispatcher } from "undici";
 import type { UpstreamConfig } from "../config/index.ts";
 import { parseHostPort } from "../config/index.ts";
 import type { DenyList, HandshakeFailureReason, PeerIdentityCache } from "../identity/index.ts";
-import type { FailureInterpreter, StreamHandler, UpstreamDispatcher } from "../proxy/index.ts";
+import {
+  type FailureInterpreter,
+  IDLE_CONTROLLER,
+  type StreamHandler,
+  type UpstreamDispatcher,
+} from "../proxy/index.ts";
 import type { Logger } from "../telemetry/index.ts";
 import type { UpstreamHandshakeFailure } from "./connector.ts";
 import { Endpoint, type UpstreamProtocol } from "./endpoint.ts";
@@ -77,15 +82,6 @@ interface Target {
   /** Why the last resolution failed; undefined after a success. */
   error: string | undefined;
 }
-
-const IDLE_CONTROLLER: Dispatcher.DispatchController = {
-  aborted: false,
-  paused: false,
-  reason: null,
-  abort() {},
-  pause() {},
-  resume() {},
-};
 
 /**
  * What the forwarding engine sees of an upstream is a dispatcher, as before. Behind it, each endpoint has its own

@@ -2,6 +2,16 @@
 // HTTP/1.1 and HTTP/2 clients: each says only what aborting, pausing and resuming do to its connection or stream.
 import type { Dispatcher } from "undici";
 
+/** What a handler is given with an error reported before its request started: there is nothing to control. */
+export const IDLE_CONTROLLER: Dispatcher.DispatchController = {
+  aborted: false,
+  paused: false,
+  reason: null,
+  abort() {},
+  pause() {},
+  resume() {},
+};
+
 /** One request and its answer as the handler controls them: aborted at most once, never after it is over. */
 export abstract class ExchangeController implements Dispatcher.DispatchController {
   #aborted = false;

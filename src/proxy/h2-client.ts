@@ -9,7 +9,7 @@ import http2 from "node:http2";
 import net from "node:net";
 import type { Duplex } from "node:stream";
 import type { Dispatcher } from "undici";
-import { ExchangeController } from "./dispatch-controller.ts";
+import { ExchangeController, IDLE_CONTROLLER } from "./dispatch-controller.ts";
 import { fieldsObject, resetStream } from "./downstream.ts";
 import type { ResponseHeaders } from "./headers.ts";
 
@@ -157,7 +157,7 @@ export class H2Client {
 
   dispatch(options: Dispatcher.DispatchOptions, handler: StreamHandler): boolean {
     if (this.#closed) {
-      handler.onResponseError?.(idleController(), new StreamError("UND_ERR_CLOSED", "the pool is closed"));
+      handler.onResponseError?.(IDLE_CONTROLLER, new StreamError("UND_ERR_CLOSED", "the pool is closed"));
       return false;
     }
     const session = this.#available();
@@ -340,11 +340,7 @@ export class H2Client {
 }
 
 function failBeforeStart(request: QueuedRequest, error: Error): void {
-  request.handler.onResponseError?.(idleController(), error);
-}
-
-function idleController(): Dispatcher.DispatchController {
-  return { aborted: false, paused: false, reason: null, abort() {}, pause() {}, resume() {} };
+  request.handler.onResponseError?.(IDLE_CONTROLLER, error);
 }
 
 /** One request on one stream, reporting to an undici-style handler. */

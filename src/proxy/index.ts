@@ -1,6 +1,7 @@
 // The proxy module's public face: the forwarding engine, the protocols it speaks, and the sidecar's own responses.
 
 export { type ClientErrorAnswer, settleClientError } from "./client-error.ts";
+export { IDLE_CONTROLLER } from "./dispatch-controller.ts";
 export {
   type Downstream,
   fieldsObject,
