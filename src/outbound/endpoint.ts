@@ -76,7 +76,8 @@ interface Generation {
  *
  * `protocol: auto` keeps each request in the protocol the app spoke, as Istio's sidecars do by default
  * (h2UpgradePolicy DO_NOT_UPGRADE): in Node an HTTP/2 hop costs more CPU per request than an HTTP/1.1 one, and
- * multiplexing buys little on a pool of kept-alive connections (docs/outbound.md, "Protocols between sidecars").
+ * multiplexing buys little on a pool of kept-alive connections (docs/protocols.md, "Between sidecars, the app's
+ * protocol").
  * HTTP/1.1 requests ride HTTP/1.1 connections, which offer ALPN http/1.1 only (a server that prefers h2 would
  * pick it from a longer list); an endpoint that refuses that offer (an h2-only server's "no application
  * protocol" alert) is not counted as failing, and its HTTP/1.1 requests ride h2 from then on, the first one
@@ -129,11 +130,6 @@ export class Endpoint {
     if (this.#options.config.protocol !== "auto" || !current.h2 || !refusesProtocol(error)) return false;
     current.refusesHttp1 = true;
     return true;
-  }
-
-  /** Plain requests over HTTP/1.1, whatever the endpoint's protocol. */
-  get http1(): UpstreamDispatcher {
-    return this.#http1;
   }
 
   /** An HTTP/1.1 pool for upgrades: those never ride an HTTP/2 session. */
