@@ -349,6 +349,14 @@ t.test("bytes that are not a Name are refused with NAME_MALFORMED", async (t) =>
     ["a multi-byte tag", Uint8Array.of(0x1f, 0x81, 0x00)],
     ["a constructed (BER) string", nameDer([[["2.5.4.3", tlv(0x2c, utf8("x"))]]])],
     ["a truncated length", Uint8Array.of(0x30, 0x82, 0x01)],
+    // DER, not BER: the same strict element reader as certificates (src/identity/der-reader.ts).
+    ["a long-form length under 128", Uint8Array.of(0x30, 0x81, 0x00)],
+    ["a length with a leading zero byte", Uint8Array.of(0x30, 0x82, 0x00, 0x00)],
+    ["tag 0 (end-of-contents)", Uint8Array.of(0x00, 0x00)],
+    [
+      "an OID arc with a leading 0x80",
+      tlv(0x30, tlv(0x31, tlv(0x30, tlv(0x06, Uint8Array.of(0x55, 0x80, 0x03)), utf8("x")))),
+    ],
   ];
   for (const [what, bytes] of cases) {
     t.throws(() => formatSubjectRfc2253(bytes), { name: "MtlsdError", code: "NAME_MALFORMED" }, what);

@@ -1,6 +1,7 @@
 // Reads what the sidecar decides on (SANs, CA flag, key usages, serial, CRL entries) straight from DER, so the runtime loads no ASN.1 library.
 import { constants, type KeyObject, verify as verifySignatureWith } from "node:crypto";
 import { MtlsdError } from "../errors.ts";
+import { type DerElement, derOidText, readDerElement } from "./der-reader.ts";
 
 // Why not @peculiar/x509 here: with its reflect-metadata and @peculiar/asn1-* dependencies it costs each
 // sidecar ~13 MiB of RSS (issue 16), and the runtime reads only a handful of fields. Why not node:crypto's
@@ -10,12 +11,7 @@ import { MtlsdError } from "../errors.ts";
 // exactly as specified is malformed. @peculiar/x509 stays the reference in tests and for the CLI's PKI.
 
 /** One DER element: its tag and where its header and contents are in the buffer. */
-interface Element {
-  tag: number;
-  start: number;
-  contentStart: number;
-  end: number;
-}
+type Element = DerElement;
 
 const TAG_BOOLEAN = 0x01;
 const TAG_INTEGER = 0x02;
@@ -115,27 +111,7 @@ function malformed(what: string): MtlsdError {
 
 /** X.690 DER: one element with a low tag number and a definite, minimally encoded length inside `limit`. */
 function readElement(der: Uint8Array, start: number, limit: number): Element {
-  if (start + 2 > limit) throw malformed(`truncated element at byte ${start}`);
-  const tag = der[start]!;
-  if ((tag & 0x1f) === 0x1f) throw malformed(`multi-byte tag at byte ${start}`);
-  // Universal tag 0 is BER's end-of-contents marker, never an element.
-  if (tag === 0) throw malformed(`tag 0 at byte ${start}`);
-  let pos = start + 1;
-  let length = der[pos++]!;
-  if (length & 0x80) {
-    const count = length & 0x7f;
-    // Indefinite length (count 0) is BER, not DER; four length bytes already exceed any certificate.
-    if (count === 0) throw malformed(`indefinite length at byte ${start} (BER, not DER)`);
-    if (count > 4) throw malformed(`length of ${count} bytes at byte ${start}`);
-    if (pos + count > limit) throw malformed(`truncated length at byte ${start}`);
-    if (der[pos] === 0) throw malformed(`length with a leading zero byte at byte ${start} (not DER)`);
-    length = 0;
-    for (let i = 0; i < count; i++) length = length * 256 + der[pos++]!;
-    if (length < 0x80) throw malformed(`long-form length under 128 at byte ${start} (not DER)`);
-  }
-  const end = pos + length;
-  if (end > limit) throw malformed(`element at byte ${start} runs past its parent`);
-  return { tag, start, contentStart: pos, end };
+  return readDerElement(der, start, limit, malformed);
 }
 
 function expect(der: Uint8Array, start: number, limit: number, tag: number, what: string): Element {
@@ -166,31 +142,7 @@ function contents(der: Uint8Array, element: Element): Uint8Array {
 /** X.690 §8.19: dotted-decimal text of an OBJECT IDENTIFIER, each arc in its shortest form. */
 function oidText(der: Uint8Array, element: Element): string {
   if (element.tag !== TAG_OID) throw malformed(`expected an OBJECT IDENTIFIER at byte ${element.start}`);
-  const { contentStart: start, end } = element;
-  if (start >= end) throw malformed("empty OBJECT IDENTIFIER");
-  let text = "";
-  // BigInt, because UUID OIDs (2.25.<128-bit UUID>, ITU-T X.667) overflow a double.
-  let value = 0n;
-  let arcStart = true;
-  for (let i = start; i < end; i++) {
-    const b = der[i]!;
-    if (arcStart && b === 0x80) throw malformed("OBJECT IDENTIFIER arc with a leading 0x80 byte (not DER)");
-    value = (value << 7n) | BigInt(b & 0x7f);
-    if (b & 0x80) {
-      if (i === end - 1) throw malformed("truncated OBJECT IDENTIFIER");
-      arcStart = false;
-      continue;
-    }
-    if (text === "") {
-      const arc0 = value < 40n ? 0n : value < 80n ? 1n : 2n;
-      text = `${arc0}.${value - arc0 * 40n}`;
-    } else {
-      text += `.${value}`;
-    }
-    value = 0n;
-    arcStart = true;
-  }
-  return text;
+  return derOidText(der, element.contentStart, element.end, malformed);
 }
 
 /** DER BOOLEAN: one byte, 0x00 or 0xFF. */

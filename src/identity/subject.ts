@@ -1,5 +1,6 @@
 // Formats an X.509 Name as Envoy's XFCC Subject: OpenSSL's X509_NAME_print_ex(..., XN_FLAG_RFC2253).
 import { MtlsdError } from "../errors.ts";
+import { type DerElement, derOidText, readDerElement } from "./der-reader.ts";
 
 // XN_FLAG_RFC2253 = ASN1_STRFLGS_RFC2253 | XN_FLAG_SEP_COMMA_PLUS | XN_FLAG_DN_REV | XN_FLAG_FN_SN |
 // XN_FLAG_DUMP_UNKNOWN_FIELDS (openssl/x509.h). What each flag means here:
@@ -193,55 +194,14 @@ function malformed(what: string): MtlsdError {
   return new MtlsdError("NAME_MALFORMED", `X.509 name is not valid DER: ${what}`);
 }
 
-/** One DER element: where its tag starts, where its contents start and end. */
-interface Element {
-  readonly tag: number;
-  readonly start: number;
-  readonly contentStart: number;
-  readonly end: number;
-}
+type Element = DerElement;
 
 function readElement(der: Uint8Array, start: number, limit: number): Element {
-  if (start + 2 > limit) throw malformed(`truncated element at byte ${start}`);
-  const tag = der[start]!;
-  if ((tag & 0x1f) === 0x1f) throw malformed(`multi-byte tag at byte ${start}`);
-  let pos = start + 1;
-  let length = der[pos++]!;
-  if (length & 0x80) {
-    const count = length & 0x7f;
-    // Indefinite length (count 0) is BER, not DER; four length bytes already exceed any certificate.
-    if (count === 0 || count > 4) throw malformed(`unsupported length form at byte ${start}`);
-    if (pos + count > limit) throw malformed(`truncated length at byte ${start}`);
-    length = 0;
-    for (let i = 0; i < count; i++) length = length * 256 + der[pos++]!;
-  }
-  const end = pos + length;
-  if (end > limit) throw malformed(`element at byte ${start} runs past its parent`);
-  return { tag, start, contentStart: pos, end };
+  return readDerElement(der, start, limit, malformed);
 }
 
-/** X.690 §8.19: dotted-decimal text of an OBJECT IDENTIFIER's contents. */
 function oidText(der: Uint8Array, start: number, end: number): string {
-  if (start >= end) throw malformed("empty OBJECT IDENTIFIER");
-  let text = "";
-  // Arcs are summed as BigInt because UUID OIDs (2.25.<128-bit UUID>, ITU-T X.667) overflow a double.
-  let value = 0n;
-  for (let i = start; i < end; i++) {
-    const b = der[i]!;
-    value = (value << 7n) | BigInt(b & 0x7f);
-    if (b & 0x80) {
-      if (i === end - 1) throw malformed("truncated OBJECT IDENTIFIER");
-      continue;
-    }
-    if (text === "") {
-      const arc0 = value < 40n ? 0n : value < 80n ? 1n : 2n;
-      text = `${arc0}.${value - arc0 * 40n}`;
-    } else {
-      text += `.${value}`;
-    }
-    value = 0n;
-  }
-  return text;
+  return derOidText(der, start, end, malformed);
 }
 
 function hexDump(der: Uint8Array, start: number, end: number): string {
