@@ -1,17 +1,16 @@
 // `mtlsd run` reads certificates without @peculiar/x509 and its dependencies: ~13 MiB of RSS per sidecar (issue 16).
-import { type ChildProcess, execFile } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { readFile, writeFile } from "node:fs/promises";
 import net from "node:net";
 import path from "node:path";
-import { promisify } from "node:util";
 import t from "tap";
 import { stringify } from "yaml";
 import { startApp } from "./helpers/app.ts";
+import { curl, curlRequest } from "./helpers/clients.ts";
 import { createTestPki } from "./helpers/pki.ts";
 import { spawnSidecar } from "./helpers/process.ts";
 
-const execFileAsync = promisify(execFile);
 const RECORDER = new URL("./fixtures/record-modules.mjs", import.meta.url).pathname;
 
 // What the CLI's PKI commands load and the sidecar must not: the library, its polyfill, its DI container and
@@ -84,29 +83,19 @@ t.test(
     const log = path.join(pki.dir, "modules.log");
     const { child, port, outboundPort } = await startRecorded(configPath, log);
     // A client certificate makes the sidecar read a peer's certificate: the code path that used the library.
-    const { stdout } = await execFileAsync(
-      "curl",
-      [
-        "-sS",
-        "--max-time",
-        "10",
-        "--cacert",
-        pki.bundlePath,
-        "--cert",
-        frontend.certPath,
-        "--key",
-        frontend.keyPath,
-        `https://localhost:${port}/v1/orders`,
-      ],
-      { encoding: "utf8", timeout: 15_000 },
-    );
-    const echoed = JSON.parse(stdout) as { headers: Record<string, string> };
+    const inbound = await curlRequest(`https://localhost:${port}/v1/orders`, {
+      cacert: pki.bundlePath,
+      cert: frontend.certPath,
+      key: frontend.keyPath,
+    });
+    const echoed = JSON.parse(inbound.response!.body) as { headers: Record<string, string> };
     t.match(echoed.headers["x-forwarded-client-cert"], `URI=${frontend.spiffeId}`, "the peer was identified");
     // The app's call through the outbound, over mTLS to the inbound: both sidecars' HTTP/1.1 clients at work.
-    const outbound = await execFileAsync(
-      "curl",
+    const outbound = await curl(
       ["-sS", "--max-time", "10", "-H", "Host: self", `http://127.0.0.1:${outboundPort}/v1/through`],
-      { encoding: "utf8", timeout: 15_000 },
+      {
+        timeoutMs: 15_000,
+      },
     );
     const through = JSON.parse(outbound.stdout) as { url: string; headers: Record<string, string> };
     t.equal(through.url, "/v1/through");
