@@ -45,6 +45,39 @@ t.teardown(() => pki.cleanup());
 const orders = await pki.identity("orders");
 const frontend = await pki.identity("frontend");
 
+// The sidecars start before any subtest is queued: tap ends a file once its queued subtests are done, and a
+// top-level await between subtests (a slow start on a loaded machine) would find the file already ended.
+const app = await startApp();
+t.teardown(() => app.stop());
+const ordersSidecar = await startBinary("orders", {
+  identity: identityConfig(pki, orders),
+  inbound: {
+    listen: "127.0.0.1:0",
+    app: app.url,
+    policy: {
+      rules: [
+        {
+          name: "frontend-reads-orders",
+          action: "allow",
+          from: [frontend.spiffeId],
+          to: [{ methods: ["GET"], paths: ["/v1/orders/*"] }],
+        },
+      ],
+    },
+  },
+  admin: { listen: "127.0.0.1:0" },
+  log: { level: "info" },
+});
+const frontendSidecar = await startBinary("frontend", {
+  identity: identityConfig(pki, frontend),
+  outbound: {
+    listen: "127.0.0.1:0",
+    upstreams: { orders: { address: ordersSidecar.listeners.inbound, identity: orders.spiffeId } },
+  },
+  admin: { listen: "127.0.0.1:0" },
+});
+const ordersPort = ordersSidecar.listeners.inbound!.split(":").at(-1);
+
 /** Runs the binary to completion with the bare environment. */
 async function mtlsd(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
@@ -191,37 +224,6 @@ async function startBinary(name: string, config: Record<string, unknown>): Promi
 
 // A short `mtlsd run` of two binaries with real traffic: a frontend sidecar (outbound) calling an orders
 // sidecar (inbound) in front of a real app process, both started from the unpacked release.
-const app = await startApp();
-t.teardown(() => app.stop());
-const ordersSidecar = await startBinary("orders", {
-  identity: identityConfig(pki, orders),
-  inbound: {
-    listen: "127.0.0.1:0",
-    app: app.url,
-    policy: {
-      rules: [
-        {
-          name: "frontend-reads-orders",
-          action: "allow",
-          from: [frontend.spiffeId],
-          to: [{ methods: ["GET"], paths: ["/v1/orders/*"] }],
-        },
-      ],
-    },
-  },
-  admin: { listen: "127.0.0.1:0" },
-  log: { level: "info" },
-});
-const frontendSidecar = await startBinary("frontend", {
-  identity: identityConfig(pki, frontend),
-  outbound: {
-    listen: "127.0.0.1:0",
-    upstreams: { orders: { address: ordersSidecar.listeners.inbound, identity: orders.spiffeId } },
-  },
-  admin: { listen: "127.0.0.1:0" },
-});
-const ordersPort = ordersSidecar.listeners.inbound!.split(":").at(-1);
-
 t.test("mtlsd run lets an allowed mTLS client through to the app, telling it who called", async (t) => {
   const result = await curlRequest(`https://localhost:${ordersPort}/v1/orders/42`, {
     cacert: pki.bundlePath,
