@@ -13,6 +13,7 @@ import { ExchangeController } from "./dispatch-controller.ts";
 import { ResponseParser } from "./h1-response.ts";
 import type { StreamHandler } from "./h2-client.ts";
 import type { ResponseHeaders } from "./headers.ts";
+import { Timer } from "./timer.ts";
 
 /**
  * Opens one connection for the client, in place of its own TCP dial: the socket given is ready for the request
@@ -384,7 +385,12 @@ class Connection {
   #closed = false;
   /** The error the connection was ended with, reported to the exchange in flight. */
   #error: Error | undefined;
-  #timer: NodeJS.Timeout | undefined;
+  /** The connect within its timeout, then each response head within headersTimeout. */
+  readonly #headTimer = new Timer();
+  /** Then each gap in the response body within bodyTimeout (a Timer each: their durations differ). */
+  readonly #bodyTimer = new Timer();
+  /** An idle connection's: closed once it has idled for as long as the app keeps connections. */
+  readonly #idleTimer = new Timer();
   /** Bytes read while the exchange was paused, to parse on resume. */
   #held: Buffer | undefined;
   /** The request body is still being sent: the connection cannot be reused until it is all out. */
@@ -412,7 +418,7 @@ class Connection {
   dial(host: string, port: number, connectTimeoutMs: number): void {
     const socket = net.connect({ host, port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
     this.#socket = socket;
-    this.#timer = setTimeout(this.#onConnectTimeout, connectTimeoutMs);
+    this.#headTimer.arm(connectTimeoutMs, this.#onConnectTimeout);
     socket.once("connect", this.#onConnect);
     this.#listen(socket);
   }
@@ -448,8 +454,9 @@ class Connection {
   }
 
   run(exchange: Exchange): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#headTimer.stop();
+    this.#bodyTimer.stop();
+    this.#idleTimer.stop();
     this.#exchange = exchange;
     this.#answered = false;
     this.#headPending = false;
@@ -464,24 +471,21 @@ class Connection {
     // A pause the last handler made, in its last callbacks, ended with its response: an idle connection reads,
     // to see the app close it, and a paused one would leave the next request's answer unread.
     this.#socket!.resume();
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.destroy(), ms);
-    this.#timer.unref();
+    this.#headTimer.stop();
+    this.#bodyTimer.stop();
+    this.#idleTimer.arm(ms, this.#onIdleTimeout, false);
   }
 
   /** The handler cannot take more: stop reading. A stalled client is not a stalled app: the body timer stops too. */
   pause(): void {
     this.#socket?.pause();
     this.#parser.pause();
-    if (this.#headReceived) {
-      clearTimeout(this.#timer);
-      this.#timer = undefined;
-    }
+    if (this.#headReceived) this.#bodyTimer.stop();
   }
 
   resume(): void {
     if (this.#headReceived && this.#exchange && !this.#answered) {
-      this.#arm(this.#bodyTimeout, "UND_ERR_BODY_TIMEOUT", "the response body stalled");
+      this.#armBody();
     }
     // Resumed from the callback that paused: the parser goes on with the bytes it is in the middle of.
     this.#parser.resume();
@@ -499,13 +503,16 @@ class Connection {
 
   readonly #onConnect = (): void => {
     this.#connected = true;
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#headTimer.stop();
     if (this.#exchange && !this.#exchange.ended) this.#send();
   };
 
   readonly #onConnectTimeout = (): void => {
     this.destroy(new ClientError("UND_ERR_CONNECT_TIMEOUT", "connecting to the app timed out"));
+  };
+
+  readonly #onIdleTimeout = (): void => {
+    this.destroy();
   };
 
   #send(): void {
@@ -574,7 +581,7 @@ class Connection {
         return;
       }
       this.#body?.pause();
-      if (!this.#headReceived) this.#timer?.refresh();
+      if (!this.#headReceived) this.#headTimer.refresh();
     }
   };
 
@@ -597,7 +604,7 @@ class Connection {
     if (this.#bodyDue === undefined) this.#socket!.write(LAST_CHUNK, "latin1");
     this.#socket!.uncork();
     this.#stopSending();
-    if (!this.#headReceived) this.#timer?.refresh();
+    if (!this.#headReceived) this.#headTimer.refresh();
     if (this.#answered) this.#done();
   };
 
@@ -621,24 +628,27 @@ class Connection {
    * not begun: it counts from the body's end, or from the app's last refusal to take more (as undici counts it).
    */
   #armHeaders(): void {
-    clearTimeout(this.#timer);
-    this.#timer =
-      this.#headersTimeout > 0 ? setTimeout(this.#onHeadersTimeout, this.#headersTimeout) : undefined;
+    if (this.#headersTimeout > 0) this.#headTimer.arm(this.#headersTimeout, this.#onHeadersTimeout);
+    else this.#headTimer.stop();
   }
 
   readonly #onHeadersTimeout = (): void => {
     if (this.#sending && !this.#socket!.writableNeedDrain) {
-      this.#timer?.refresh();
+      this.#armHeaders();
       return;
     }
     this.destroy(new ClientError("UND_ERR_HEADERS_TIMEOUT", "no response head in time"));
   };
 
-  /** A timer for the exchange in flight: the head within headersTimeout, then each body gap within bodyTimeout. */
-  #arm(ms: number, code: string, message: string): void {
-    clearTimeout(this.#timer);
-    this.#timer = ms > 0 ? setTimeout(() => this.destroy(new ClientError(code, message)), ms) : undefined;
+  /** The response head is in: each gap in its body must end within bodyTimeout. */
+  #armBody(): void {
+    if (this.#bodyTimeout > 0) this.#bodyTimer.arm(this.#bodyTimeout, this.#onBodyTimeout);
+    else this.#bodyTimer.stop();
   }
+
+  readonly #onBodyTimeout = (): void => {
+    this.destroy(new ClientError("UND_ERR_BODY_TIMEOUT", "the response body stalled"));
+  };
 
   readonly #onData = (data: Buffer): void => {
     const exchange = this.#exchange;
@@ -682,7 +692,8 @@ class Connection {
       return;
     }
     this.#headReceived = true;
-    this.#arm(this.#bodyTimeout, "UND_ERR_BODY_TIMEOUT", "the response body stalled");
+    this.#headTimer.stop();
+    this.#armBody();
     this.#idleMs = keepAliveHint(headers["keep-alive"]);
     // Only a chunked body can end with trailers; the parser has refused any Transfer-Encoding but chunked.
     const trailers = !bodyless && headers["transfer-encoding"] !== undefined;
@@ -697,14 +708,13 @@ class Connection {
       this.#parser.pause();
       return;
     }
-    this.#timer?.refresh();
+    this.#bodyTimer.refresh();
     exchange.handler.onResponseData?.(exchange, chunk);
     if (exchange.paused) this.#parser.pause();
   }
 
   onEnd(trailers: ResponseHeaders | undefined): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#bodyTimer.stop();
     this.#answered = true;
     const exchange = this.#exchange;
     // The handler aborted from an earlier callback of this same read: the connection is closed, stop parsing.
@@ -752,7 +762,9 @@ class Connection {
   #finishClose(): void {
     if (this.#closed) return;
     this.#closed = true;
-    clearTimeout(this.#timer);
+    this.#headTimer.close();
+    this.#bodyTimer.close();
+    this.#idleTimer.close();
     const body = this.#body;
     this.#stopSending();
     const exchange = this.#exchange;
@@ -769,7 +781,13 @@ class Connection {
 /** `Keep-Alive: timeout=N` from the app: how long it keeps an idle connection, less a margin; undefined if unsaid. */
 function keepAliveHint(value: string | string[] | undefined): number | undefined {
   if (value === undefined) return undefined;
-  const match = /(?:^|[,\s])timeout\s*=\s*(\d+)/i.exec(Array.isArray(value) ? value.join(",") : value);
-  if (!match) return undefined;
-  return Math.max(Number(match[1]) * 1000 - KEEP_ALIVE_MARGIN_MS, 0);
+  const text = Array.isArray(value) ? value.join(",") : value;
+  // An app says the same thing on every response: read it once.
+  if (text === lastHint.text) return lastHint.ms;
+  const match = /(?:^|[,\s])timeout\s*=\s*(\d+)/i.exec(text);
+  const ms = match ? Math.max(Number(match[1]) * 1000 - KEEP_ALIVE_MARGIN_MS, 0) : undefined;
+  lastHint = { text, ms };
+  return ms;
 }
+
+let lastHint: { text: string; ms: number | undefined } = { text: "", ms: undefined };

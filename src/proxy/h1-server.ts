@@ -217,7 +217,9 @@ export class H1Connection {
       this.#handOver();
       return;
     }
-    this.socket.setTimeout(0);
+    // The idle timer is not stopped for the request: while one is current, its firing is passed over (see
+    // #onIdleTimeout), and the socket's reads and writes start it over. Stopping and setting it per request would
+    // make a Timeout and a bound function each time.
     const rest = buffer.length === head.headLength ? undefined : buffer.subarray(head.headLength);
     this.#buffer = undefined;
     const down = new H1ServerDownstream(this, head);
@@ -267,8 +269,10 @@ export class H1Connection {
       this.#next();
       return;
     }
-    const { keepAliveTimeout } = this.#options.limits();
-    this.socket.setTimeout(keepAliveTimeout + KEEP_ALIVE_BUFFER_MS);
+    const idleMs = this.#options.limits().keepAliveTimeout + KEEP_ALIVE_BUFFER_MS;
+    // Set once per connection (and again if a reload changes it): every read and write since restarted it, so it
+    // counts from this response's last write.
+    if (this.socket.timeout !== idleMs) this.socket.setTimeout(idleMs);
     this.socket.resume();
   }
 
