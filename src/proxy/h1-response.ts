@@ -7,7 +7,7 @@
 // Content-Length, chunk sizes in hex that fit a safe integer, chunk extensions and trailers of the proper
 // grammar. A refused response is an HttpResponseError whose code starts with `HPE_`, like llhttp's, so the
 // forwarding engine maps it to 502 upstream_protocol_error (before the head) or a cut (after it).
-import type { ResponseHeaders } from "./headers.ts";
+import { isNamed, type ResponseHeaders } from "./headers.ts";
 
 export class HttpResponseError extends Error {
   readonly code: string;
@@ -380,6 +380,12 @@ export class ResponseParser {
 
 /** Whether the connection stays open after this response (RFC 9112 §9.3). */
 function keepsAlive(minor: string, connection: string | string[] | undefined): boolean {
+  // What nearly every response says, told without splitting it.
+  if (connection === undefined) return minor === "1";
+  if (typeof connection === "string") {
+    if (isNamed(connection, "keep-alive")) return true;
+    if (isNamed(connection, "close")) return false;
+  }
   const tokens = (Array.isArray(connection) ? connection.join(",") : (connection ?? ""))
     .toLowerCase()
     .split(",")

@@ -13,7 +13,7 @@ import { Readable } from "node:stream";
 import { type Downstream, isGrpcContentType } from "./downstream.ts";
 import { failForward } from "./forward.ts";
 import { type PlainRequest, parseRequestHead, type RequestHeadLimits } from "./h1-request.ts";
-import type { ResponseHeaders } from "./headers.ts";
+import { isNamed, type ResponseHeaders } from "./headers.ts";
 import { describeClientError } from "./respond.ts";
 import { feed } from "./sniff.ts";
 
@@ -57,8 +57,43 @@ const KEEP_ALIVE_BUFFER_MS = 1000;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** What node:http refuses in a header value or status message (ERR_INVALID_CHAR). */
 const INVALID_CHAR = /[^\t\x20-\x7e\x80-\xff]/;
-/** Fields the connection writes itself: whatever the caller passes for these is dropped. */
-const OWN_FIELDS = new Set(["connection", "keep-alive", "transfer-encoding"]);
+/** What writeHead makes of a field, by its name: one it writes itself (dropped), the length, the date, or another. */
+const Field = { Other: 0, Own: 1, Length: 2, Date: 3 } as const;
+type Field = (typeof Field)[keyof typeof Field];
+
+/** Connection, Keep-Alive and Transfer-Encoding the connection writes itself: what a caller passes is dropped. */
+function fieldOf(name: string): Field {
+  switch (name.length) {
+    case 4:
+      return isNamed(name, "date") ? Field.Date : Field.Other;
+    case 10:
+      return isNamed(name, "connection") || isNamed(name, "keep-alive") ? Field.Own : Field.Other;
+    case 14:
+      return isNamed(name, "content-length") ? Field.Length : Field.Other;
+    case 17:
+      return isNamed(name, "transfer-encoding") ? Field.Own : Field.Other;
+    default:
+      return Field.Other;
+  }
+}
+
+/** Copies `text` (every character below 256: checked by the caller) into `buffer` at `at`, as latin1. */
+function put(buffer: Buffer, at: number, text: string): number {
+  for (let i = 0; i < text.length; i++) buffer[at + i] = text.charCodeAt(i);
+  return at + text.length;
+}
+
+let keepAliveSeconds = -1;
+let keepAliveField = "";
+/** The Keep-Alive field for a timeout, built again only when the timeout changes. */
+function keepAliveLine(timeoutMs: number): string {
+  const seconds = Math.floor(timeoutMs / 1000);
+  if (seconds !== keepAliveSeconds) {
+    keepAliveSeconds = seconds;
+    keepAliveField = `Keep-Alive: timeout=${seconds}\r\n`;
+  }
+  return keepAliveField;
+}
 const CONTINUE = Buffer.from("HTTP/1.1 100 Continue\r\n\r\n", "latin1");
 const LAST_CHUNK = "0\r\n";
 const CRLF = "\r\n";
@@ -439,7 +474,9 @@ export class H1ServerDownstream implements Downstream {
     }
     const message = statusMessage || http.STATUS_CODES[status] || "unknown";
     if (INVALID_CHAR.test(message)) throw invalidChar("statusMessage");
-    let fields = "";
+    // Checked and measured first, then copied into one buffer: building the head as a string made a few short-lived
+    // strings per field (a lowercase name, the concatenations), most of what a response allocated.
+    let fieldsLength = 0;
     let length = false;
     let date = false;
     for (let i = 0; i < headers.length; i += 2) {
@@ -451,11 +488,11 @@ export class H1ServerDownstream implements Downstream {
         });
       }
       if (INVALID_CHAR.test(value)) throw invalidChar(`the "${name}" header`);
-      const lower = name.toLowerCase();
-      if (OWN_FIELDS.has(lower)) continue;
-      if (lower === "content-length") length = true;
-      else if (lower === "date") date = true;
-      fields += `${name}: ${value}\r\n`;
+      const field = fieldOf(name);
+      if (field === Field.Own) continue;
+      if (field === Field.Length) length = true;
+      else if (field === Field.Date) date = true;
+      fieldsLength += name.length + value.length + 4;
     }
     const bodyless = this.method === "HEAD" || status === 204 || status === 304 || status < 200;
     const minor = this.#head.minor;
@@ -467,19 +504,45 @@ export class H1ServerDownstream implements Downstream {
     const persistable = minor === 1 || length;
     this.#keepAlive =
       this.#head.keepAlive && persistable && !this.#close && !this.#connection.options.draining();
-    let head = `HTTP/1.1 ${status} ${message}\r\n${fields}`;
-    if (!date) head += dateLine();
+    const statusLine = `HTTP/1.1 ${status} ${message}\r\n`;
+    const dateField = date ? "" : dateLine();
+    let connection: string;
+    let keepAlive = "";
     if (this.#keepAlive) {
       const { keepAliveTimeout } = this.#connection.options.limits();
-      head += "Connection: keep-alive\r\n";
-      if (keepAliveTimeout > 0) head += `Keep-Alive: timeout=${Math.floor(keepAliveTimeout / 1000)}\r\n`;
-    } else head += "Connection: close\r\n";
-    if (this.#framing === Framing.Chunked) head += "Transfer-Encoding: chunked\r\n";
-    head += CRLF;
+      connection = "Connection: keep-alive\r\n";
+      if (keepAliveTimeout > 0) keepAlive = keepAliveLine(keepAliveTimeout);
+    } else connection = "Connection: close\r\n";
+    const chunked = this.#framing === Framing.Chunked ? "Transfer-Encoding: chunked\r\n" : "";
+    const head = Buffer.allocUnsafe(
+      statusLine.length +
+        fieldsLength +
+        dateField.length +
+        connection.length +
+        keepAlive.length +
+        chunked.length +
+        CRLF.length,
+    );
+    let at = put(head, 0, statusLine);
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i]!;
+      if (fieldOf(name) === Field.Own) continue;
+      at = put(head, at, name);
+      head[at++] = 0x3a; // ":"
+      head[at++] = 0x20;
+      at = put(head, at, headers[i + 1]!);
+      head[at++] = 0x0d;
+      head[at++] = 0x0a;
+    }
+    at = put(head, at, dateField);
+    at = put(head, at, connection);
+    at = put(head, at, keepAlive);
+    at = put(head, at, chunked);
+    put(head, at, CRLF);
     this.#headersSent = true;
     if (this.#socket.destroyed) return;
     this.#socket.cork();
-    this.#socket.write(head, "latin1");
+    this.#socket.write(head);
     process.nextTick(uncork, this.#socket);
   }
 

@@ -23,6 +23,20 @@ const HOP_BY_HOP = new Set([
  */
 const REQUEST_ONLY_DROPPED = "trailer";
 
+/**
+ * Whether `text` is `lower` but for the case of ASCII letters (`lower` being lowercase ASCII), as
+ * `text.toLowerCase() === lower` says but with no lowercase copy made: this runs for fields of every message.
+ */
+export function isNamed(text: string, lower: string): boolean {
+  if (text.length !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    let c = text.charCodeAt(i);
+    if (c >= 0x41 && c <= 0x5a) c |= 0x20;
+    if (c !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
 export function isHopByHop(lowerName: string): boolean {
   return HOP_BY_HOP.has(lowerName);
 }
@@ -55,7 +69,11 @@ export type ResponseHeaders = Record<string, string | string[] | undefined>;
 export function forwardableResponseHeaders(headers: ResponseHeaders): string[] {
   const out: string[] = [];
   const connection = headers.connection;
-  const nominated = connection ? nominatedHeaders(["connection", String(connection)]) : undefined;
+  // Most responses say only keep-alive or close, which nominate nothing.
+  const nominated =
+    connection && !isNamed(String(connection), "keep-alive") && !isNamed(String(connection), "close")
+      ? nominatedHeaders(["connection", String(connection)])
+      : undefined;
   for (const name in headers) {
     if (HOP_BY_HOP.has(name) || nominated?.has(name) || name === REFUSAL_MARK) continue;
     const value = headers[name];
