@@ -21,7 +21,7 @@ t.test("with no heap flag given, both defaults are added", async (t) => {
 t.test(
   "a heap flag the user gave on the command line or in NODE_OPTIONS is kept, in either spelling",
   async (t) => {
-    t.same(missingHeapFlags(["--max-old-space-size=1024"], undefined), ["--max-semi-space-size=2"]);
+    t.same(missingHeapFlags(["--max-old-space-size=1024"], undefined), ["--max-semi-space-size=1"]);
     t.same(missingHeapFlags([], "--max_semi_space_size=16"), ["--max-old-space-size=256"]);
     t.same(missingHeapFlags(["--max-semi-space-size", "8"], "--max-old-space-size=64"), []);
   },
@@ -112,7 +112,7 @@ t.test("a real `mtlsd run` becomes, under the same PID, a process started with t
   t.ok(plain.includes("run") && plain.includes(file), "with the same command and config");
 
   const chosen = await started(["--max-old-space-size=512"]);
-  t.ok(chosen.includes("--max-semi-space-size=2"), "the default the user left alone is added");
+  t.ok(chosen.includes("--max-semi-space-size=1"), "the default the user left alone is added");
   t.ok(chosen.includes("--max-old-space-size=512"), "and the user's own flag is still there");
   t.notOk(chosen.includes("--max-old-space-size=256"), "the one the user set is theirs");
 });

@@ -14,7 +14,7 @@
 
 /** Flag name → the value `run` uses when the user did not choose one. */
 export const HEAP_DEFAULTS: ReadonlyMap<string, string> = new Map([
-  ["--max-semi-space-size", "2"],
+  ["--max-semi-space-size", "1"],
   ["--max-old-space-size", "256"],
 ]);
 

@@ -77,12 +77,6 @@ function fieldOf(name: string): Field {
   }
 }
 
-/** Copies `text` (every character below 256: checked by the caller) into `buffer` at `at`, as latin1. */
-function put(buffer: Buffer, at: number, text: string): number {
-  for (let i = 0; i < text.length; i++) buffer[at + i] = text.charCodeAt(i);
-  return at + text.length;
-}
-
 let keepAliveSeconds = -1;
 let keepAliveField = "";
 /** The Keep-Alive field for a timeout, built again only when the timeout changes. */
@@ -474,9 +468,7 @@ export class H1ServerDownstream implements Downstream {
     }
     const message = statusMessage || http.STATUS_CODES[status] || "unknown";
     if (INVALID_CHAR.test(message)) throw invalidChar("statusMessage");
-    // Checked and measured first, then copied into one buffer: building the head as a string made a few short-lived
-    // strings per field (a lowercase name, the concatenations), most of what a response allocated.
-    let fieldsLength = 0;
+    // Names are told by length and a case-insensitive compare (fieldOf), not by a lowercase copy of each.
     let length = false;
     let date = false;
     for (let i = 0; i < headers.length; i += 2) {
@@ -492,7 +484,6 @@ export class H1ServerDownstream implements Downstream {
       if (field === Field.Own) continue;
       if (field === Field.Length) length = true;
       else if (field === Field.Date) date = true;
-      fieldsLength += name.length + value.length + 4;
     }
     const bodyless = this.method === "HEAD" || status === 204 || status === 304 || status < 200;
     const minor = this.#head.minor;
@@ -504,45 +495,24 @@ export class H1ServerDownstream implements Downstream {
     const persistable = minor === 1 || length;
     this.#keepAlive =
       this.#head.keepAlive && persistable && !this.#close && !this.#connection.options.draining();
-    const statusLine = `HTTP/1.1 ${status} ${message}\r\n`;
-    const dateField = date ? "" : dateLine();
-    let connection: string;
-    let keepAlive = "";
-    if (this.#keepAlive) {
-      const { keepAliveTimeout } = this.#connection.options.limits();
-      connection = "Connection: keep-alive\r\n";
-      if (keepAliveTimeout > 0) keepAlive = keepAliveLine(keepAliveTimeout);
-    } else connection = "Connection: close\r\n";
-    const chunked = this.#framing === Framing.Chunked ? "Transfer-Encoding: chunked\r\n" : "";
-    const head = Buffer.allocUnsafe(
-      statusLine.length +
-        fieldsLength +
-        dateField.length +
-        connection.length +
-        keepAlive.length +
-        chunked.length +
-        CRLF.length,
-    );
-    let at = put(head, 0, statusLine);
+    let head = `HTTP/1.1 ${status} ${message}\r\n`;
     for (let i = 0; i < headers.length; i += 2) {
       const name = headers[i]!;
       if (fieldOf(name) === Field.Own) continue;
-      at = put(head, at, name);
-      head[at++] = 0x3a; // ":"
-      head[at++] = 0x20;
-      at = put(head, at, headers[i + 1]!);
-      head[at++] = 0x0d;
-      head[at++] = 0x0a;
+      head += `${name}: ${headers[i + 1]!}\r\n`;
     }
-    at = put(head, at, dateField);
-    at = put(head, at, connection);
-    at = put(head, at, keepAlive);
-    at = put(head, at, chunked);
-    put(head, at, CRLF);
+    if (!date) head += dateLine();
+    if (this.#keepAlive) {
+      const { keepAliveTimeout } = this.#connection.options.limits();
+      head += "Connection: keep-alive\r\n";
+      if (keepAliveTimeout > 0) head += keepAliveLine(keepAliveTimeout);
+    } else head += "Connection: close\r\n";
+    if (this.#framing === Framing.Chunked) head += "Transfer-Encoding: chunked\r\n";
+    head += CRLF;
     this.#headersSent = true;
     if (this.#socket.destroyed) return;
     this.#socket.cork();
-    this.#socket.write(head);
+    this.#socket.write(head, "latin1");
     process.nextTick(uncork, this.#socket);
   }
 
